@@ -1,0 +1,128 @@
+"""The model bundle: a folder with ``model.keras`` and ``card.json``.
+
+The card is the model's passport (after MONAI bundles and timm's pretrained
+configs): input size and preprocessing, class names, the operating threshold
+and calibration, the data it saw, validation metrics, library versions and a
+checksum. The threshold travels with the weights, never typed at a call site.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import platform
+import shutil
+from pathlib import Path
+
+FORMAT_VERSION = 1
+MODEL_FILE = "model.keras"
+CARD_FILE = "card.json"
+
+INTENDED_USE = (
+    "A second opinion for clinicians reading frontal (AP/PA) chest radiographs: it flags "
+    "images that look like pneumonia. It is not a diagnosis and must not be used alone "
+    "to treat or to rule out disease."
+)
+LIMITATIONS = [
+    "Trained on pediatric (ages 1-5) anterior-posterior chest X-rays from a single "
+    "hospital (Guangzhou Women and Children's Medical Center); adults, other views and "
+    "other sites may behave differently.",
+    "Two classes only: NORMAL vs PNEUMONIA (bacterial and viral pooled). Other findings "
+    "(effusion, mass, devices, tuberculosis, COVID-19) are outside its scope.",
+    "Probabilities are calibrated on the validation split of the same collection; a "
+    "new site should re-check the operating point on its own labelled images.",
+    "The heatmap shows where the evidence for the score lies, not the extent of disease.",
+]
+
+
+class BundleError(RuntimeError):
+    """A bundle that is missing, corrupt or incompatible; the message says which."""
+
+
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def library_versions() -> dict:
+    import keras
+    import numpy
+
+    versions = {"python": platform.python_version(), "keras": keras.__version__,
+                "numpy": numpy.__version__, "backend": keras.backend.backend()}
+    try:
+        import tensorflow as tf
+
+        versions["tensorflow"] = tf.__version__
+    except ImportError:
+        pass
+    return versions
+
+
+def save_bundle(directory: str | Path, model, card: dict) -> Path:
+    """Write ``model`` and ``card`` atomically enough: to a sibling folder, then rename."""
+    directory = Path(directory)
+    staging = directory.with_name(directory.name + ".partial")
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    model.save(staging / MODEL_FILE)
+    card = {**card, "format_version": FORMAT_VERSION, "libraries": library_versions(),
+            "files": {MODEL_FILE: sha256_of(staging / MODEL_FILE)}}
+    card.setdefault("intended_use", INTENDED_USE)
+    card.setdefault("limitations", LIMITATIONS)
+    (staging / CARD_FILE).write_text(json.dumps(card, indent=2, sort_keys=False) + "\n")
+    if directory.exists():
+        shutil.rmtree(directory)
+    staging.rename(directory)
+    return directory
+
+
+def read_card(directory: str | Path) -> dict:
+    """The card of a bundle, checked for presence and format, without loading weights."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise BundleError(f"model bundle not found: {directory} (expected a folder with "
+                          f"{MODEL_FILE} and {CARD_FILE})")
+    card_path = directory / CARD_FILE
+    if not card_path.is_file():
+        raise BundleError(f"{directory} is not a model bundle: {CARD_FILE} is missing")
+    try:
+        card = json.loads(card_path.read_text())
+    except (OSError, ValueError) as exc:
+        raise BundleError(f"the model card {card_path} is unreadable: {exc}") from None
+    version = card.get("format_version")
+    if version != FORMAT_VERSION:
+        raise BundleError(f"bundle format {version!r} is not supported by this version of "
+                          f"pneumo (expects {FORMAT_VERSION})")
+    for key in ("threshold", "calibration", "input", "class_names"):
+        if key not in card:
+            raise BundleError(f"the model card {card_path} lacks '{key}'")
+    return card
+
+
+def load_bundle(directory: str | Path, *, verify: bool = True):
+    """``(keras model, card)`` from a bundle, checked against its checksum."""
+    import keras
+
+    directory = Path(directory)
+    card = read_card(directory)
+    model_path = directory / MODEL_FILE
+    if not model_path.is_file():
+        raise BundleError(f"{directory} lacks {MODEL_FILE}")
+    if verify:
+        expected = card.get("files", {}).get(MODEL_FILE)
+        if expected and sha256_of(model_path) != expected:
+            raise BundleError(f"{model_path} does not match the checksum in its card: the "
+                              "file is corrupt or was replaced")
+    trained_major = str(card.get("libraries", {}).get("keras", "3")).split(".")[0]
+    if trained_major != keras.__version__.split(".")[0]:
+        raise BundleError(f"the bundle was saved with Keras {card['libraries']['keras']}, "
+                          f"this is Keras {keras.__version__}")
+    try:
+        model = keras.saving.load_model(model_path, compile=False)
+    except Exception as exc:
+        raise BundleError(f"could not load {model_path}: {type(exc).__name__}: {exc}") from None
+    return model, card

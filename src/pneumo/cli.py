@@ -1,0 +1,182 @@
+"""The ``pneumo`` command: train | evaluate | predict | serve.
+
+Every error a user can cause ends in one line on stderr and exit status 2,
+never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import shlex
+import sys
+from pathlib import Path
+
+from . import __version__
+from .config import BACKBONE_WEIGHTS_ENV, IMAGE_SIZE, MODEL_ENV, TrainConfig
+
+log = logging.getLogger("pneumo")
+
+
+def _add_model_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", metavar="BUNDLE", default=None,
+                        help=f"model bundle folder (default: ${MODEL_ENV} or the shipped "
+                             "models/pneumo-xception)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="pneumo",
+        description="Second-opinion pneumonia screening on chest X-rays (not a diagnosis).")
+    parser.add_argument("--version", action="version", version=f"pneumo {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log debugging detail")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    defaults = TrainConfig(data_dir="")
+    train = commands.add_parser(
+        "train", help="train a model bundle on a labelled folder",
+        description="Train an Xception classifier on DATA_DIR (DATA/{NORMAL,PNEUMONIA} or "
+                    "DATA/{train,val,test}/{NORMAL,PNEUMONIA}; test/ is never used). Writes a "
+                    "run folder with config, history, plots, metrics.json and bundle/.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    train.add_argument("data_dir", metavar="DATA_DIR", help="folder of labelled X-rays")
+    train.add_argument("--out", dest="out_dir", default=defaults.out_dir,
+                       help="parent folder of run folders")
+    train.add_argument("--run-name", default=None,
+                       help="run folder name (default: a timestamp); reuse it to resume an "
+                            "interrupted run")
+    train.add_argument("--backbone-weights", default=None, metavar="PATH",
+                       help=f"local ImageNet Xception .weights.h5 (or ${BACKBONE_WEIGHTS_ENV}); "
+                            "without it Keras downloads the weights, which needs internet. "
+                            "'random' starts from random weights (smoke tests only)")
+    train.add_argument("--image-size", type=int, default=IMAGE_SIZE, help="model input side")
+    train.add_argument("--seed", type=int, default=defaults.seed, help="seed for split and training")
+    train.add_argument("--validation-design", choices=["patient", "block"],
+                       default=defaults.validation_design,
+                       help="patient: random patients held out; block: whole acquisition "
+                            "blocks held out, a harder estimate of a new site's performance")
+    train.add_argument("--val-fraction", type=float, default=defaults.val_fraction,
+                       help="share of patients used for validation")
+    train.add_argument("--batch-size", type=int, default=defaults.batch_size)
+    train.add_argument("--head-epochs", type=int, default=defaults.head_epochs,
+                       help="phase 1: epochs for the head on frozen features")
+    train.add_argument("--fine-tune-blocks", type=int, default=defaults.fine_tune_blocks,
+                       help="phase 2: how many top Xception blocks (of 14) to fine-tune; 0 skips")
+    train.add_argument("--fine-tune-epochs", type=int, default=defaults.fine_tune_epochs,
+                       help="phase 2: maximum epochs (early stopping on validation AUC)")
+    train.add_argument("--fine-tune-learning-rate", type=float,
+                       default=defaults.fine_tune_learning_rate)
+    train.add_argument("--no-augment", dest="augment", action="store_false",
+                       help="disable augmentation in phase 2")
+    train.add_argument("--target-sensitivity", type=float, default=None, metavar="S",
+                       help="choose the threshold reaching this validation sensitivity "
+                            "(e.g. 0.95) instead of Youden's J")
+    train.add_argument("--limit-per-class", type=int, default=None, metavar="N",
+                       help="use at most N images per class (quick trials)")
+
+    evaluate = commands.add_parser(
+        "evaluate", help="measure a bundle on a labelled folder",
+        description="Write metrics.json (accuracy, loss, ROC AUC with 95%% bootstrap interval, "
+                    "sensitivity, specificity, PPV, NPV, F1, ECE, confusion matrix), "
+                    "predictions.csv and plots to --out.")
+    evaluate.add_argument("data_dir", metavar="DATA_DIR", help="folder of labelled X-rays")
+    evaluate.add_argument("--out", required=True, metavar="DIR", help="output folder")
+    _add_model_option(evaluate)
+
+    predict = commands.add_parser(
+        "predict", help="predict files and folders",
+        description="One row per file: path, probability (calibrated P(pneumonia)), label, "
+                    "status ('ok' or why the file could not be used). Folders are searched "
+                    "recursively; a bad file never stops the batch.")
+    predict.add_argument("paths", nargs="+", metavar="PATH", help="image files or folders")
+    _add_model_option(predict)
+    predict.add_argument("--output", "-o", default=None, metavar="FILE",
+                         help="write here instead of standard output")
+    predict.add_argument("--format", choices=["csv", "json"], default="csv")
+    predict.add_argument("--batch-size", type=int, default=16)
+
+    serve = commands.add_parser("serve", help="run the web app and JSON API",
+                                description="Serve the web page and the JSON API with a "
+                                            "production WSGI server.")
+    serve.add_argument("--host", default="127.0.0.1",
+                       help="interface to listen on (loopback by default)")
+    serve.add_argument("--port", type=int, default=5000)
+    serve.add_argument("--workers", type=int, default=4, help="request threads")
+    _add_model_option(serve)
+    return parser
+
+
+def _train(args) -> int:
+    from .train import run_training
+
+    fields = {k: v for k, v in vars(args).items() if k in TrainConfig.__dataclass_fields__}
+    config = TrainConfig(**fields)
+    command = "pneumo " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    run_dir = run_training(config, command=command)
+    print(f"run folder: {run_dir}\nbundle: {run_dir / 'bundle'}")
+    return 0
+
+
+def _evaluate(args) -> int:
+    from .evaluate import evaluate
+
+    metrics = evaluate(args.data_dir, args.out, args.model)
+    ci = metrics.get("roc_auc_ci95", [float("nan")] * 2)
+    print(f"n={metrics['n']}  accuracy={metrics['accuracy']:.4f}  "
+          f"roc_auc={metrics['roc_auc']:.4f} (95% CI {ci[0]:.4f}-{ci[1]:.4f})  "
+          f"sensitivity={metrics['sensitivity']:.4f}  specificity={metrics['specificity']:.4f}")
+    print(f"written to {args.out}")
+    return 0
+
+
+def _predict(args) -> int:
+    from .batch import expand_paths, predict_paths, write_rows
+    from .predictor import Predictor
+
+    paths = list(expand_paths(args.paths))
+    if not paths:
+        raise FileNotFoundError("no image files found in the given paths")
+    predictor = Predictor.from_bundle(args.model)
+    rows = predict_paths(predictor, paths, batch_size=args.batch_size,
+                         progress=sys.stderr.isatty() or bool(args.output))
+    count = write_rows(rows, args.output, args.format)
+    if args.output:
+        print(f"{count} rows written to {args.output}", file=sys.stderr)
+    return 0
+
+
+def _serve(args) -> int:
+    try:
+        from .web.server import serve
+    except ImportError:
+        raise RuntimeError("the web app is not installed in this build") from None
+    return serve(host=args.host, port=args.port, workers=args.workers, model=args.model)
+
+
+def main(argv: list[str] | None = None) -> int:
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    from .bundle import BundleError
+    from .data import DataError
+    from .imaging import ImageError
+    from .models import BackboneWeightsError
+
+    handlers = {"train": _train, "evaluate": _evaluate, "predict": _predict, "serve": _serve}
+    try:
+        return handlers[args.command](args)
+    except (DataError, BundleError, BackboneWeightsError, ImageError, FileNotFoundError,
+            RuntimeError, ValueError) as exc:
+        if args.verbose:
+            raise
+        print(f"pneumo {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"pneumo {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

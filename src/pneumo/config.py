@@ -1,0 +1,78 @@
+"""Constants and the training configuration, kept in one place so that the
+values a model was trained with travel with it (see ``bundle.py``)."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from pathlib import Path
+
+#: Class order of the model's single output: P(index 1) = P(PNEUMONIA).
+CLASS_NAMES: tuple[str, str] = ("NORMAL", "PNEUMONIA")
+
+#: Side of the square model input. The training collection was resized to
+#: 224x224 without keeping the aspect ratio, so uploads are resized the same way.
+IMAGE_SIZE = 224
+
+#: Environment variable naming a local ImageNet Xception ``.weights.h5`` file.
+BACKBONE_WEIGHTS_ENV = "PNEUMO_BACKBONE_WEIGHTS"
+
+#: Environment variable overriding the default model bundle.
+MODEL_ENV = "PNEUMO_MODEL"
+
+#: Environment variable overriding where decoded-image caches are written.
+CACHE_ENV = "PNEUMO_CACHE_DIR"
+
+PACKAGE_ROOT = Path(__file__).resolve().parent
+#: The bundle shipped in the repository (``models/`` at the project root).
+DEFAULT_BUNDLE = PACKAGE_ROOT.parent.parent / "models" / "pneumo-xception"
+
+
+def default_bundle_path() -> Path:
+    """The bundle every command uses unless told otherwise."""
+    return Path(os.environ.get(MODEL_ENV) or DEFAULT_BUNDLE)
+
+
+def cache_dir() -> Path:
+    """Where decoded training images are cached; never inside the data folder,
+    which may be read-only."""
+    root = os.environ.get(CACHE_ENV)
+    if root:
+        return Path(root)
+    xdg = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(xdg) / "pneumo"
+
+
+@dataclasses.dataclass
+class TrainConfig:
+    """Everything that decides what ``pneumo train`` produces.
+
+    Written verbatim to ``config.json`` in the run folder and into the model
+    card, so a run can be repeated from its own outputs.
+    """
+
+    data_dir: str
+    out_dir: str = "runs"
+    run_name: str | None = None
+    backbone_weights: str | None = None
+    image_size: int = IMAGE_SIZE
+    seed: int = 1337
+    validation_design: str = "patient"  # "patient" or "block"
+    val_fraction: float = 0.2
+    batch_size: int = 32
+    # Phase 1: the head alone, on cached features of the frozen backbone.
+    head_epochs: int = 40
+    head_learning_rate: float = 1e-3
+    dropout: float = 0.3
+    # Phase 2: fine-tune the top Xception blocks, BatchNorm kept frozen.
+    fine_tune_blocks: int = 2
+    fine_tune_epochs: int = 6
+    fine_tune_learning_rate: float = 2e-5
+    patience: int = 2
+    augment: bool = True
+    # Operating point: Youden's J unless a target sensitivity is given.
+    target_sensitivity: float | None = None
+    limit_per_class: int | None = None  # for smoke runs only
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)

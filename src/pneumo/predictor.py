@@ -1,0 +1,107 @@
+"""Load a bundle once per process; predict probabilities and heatmaps together.
+
+One forward pass returns both the last convolutional features and the logit,
+so the heatmap is free. The calibrated probability and the label come from the
+card's temperature and threshold; nothing here is a typed constant.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import threading
+from pathlib import Path
+
+import numpy as np
+
+from .bundle import load_bundle
+from .calibration import calibrate
+from .config import CLASS_NAMES, default_bundle_path
+from .explain import class_activation_maps, evidence_map
+from .imaging import DecodedImage, load_image
+from .preprocessing import to_model_input
+
+
+@dataclasses.dataclass
+class Prediction:
+    probability: float  # calibrated P(PNEUMONIA)
+    label: str  # "NORMAL" or "PNEUMONIA", by the bundle's threshold
+    threshold: float
+    logit: float
+    heatmap: np.ndarray | None = None  # float32 (h, w) in [0, 1], evidence for ``label``
+
+    def to_dict(self) -> dict:
+        return {"label": self.label, "probability": round(self.probability, 6),
+                "threshold": round(self.threshold, 6)}
+
+
+class Predictor:
+    """A loaded bundle. Thread-safe: calls into the network are serialised."""
+
+    def __init__(self, model, card: dict, bundle_path: Path | None = None):
+        self.card = card
+        self.bundle_path = bundle_path
+        self.image_size = int(card["input"]["size"])
+        self.threshold = float(card["threshold"])
+        self.temperature = float(card["calibration"]["temperature"])
+        from .models import with_features
+
+        self._model = with_features(model)
+        self._logit_weights = model.get_layer("logit").get_weights()[0].reshape(-1)
+        self._forward = _compiled(self._model)
+        self._lock = threading.Lock()
+
+    @classmethod
+    def from_bundle(cls, path: str | Path | None = None) -> "Predictor":
+        path = Path(path) if path else default_bundle_path()
+        model, card = load_bundle(path)
+        return cls(model, card, path)
+
+    @property
+    def name(self) -> str:
+        return self.card.get("name", "pneumo-xception")
+
+    @property
+    def version(self) -> str:
+        return self.card.get("version", "unknown")
+
+    def prepare(self, image: DecodedImage | np.ndarray | str | Path | bytes) -> np.ndarray:
+        """Any accepted input -> the model's uint8 ``(S, S, 1)`` array."""
+        if isinstance(image, (str, Path, bytes, bytearray)):
+            image = load_image(image)
+        pixels = image.pixels if isinstance(image, DecodedImage) else image
+        return to_model_input(pixels, self.image_size)
+
+    def predict_batch(self, batch: np.ndarray, heatmaps: bool = True) -> list[Prediction]:
+        """Predictions for prepared inputs ``(N, S, S, 1)`` uint8."""
+        if len(batch) == 0:
+            return []
+        with self._lock:
+            features, logits = self._forward(np.ascontiguousarray(batch, dtype=np.uint8))
+        logits = np.asarray(logits, dtype=np.float64).reshape(-1)
+        probabilities = calibrate(logits, self.temperature)
+        cams = class_activation_maps(np.asarray(features), self._logit_weights) if heatmaps else None
+        results = []
+        for i, (logit, probability) in enumerate(zip(logits, probabilities)):
+            positive = bool(probability >= self.threshold)
+            results.append(Prediction(
+                probability=float(probability), label=CLASS_NAMES[int(positive)],
+                threshold=self.threshold, logit=float(logit),
+                heatmap=evidence_map(cams[i], positive) if heatmaps else None))
+        return results
+
+    def predict(self, image, heatmap: bool = True) -> Prediction:
+        """One image (decoded, a path or raw bytes) -> its prediction."""
+        return self.predict_batch(self.prepare(image)[None], heatmaps=heatmap)[0]
+
+
+def _compiled(model):
+    """The model's call compiled once (a graph on TensorFlow), not ``predict()``,
+    which rebuilds state per call and leaks in loops."""
+    import keras
+
+    if keras.backend.backend() == "tensorflow":
+        import tensorflow as tf
+
+        function = tf.function(lambda x: model(x, training=False), reduce_retracing=True)
+        return lambda x: [t.numpy() for t in function(tf.convert_to_tensor(x))]
+    return lambda x: [np.asarray(t) for t in model(x, training=False)]
