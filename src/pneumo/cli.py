@@ -112,7 +112,7 @@ def _train(args) -> int:
 
     fields = {k: v for k, v in vars(args).items() if k in TrainConfig.__dataclass_fields__}
     config = TrainConfig(**fields)
-    command = "pneumo " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    command = "pneumo " + " ".join(shlex.quote(a) for a in args.argv)
     run_dir = run_training(config, command=command)
     print(f"run folder: {run_dir}\nbundle: {run_dir / 'bundle'}")
     return 0
@@ -156,7 +156,9 @@ def _serve(args) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser().parse_args(argv)
+    args.argv = argv
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     from .bundle import BundleError

@@ -186,9 +186,16 @@ def split_by_patient(samples: list[Sample], val_fraction: float, seed: int) -> t
     """Stratified train/validation indices with every patient on one side only."""
     from sklearn.model_selection import StratifiedGroupKFold
 
+    if not 0.0 < val_fraction < 1.0:
+        raise DataError("the validation fraction must be between 0 and 1")
     n_splits = max(2, round(1 / val_fraction))
     labels = np.array([s.label for s in samples])
     groups = np.array([s.group for s in samples])
+    for label in (0, 1):
+        n_groups = len(set(groups[labels == label]))
+        if n_groups < n_splits:
+            raise DataError(f"only {n_groups} {CLASS_NAMES[label]} patients: a validation split of "
+                            f"{val_fraction:g} needs at least {n_splits} per class")
     splitter = StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=seed)
     train_idx, val_idx = next(splitter.split(np.zeros(len(samples)), labels, groups))
     return sorted(train_idx.tolist()), sorted(val_idx.tolist())

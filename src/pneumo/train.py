@@ -15,6 +15,8 @@ import csv
 import datetime as dt
 import json
 import logging
+import shutil
+import sys
 import time
 from pathlib import Path
 
@@ -28,10 +30,14 @@ from .config import CLASS_NAMES, TrainConfig
 from .data import DataError, discover, limit_per_class, load_images, make_dataset, \
     merge_duplicates, split_by_block, split_by_patient
 from .metrics import screening_metrics
-from .models import build_model, head_only, set_trainable_blocks, training_model
+from .models import build_model, head_only, resolve_backbone_weights, set_trainable_blocks, training_model
 from .preprocessing import PREPROCESSING_DESCRIPTION, PREPROCESSING_VERSION
 
 log = logging.getLogger(__name__)
+
+#: Plots written to the run folder and copied into the bundle for the model card page.
+PLOT_FILES = ("learning_curves.png", "roc.png", "precision_recall.png", "confusion_matrix.png",
+              "reliability.png")
 
 
 def _class_weights(labels: np.ndarray) -> dict[int, float]:
@@ -106,6 +112,7 @@ def run_training(config: TrainConfig, command: str = "") -> Path:
     import keras
 
     started = time.monotonic()
+    resolve_backbone_weights(config.backbone_weights)  # fail before any slow work
     keras.utils.set_random_seed(config.seed)
     run_name = config.run_name or dt.datetime.now().strftime("%Y%m%d-%H%M%S")
     run_dir = Path(config.out_dir) / run_name
@@ -137,7 +144,7 @@ def run_training(config: TrainConfig, command: str = "") -> Path:
         rows = json.loads(head_history.read_text())
     else:
         pooled = keras.Model(model.input, model.get_layer("pool").output)
-        verbose = "auto"
+        verbose = "auto" if sys.stderr.isatty() else 0
         log.info("phase 1: extracting frozen-backbone features")
         f_train = pooled.predict(x_train, batch_size=config.batch_size, verbose=verbose)
         f_val = pooled.predict(x_val, batch_size=config.batch_size, verbose=verbose)
@@ -166,7 +173,7 @@ def run_training(config: TrainConfig, command: str = "") -> Path:
                          seed=config.seed),
             validation_data=make_dataset(x_val, y_val, batch_size=config.batch_size,
                                          shuffle=False, seed=config.seed),
-            epochs=config.fine_tune_epochs, class_weight=weights, verbose=2,
+            epochs=config.fine_tune_epochs, class_weight=weights, verbose=2, shuffle=False,
             callbacks=[
                 keras.callbacks.BackupAndRestore(str(run_dir / "backup")),
                 keras.callbacks.ModelCheckpoint(str(run_dir / "last.weights.h5"),
@@ -223,6 +230,9 @@ def run_training(config: TrainConfig, command: str = "") -> Path:
         },
         "validation": metrics,
     }
-    save_bundle(run_dir / "bundle", model, card)
+    bundle_dir = save_bundle(run_dir / "bundle", model, card)
+    (bundle_dir / "plots").mkdir()
+    for name in PLOT_FILES:
+        shutil.copy2(run_dir / name, bundle_dir / "plots" / name)
     log.info("run written to %s (%.0f s)", run_dir, timings["total_seconds"])
     return run_dir
