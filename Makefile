@@ -1,0 +1,33 @@
+# Two entry points for people: `make run` (set up, then serve the app on the
+# shipped model) and `make test` (set up, then run the whole test suite).
+VENV ?= .venv
+PYTHON ?= python3
+HOST ?= 127.0.0.1
+PORT ?= 5000
+
+.PHONY: setup run test browser clean
+
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install --quiet --upgrade pip
+	$(VENV)/bin/pip install --quiet -e ".[test]"
+	touch $@
+
+run: setup
+	$(VENV)/bin/pneumo serve --host $(HOST) --port $(PORT)
+
+# The browser tests drive Debian's chromium; they skip with a reason without it.
+browser:
+	@command -v chromium >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    echo "installing Debian's chromium for the browser tests"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
+	  else echo "chromium not found: browser tests will be skipped (sudo apt-get install chromium)"; fi; }
+
+test: setup browser
+	$(VENV)/bin/python -m pytest
+
+clean:
+	rm -rf $(VENV) .pytest_cache test-artifacts
