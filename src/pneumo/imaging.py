@@ -1,34 +1,77 @@
 """Every accepted file format -> one 8-bit grayscale array.
 
 The format is decided by the file's bytes, never by its name or a
-Content-Type header. Pillow is opened with an explicit allow-list, and its
-lenient defaults (decompression-bomb *warnings*, truncated images) are turned
-into errors. DICOM goes through pydicom: modality LUT, then VOI LUT or window,
-then MONOCHROME1 inversion.
+Content-Type header: PNG, JPEG and DICOM are accepted, everything else (TIFF,
+PSD, FITS, EPS, PDF, JPEG 2000, GIF, BMP, WebP, SVG, HTML...) is refused before
+any decoder sees it. Pillow is opened with an explicit ``formats=`` allow-list,
+and its lenient defaults are not relied on:
+
+* decompression bombs: Pillow only *warns* between 1x and 2x
+  ``Image.MAX_IMAGE_PIXELS``; our own ``MAX_PIXELS`` check runs on the header,
+  before any pixel is decoded, whatever Pillow's limit is set to;
+* PNG text chunks that inflate past 1 MB (Pillow's ``MAX_TEXT_CHUNK``) and
+  truncated files are refused; ``ImageFile.LOAD_TRUNCATED_IMAGES`` is never set;
+* multi-frame files (APNG, MPO from phones) give their first frame, the image a
+  viewer that knows nothing of animation shows; ``metadata["frames"]`` says
+  how many there were.
+
+DICOM goes through pydicom, without ``force=True``: only single-frame
+grayscale radiographs (CR/DX/DR/RG) in a known transfer syntax are decoded,
+compressed ones through pylibjpeg. Pixel values go stored -> modality LUT or
+rescale slope/intercept -> VOI LUT, or window, or (neither) their own range ->
+MONOCHROME1 inverted, so that a MONOCHROME1 and a MONOCHROME2 copy of one image
+give the same pixels. Only ``SAFE_DICOM_FIELDS`` leave this module: no patient
+identifier, private tag or raw byte reaches ``DecodedImage`` or a message.
+
+Every ``ImageError`` message is one plain sentence meant for the person who
+sent the file.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import io
+import logging
+import math
+import re
+import threading
 import warnings
+import zlib
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageOps
+from PIL import ExifTags, Image
+
+log = logging.getLogger(__name__)
 
 #: Largest image accepted, in pixels (a 7,000 x 7,000 radiograph fits).
 MAX_PIXELS = 50_000_000
-#: Largest file accepted, in bytes.
+#: Largest file accepted, in bytes; also the most a deflated DICOM may inflate to.
 MAX_FILE_BYTES = 64 * 1024 * 1024
 #: Modalities that can hold a projection chest radiograph.
-RADIOGRAPHY_MODALITIES = {"CR", "DX", "DR", "RG", "PX"}
+RADIOGRAPHY_MODALITIES = {"CR", "DX", "DR", "RG"}
 #: DICOM header fields that are safe to show (no patient identifiers).
 SAFE_DICOM_FIELDS = ("Modality", "ViewPosition", "BodyPartExamined", "Rows", "Columns",
                      "PixelSpacing", "PhotometricInterpretation", "BitsStored")
 
 _PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+#: EXIF orientation -> the transpose that makes the image upright (as ImageOps.exif_transpose).
+_EXIF_TRANSPOSE = {
+    2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM, 5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_270, 7: Image.Transpose.TRANSVERSE, 8: Image.Transpose.ROTATE_90,
+}
 _JPEG_MAGIC = b"\xff\xd8\xff"
+
+#: What modality codes mean, for refusals a person can read.
+_MODALITY_NAMES = {
+    "CT": "a CT scan", "MR": "an MR scan", "US": "an ultrasound image", "NM": "a nuclear medicine image",
+    "PT": "a PET scan", "MG": "a mammogram", "XA": "an angiography image", "RF": "a fluoroscopy image",
+    "IO": "an intra-oral dental X-ray", "PX": "a panoramic dental X-ray", "OT": "an unspecified image",
+    "SC": "a secondary capture", "OP": "an eye photograph", "XC": "a photograph", "SM": "a microscopy slide",
+    "ES": "an endoscopy image", "SR": "a structured report", "DOC": "a document",
+}
 
 
 class ImageError(ValueError):
@@ -65,13 +108,18 @@ class DecodedImage:
 
 
 def sniff_format(head: bytes) -> str | None:
-    """The format named by a file's first bytes, or None if not accepted."""
+    """The format named by a file's first bytes (at least 132 for DICOM), or None.
+
+    The DICOM marker is checked first: the standard lets the 128-byte preamble
+    hold anything (another format's header included), so a file marked DICOM is
+    read as DICOM and only as DICOM.
+    """
+    if len(head) >= 132 and head[128:132] == b"DICM":
+        return "DICOM"
     if head.startswith(_PNG_MAGIC):
         return "PNG"
     if head.startswith(_JPEG_MAGIC):
         return "JPEG"
-    if len(head) >= 132 and head[128:132] == b"DICM":
-        return "DICOM"
     return None
 
 
@@ -85,7 +133,8 @@ def load_image(source: bytes | str | Path) -> DecodedImage:
     data = _read_bytes(source)
     fmt = sniff_format(data[:132])
     if fmt is None:
-        raise UnsupportedFormat("not a PNG, JPEG or DICOM file (checked by content, not by name)")
+        raise UnsupportedFormat("The file is not a PNG, JPEG or DICOM image "
+                                "(this is checked from its content, not its name).")
     if fmt == "DICOM":
         return _load_dicom(data)
     return _load_raster(data, fmt)
@@ -99,46 +148,101 @@ def _read_bytes(source: bytes | str | Path) -> bytes:
         try:
             size = path.stat().st_size
             if size > MAX_FILE_BYTES:
-                raise ImageTooLarge(f"file is {size / 2**20:.0f} MB; the limit is "
-                                    f"{MAX_FILE_BYTES // 2**20} MB")
+                raise ImageTooLarge(f"The file is {size / 2**20:.0f} MB; the largest accepted "
+                                    f"is {MAX_FILE_BYTES // 2**20} MB.")
             data = path.read_bytes()
         except OSError as exc:
-            raise UnreadableImage(f"cannot read file: {exc.strerror or exc}") from None
+            reason = (exc.strerror or "it could not be opened").lower()
+            raise UnreadableImage(f"The file could not be read ({reason}).") from None
     if len(data) > MAX_FILE_BYTES:
-        raise ImageTooLarge(f"file is larger than {MAX_FILE_BYTES // 2**20} MB")
+        raise ImageTooLarge(f"The file is larger than {MAX_FILE_BYTES // 2**20} MB, "
+                            "the largest accepted.")
     if not data:
-        raise UnreadableImage("file is empty")
+        raise UnreadableImage("The file is empty.")
     return data
+
+
+def _check_size(width: int, height: int, what: str) -> None:
+    if width * height > MAX_PIXELS:
+        raise ImageTooLarge(f"The {what} is {width} x {height} pixels; the largest accepted is "
+                            f"{MAX_PIXELS // 1_000_000} megapixels.")
+
+
+# --------------------------------------------------------------------------------------
+# Warnings. Before Python 3.14 ``warnings.catch_warnings`` swaps process-global state;
+# the lock keeps this module's own concurrent calls (training decodes in threads) from
+# restoring each other's filters. Correctness never depends on the filter alone: the
+# pixel limit is our own check, and every exception a warning may turn into is caught.
+_WARNINGS_LOCK = threading.Lock()
+
+
+@contextlib.contextmanager
+def _warnings(*, error: tuple[type[Warning], ...] = (), ignore: tuple[type[Warning], ...] = ()):
+    """Turn the ``error`` warning categories into exceptions and drop the ``ignore`` ones."""
+    with _WARNINGS_LOCK, warnings.catch_warnings():
+        for category in ignore:
+            warnings.simplefilter("ignore", category)
+        for category in error:
+            warnings.simplefilter("error", category)
+        yield
+
+
+# --------------------------------------------------------------------------------------
+# PNG and JPEG
 
 
 def _load_raster(data: bytes, fmt: str) -> DecodedImage:
     try:
-        with warnings.catch_warnings():
-            # Pillow only warns between 1x and 2x MAX_IMAGE_PIXELS: make it fatal.
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
+        # Opening and reading EXIF touch headers only, so holding the lock costs microseconds.
+        # Pillow warns (UserWarning) about, e.g., corrupt EXIF or a malformed MPO index and
+        # decodes anyway; so do we, without the warning.
+        with _warnings(error=(Image.DecompressionBombWarning,), ignore=(UserWarning,)):
             image = Image.open(io.BytesIO(data), formats=[fmt])
-            if image.width * image.height > MAX_PIXELS:
-                raise ImageTooLarge(f"image has {image.width}x{image.height} pixels; the limit is "
-                                    f"{MAX_PIXELS // 1_000_000} megapixels")
-            image.load()
-            image = ImageOps.exif_transpose(image)
+        with image:
+            _check_size(image.width, image.height, "image")
+            frames = int(getattr(image, "n_frames", 1) or 1)
+            image.load()  # the first frame
+            with _warnings(ignore=(UserWarning,)):
+                orientation = image.getexif().get(ExifTags.Base.Orientation, 1)
+            method = _EXIF_TRANSPOSE.get(orientation) if isinstance(orientation, int) else None
+            upright = image.transpose(method) if method is not None else image
+            pixels, colorfulness = _to_gray(upright)
     except ImageError:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-        raise ImageTooLarge("image dimensions exceed the decompression-bomb limit") from None
-    except (OSError, SyntaxError, ValueError, EOFError) as exc:
-        message = str(exc)
-        if "truncated" in message.lower():
-            raise UnreadableImage(f"{fmt} file is truncated") from None
-        raise UnreadableImage(f"{fmt} file could not be decoded: {message}") from None
-    pixels, colorfulness = _to_gray(image)
-    return DecodedImage(pixels=pixels, format=fmt, colorfulness=colorfulness)
+        raise ImageTooLarge(f"The image is larger than {MAX_PIXELS // 1_000_000} megapixels, "
+                            "the largest accepted.") from None
+    except Exception as exc:  # noqa: BLE001 - untrusted bytes: Pillow raises OSError,
+        # SyntaxError, ValueError, EOFError, struct.error, zlib.error... on damaged files.
+        raise _raster_error(exc, data, fmt) from None
+    metadata = {"frames": frames} if frames > 1 else {}
+    return DecodedImage(pixels=pixels, format=fmt, colorfulness=colorfulness, metadata=metadata)
+
+
+def _raster_error(exc: Exception, data: bytes, fmt: str) -> ImageError:
+    """The user-facing error for a Pillow failure; Pillow's own text is never shown."""
+    message = str(exc).lower()
+    log.debug("%s decoding failed: %s", fmt, type(exc).__name__)
+    if "decompressed data too large" in message or "max_text" in message:
+        return ImageTooLarge("The PNG file holds a text block that expands to more than 1 MB; "
+                             "it was refused as a possible decompression bomb.")
+    if "truncated" in message or _looks_truncated(data, fmt):
+        return UnreadableImage(f"The {fmt} file is truncated: it ends before the image is complete.")
+    return UnreadableImage(f"The {fmt} file is damaged and could not be decoded.")
+
+
+def _looks_truncated(data: bytes, fmt: str) -> bool:
+    """Whether a file that failed to decode lacks its end marker (PNG IEND, JPEG EOI)."""
+    if fmt == "PNG":
+        return b"IEND" not in data
+    return not data.rstrip(b"\x00").endswith(b"\xff\xd9")
 
 
 def _to_gray(image: Image.Image) -> tuple[np.ndarray, float]:
     """Grayscale uint8 pixels and the mean chroma of colour inputs.
 
-    16-bit images are stretched over their own range rather than truncated.
+    16-bit images are stretched over their own range rather than truncated;
+    transparent pixels are composited on black.
     """
     colorfulness = 0.0
     if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
@@ -154,59 +258,369 @@ def _to_gray(image: Image.Image) -> tuple[np.ndarray, float]:
 
 
 def _stretch_to_uint8(values: np.ndarray) -> np.ndarray:
+    """Map an array's own [min, max] onto [0, 255]; a flat image becomes black."""
     lo, hi = float(values.min()), float(values.max())
     if hi <= lo:
         return np.zeros(values.shape, dtype=np.uint8)
     return np.round((values - lo) * (255.0 / (hi - lo))).astype(np.uint8)
 
 
+# --------------------------------------------------------------------------------------
+# DICOM
+
+
+def _transfer_syntaxes():
+    """(uncompressed, compressed) transfer syntaxes a radiograph may come in."""
+    from pydicom import uid
+
+    native = {uid.ImplicitVRLittleEndian, uid.ExplicitVRLittleEndian, uid.ExplicitVRBigEndian,
+              uid.DeflatedExplicitVRLittleEndian}
+    compressed = {uid.JPEGBaseline8Bit, uid.JPEGExtended12Bit, uid.JPEGLossless,
+                  uid.JPEGLosslessSV1, uid.JPEGLSLossless, uid.JPEGLSNearLossless,
+                  uid.JPEG2000Lossless, uid.JPEG2000, uid.HTJ2KLossless, uid.HTJ2KLosslessRPCL,
+                  uid.HTJ2K, uid.RLELossless}
+    return native, compressed
+
+
+class _QuietWhileDecoding(logging.Filter):
+    """Drops the DICOM libraries' log records emitted by a thread inside ``_load_dicom``.
+
+    pydicom logs (and warns) the value of any element it finds malformed; in a damaged file
+    such a "value" can span the patient's name, id and birth date, which must never reach a
+    log. The flag is per thread, so other users of these loggers are not affected.
+    """
+
+    active = threading.local()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not getattr(self.active, "on", False)
+
+
+_QUIET = _QuietWhileDecoding()
+_QUIET_LOGGERS = ("pydicom", "pylibjpeg", "openjpeg", "libjpeg", "jpeg_ls", "rle")
+
+
+@contextlib.contextmanager
+def _quiet_dicom_logs():
+    # A filter applies to records created on its own logger only, not on its children, so it is
+    # added to every logger of those packages that exists by now (they are created on import).
+    for name in list(logging.Logger.manager.loggerDict):
+        if name.split(".")[0] in _QUIET_LOGGERS:
+            logger = logging.getLogger(name)
+            if _QUIET not in logger.filters:
+                logger.addFilter(_QUIET)
+    _QUIET.active.on = True
+    try:
+        yield
+    finally:
+        _QUIET.active.on = False
+
+
 def _load_dicom(data: bytes) -> DecodedImage:
     import pydicom
+    import pydicom.pixels  # noqa: F401 - imported now so that its loggers exist for the filter
     from pydicom.errors import InvalidDicomError
-    from pydicom.pixels import apply_modality_lut, apply_voi_lut
 
+    # pydicom warns (UserWarning) and logs about non-conformant values; such a file is judged
+    # by the checks below instead, and the text could echo header values into a log.
+    with _warnings(ignore=(UserWarning,)), _quiet_dicom_logs():
+        syntax = _dicom_transfer_syntax(data)
+        try:
+            ds = pydicom.dcmread(io.BytesIO(data))  # no force=True: the DICM marker is required
+        except InvalidDicomError:
+            raise UnsupportedFormat("The file is not a valid DICOM file: its header or "
+                                    "'DICM' marker is missing.") from None
+        except Exception as exc:  # noqa: BLE001 - pydicom raises many types on bad headers
+            log.debug("DICOM header parsing failed: %s", type(exc).__name__)
+            raise UnreadableImage("The DICOM file's header is damaged and could not be read.") \
+                from None
+        try:
+            return _decode_dicom(ds, syntax)
+        except ImageError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - malformed values surface on first access
+            log.debug("DICOM decoding failed: %s", type(exc).__name__)
+            raise UnreadableImage("The DICOM file is damaged and its image could not be "
+                                  "decoded.") from None
+
+
+def _dicom_transfer_syntax(data: bytes):
+    """Read the file meta group only, and refuse unknown syntaxes and deflate bombs."""
+    from pydicom import uid
+    from pydicom.errors import InvalidDicomError
+    from pydicom.filereader import _read_file_meta_info, read_preamble
+
+    fp = io.BytesIO(data)
     try:
-        ds = pydicom.dcmread(io.BytesIO(data))
+        read_preamble(fp, False)
+        meta = _read_file_meta_info(fp)
+        syntax = meta.get("TransferSyntaxUID")
     except InvalidDicomError:
-        raise UnsupportedFormat("not a valid DICOM file") from None
-    except Exception as exc:  # pydicom raises many types on malformed headers
-        raise UnreadableImage(f"DICOM header could not be parsed: {type(exc).__name__}") from None
+        raise UnsupportedFormat("The file is not a valid DICOM file: its header or "
+                                "'DICM' marker is missing.") from None
+    except Exception as exc:  # noqa: BLE001 - untrusted header bytes
+        log.debug("DICOM file meta parsing failed: %s", type(exc).__name__)
+        raise UnreadableImage("The DICOM file's header is damaged and could not be read.") \
+            from None
+    if not syntax:
+        raise UnreadableImage("The DICOM file's header is damaged or incomplete: it does not say "
+                              "how its pixels are encoded.")
+    syntax = uid.UID(str(syntax).strip("\x00 "))
+    native, compressed = _transfer_syntaxes()
+    if syntax not in native | compressed:
+        raise UnsupportedFormat(f"The DICOM file is encoded as {_syntax_name(syntax)}, "
+                                "which is not accepted for radiographs.")
+    if syntax == uid.DeflatedExplicitVRLittleEndian:
+        # pydicom inflates the whole dataset in one call: bound it first.
+        inflater = zlib.decompressobj(-zlib.MAX_WBITS)
+        try:
+            inflater.decompress(data[fp.tell():], MAX_FILE_BYTES)
+        except zlib.error:
+            raise UnreadableImage("The DICOM file's deflate-compressed data is damaged.") from None
+        if inflater.unconsumed_tail:
+            raise ImageTooLarge(f"The DICOM file inflates to more than {MAX_FILE_BYTES // 2**20} MB "
+                                "and was refused as a possible decompression bomb.")
+    return syntax
 
-    modality = str(ds.get("Modality", "")).upper()
+
+def _syntax_name(syntax) -> str:
+    """A transfer syntax's registered name, never text taken from the file."""
+    name = syntax.name
+    if syntax.type != "Transfer Syntax" or name == str(syntax):
+        return "an unrecognised transfer syntax"
+    return f"'{name}'"
+
+
+def _decode_dicom(ds, syntax) -> DecodedImage:
+    from pydicom.pixels import get_decoder
+
+    native, _ = _transfer_syntaxes()
+    if len(ds) == 0:
+        raise UnreadableImage("The DICOM file is truncated or damaged: nothing readable follows "
+                              "its file header.")
+    modality = _code(ds.get("Modality"))
+    if "Modality" in ds and str(ds.get("Modality") or "").strip() and not modality:
+        raise UnsupportedFormat("The DICOM file's modality is not a valid code; only chest "
+                                "radiographs (CR or DX) are accepted.")
     if modality and modality not in RADIOGRAPHY_MODALITIES:
-        raise UnsupportedFormat(f"DICOM modality {modality} is not a radiograph; "
-                                "only CR/DX chest radiographs are accepted")
-    if int(ds.get("NumberOfFrames", 1) or 1) > 1:
-        raise UnsupportedFormat("multi-frame DICOM is not accepted; send a single radiograph")
-    photometric = str(ds.get("PhotometricInterpretation", "")).upper()
-    if photometric not in ("MONOCHROME1", "MONOCHROME2"):
-        raise UnsupportedFormat(f"DICOM colour images ({photometric or 'unknown'}) are not accepted")
-    if "PixelData" not in ds:
-        raise UnreadableImage("DICOM file holds no pixel data")
+        what = _MODALITY_NAMES.get(modality, f"modality {modality}")
+        raise UnsupportedFormat(f"The DICOM file holds {what}, not a radiograph; only chest "
+                                "radiographs (CR or DX) are accepted.")
+    if "PixelData" not in ds:  # pydicom reads a file cut short as far as it can, silently
+        raise UnreadableImage("The DICOM file holds no image: it has no pixel data or is truncated.")
+    frames = _int(ds, "NumberOfFrames", 1)
+    if frames > 1:
+        raise UnsupportedFormat(f"The DICOM file holds {frames} frames; only single-frame "
+                                "radiographs are accepted.")
+    photometric = _code(ds.get("PhotometricInterpretation"))
+    samples = _int(ds, "SamplesPerPixel", 1)
+    if photometric not in ("MONOCHROME1", "MONOCHROME2") or samples != 1:
+        described = f"a colour image ({photometric})" if photometric \
+            else "a colour or unknown kind of image"
+        raise UnsupportedFormat(f"The DICOM file holds {described}; only grayscale radiographs "
+                                "are accepted.")
+    rows, columns = _int(ds, "Rows", 0), _int(ds, "Columns", 0)
+    if rows <= 0 or columns <= 0:
+        raise UnreadableImage("The DICOM file's header gives no valid image size (Rows, Columns).")
+    _check_size(columns, rows, "DICOM image")
+
+    if syntax in native:
+        _check_native_length(ds, rows, columns)
+    else:
+        decoder = get_decoder(syntax)
+        if not decoder.is_available:
+            raise UnsupportedFormat(f"The DICOM file is compressed as {_syntax_name(syntax)}, "
+                                    "which this installation cannot decode.")
+        if "pylibjpeg" in decoder.available_plugins:
+            ds.pixel_array_options(decoding_plugin="pylibjpeg")
     try:
         raw = ds.pixel_array
-    except Exception as exc:
-        syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
-        name = getattr(syntax, "name", str(syntax))
-        raise UnreadableImage(f"DICOM pixel data could not be decoded "
-                              f"(transfer syntax {name}): {type(exc).__name__}") from None
-    if raw.ndim != 2:
-        raise UnsupportedFormat("DICOM pixel data is not a single grayscale frame")
-    if raw.size > MAX_PIXELS:
-        raise ImageTooLarge("DICOM image exceeds the pixel limit")
-    values = apply_modality_lut(raw, ds)
-    values = apply_voi_lut(values, ds)
-    pixels = _stretch_to_uint8(np.asarray(values, dtype=np.float64))
-    if photometric == "MONOCHROME1":
+    except BaseException as exc:  # noqa: BLE001 - decoder plugins raise many types
+        # pylibjpeg-rle is Rust: on some damaged input it panics, and PyO3 raises its
+        # PanicException, which derives from BaseException so that `except Exception` misses it.
+        if not isinstance(exc, Exception) and type(exc).__name__ != "PanicException":
+            raise
+        log.debug("DICOM pixel decoding failed: %s", type(exc).__name__)
+        raise UnreadableImage(f"The DICOM pixel data, encoded as {_syntax_name(syntax)}, is damaged "
+                              "or does not match the image size in its header.") from None
+    if raw.shape != (rows, columns):
+        raise UnreadableImage("The DICOM pixel data does not match the image size in its header.")
+
+    values = _modality_values(raw, ds)
+    pixels = _voi_to_uint8(values, ds)
+    if photometric == "MONOCHROME1":  # low values are white: invert after the VOI step
         pixels = 255 - pixels
-    metadata = {name: _plain(ds.get(name)) for name in SAFE_DICOM_FIELDS if name in ds}
-    return DecodedImage(pixels=pixels, format="DICOM", metadata=metadata)
+    return DecodedImage(pixels=pixels, format="DICOM", metadata=_safe_metadata(ds))
 
 
-def _plain(value):
-    if isinstance(value, (int, float, str)):
-        return value
+def _check_native_length(ds, rows: int, columns: int) -> None:
+    """Uncompressed pixel data must be exactly Rows x Columns samples (plus one pad byte)."""
+    element = ds.get_item("PixelData")
+    length = len(element.value or b"")
+    declared = getattr(element, "length", length)  # as read: the length its header states
+    if declared != 0xFFFFFFFF and length < declared:
+        raise UnreadableImage("The DICOM file is truncated: it ends inside its pixel data.")
+    if length % 2:
+        raise UnreadableImage("The DICOM pixel data has an odd length, which valid DICOM never has.")
+    bits = _int(ds, "BitsAllocated", 0)
+    if bits not in (1, 8, 16, 32):
+        raise UnreadableImage("The DICOM file's header gives an invalid number of bits per pixel.")
+    expected = math.ceil(rows * columns * bits / 8)
+    if length not in (expected, expected + expected % 2):
+        raise UnreadableImage(f"The DICOM pixel data holds {length} bytes, but Rows x Columns "
+                              f"({rows} x {columns}) needs {expected}.")
+
+
+def _modality_values(raw: np.ndarray, ds) -> np.ndarray:
+    """Stored values -> modality values (PS3.3 C.11.1): the Modality LUT, else the rescale.
+
+    Unlike pydicom's ``apply_modality_lut``, a slope without an intercept still applies
+    (intercept 0), and unusable values are refused rather than turned into NaN or inf.
+    """
+    from pydicom.pixels import apply_modality_lut
+
+    invalid = UnreadableImage("The DICOM file's rescale slope or intercept is invalid.")
+    if ds.get("ModalityLUTSequence"):
+        values = np.asarray(apply_modality_lut(raw, ds), dtype=np.float64)
+    else:
+        try:
+            slope = _first_float(ds.get("RescaleSlope", 1.0), strict=True)
+            intercept = _first_float(ds.get("RescaleIntercept", 0.0), strict=True)
+        except (TypeError, ValueError, OverflowError):
+            raise invalid from None
+        if slope == 0:
+            raise invalid
+        with np.errstate(over="ignore", invalid="ignore"):
+            values = raw.astype(np.float64) * slope + intercept
+    if not np.isfinite(values).all():
+        raise invalid
+    return values
+
+
+def _voi_to_uint8(values: np.ndarray, ds) -> np.ndarray:
+    """The VOI step (PS3.3 C.11.2) straight to [0, 255]: LUT, else window, else own range."""
+    lut = _voi_lut(ds)
+    if lut is not None:
+        first, table = lut
+        index = np.clip(np.rint(values) - first, 0, len(table) - 1).astype(np.intp)
+        return _stretch_between(table[index], float(table.min()), float(table.max()))
+    window = _window(ds)
+    if window is not None:
+        center, width, function = window
+        if function == "SIGMOID":
+            unit = 1.0 / (1.0 + np.exp(np.clip(-4.0 * (values - center) / width, -700, 700)))
+        elif function == "LINEAR_EXACT":
+            unit = (values - center) / width + 0.5
+        elif width > 1:  # LINEAR, the default
+            unit = (values - (center - 0.5)) / (width - 1) + 0.5
+        else:
+            unit = (values > center - 0.5).astype(np.float64)
+        return np.round(np.clip(unit, 0.0, 1.0) * 255.0).astype(np.uint8)
+    return _stretch_to_uint8(values)
+
+
+def _stretch_between(values: np.ndarray, lo: float, hi: float) -> np.ndarray:
+    if hi <= lo:
+        return np.zeros(values.shape, dtype=np.uint8)
+    return np.round((np.clip(values, lo, hi) - lo) * (255.0 / (hi - lo))).astype(np.uint8)
+
+
+def _voi_lut(ds) -> tuple[int, np.ndarray] | None:
+    """The first VOI LUT as (first mapped value, table), or None when there is none."""
+    sequence = ds.get("VOILUTSequence")
+    if not sequence:
+        return None
+    item = sequence[0]
+    descriptor, data = item.get("LUTDescriptor"), item.get("LUTData")
+    if descriptor is None or data is None or len(descriptor) != 3:
+        return None
+    entries, first = int(descriptor[0]) or 2**16, int(descriptor[1])
+    if first >= 2**15 and item["LUTDescriptor"].VR in ("US", "US or SS"):
+        first -= 2**16  # the first mapped value may be signed (PS3.3 C.11.2.1.1)
+    if isinstance(data, (bytes, bytearray)):
+        little = ds.original_encoding[1] is not False
+        table = np.frombuffer(bytes(data)[: 2 * entries], dtype="<u2" if little else ">u2")
+    else:
+        table = np.atleast_1d(np.asarray(data, dtype=np.float64))[:entries]
+    if table.size == 0:
+        return None
+    return first, table.astype(np.float64)
+
+
+def _window(ds) -> tuple[float, float, str] | None:
+    """The first window as (center, width, function), or None when absent or unusable."""
+    center, width = _first_float(ds.get("WindowCenter")), _first_float(ds.get("WindowWidth"))
+    if center is None or width is None or width <= 0:
+        return None
+    function = _code(ds.get("VOILUTFunction")) or "LINEAR"
+    if function == "LINEAR" and width < 1:
+        return None
+    return center, width, function
+
+
+def _first_float(value, strict: bool = False) -> float | None:
+    """The first of a (multi-)value as a finite float; None (or, if strict, ValueError) if none."""
     try:
-        return [float(v) for v in value]
-    except TypeError:
-        return str(value)
+        if not isinstance(value, (str, bytes, int, float)):
+            value = value[0]
+        number = float(value)
+    except (TypeError, ValueError, IndexError, OverflowError):
+        number = math.nan
+    if math.isfinite(number):
+        return number
+    if strict:
+        raise ValueError(f"not a finite number: {value!r}")
+    return None
+
+
+def _int(ds, name: str, default: int) -> int:
+    """An integer header field; ``default`` when absent, UnreadableImage when malformed."""
+    try:
+        value = ds.get(name)
+        return default if value is None or value == "" else int(value)
+    except (TypeError, ValueError, OverflowError):
+        raise UnreadableImage(f"The DICOM file's header holds an invalid {_WORDS.get(name, name)}.") \
+            from None
+
+
+_WORDS = {"NumberOfFrames": "number of frames", "SamplesPerPixel": "number of samples per pixel",
+          "Rows": "number of rows", "Columns": "number of columns",
+          "BitsAllocated": "number of bits per pixel"}
+
+
+def _code(value) -> str:
+    """A code string (CS) value, upper-cased; empty when absent or not a valid code string.
+
+    A valid CS is at most 16 of A-Z, 0-9, space and underscore (PS3.5 6.2). Anything else
+    is never echoed: in a damaged file a "value" can swallow the elements that follow it.
+    """
+    if value is None:
+        return ""
+    text = str(value).strip().upper()
+    return text if _CS.fullmatch(text) else ""
+
+
+_CS = re.compile(r"[A-Z0-9_ ]{1,16}")
+
+
+def _safe_metadata(ds) -> dict:
+    """The safe header fields as plain values; a damaged or non-conformant field is left out."""
+    metadata: dict = {}
+    for name in SAFE_DICOM_FIELDS:
+        try:
+            value = ds.get(name)
+            if value is None or value == "":
+                continue
+            if name in ("Rows", "Columns", "BitsStored"):
+                number = int(value)
+                if 0 < number < 2**16:
+                    metadata[name] = number
+            elif name == "PixelSpacing":
+                spacing = [float(v) for v in value]
+                if len(spacing) == 2 and all(math.isfinite(v) and v > 0 for v in spacing):
+                    metadata[name] = spacing
+            elif code := _code(value):
+                metadata[name] = code
+        except Exception:  # noqa: BLE001 - a malformed optional field is just not shown
+            continue
+    return metadata
