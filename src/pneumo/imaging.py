@@ -66,10 +66,11 @@ _JPEG_MAGIC = b"\xff\xd8\xff"
 
 #: What modality codes mean, for refusals a person can read.
 _MODALITY_NAMES = {
-    "CT": "a CT scan", "MR": "an MR scan", "US": "an ultrasound image", "NM": "a nuclear medicine image",
-    "PT": "a PET scan", "MG": "a mammogram", "XA": "an angiography image", "RF": "a fluoroscopy image",
-    "IO": "an intra-oral dental X-ray", "PX": "a panoramic dental X-ray", "OT": "an unspecified image",
-    "SC": "a secondary capture", "OP": "an eye photograph", "XC": "a photograph", "SM": "a microscopy slide",
+    "CT": "a CT scan", "MR": "an MR scan", "US": "an ultrasound image",
+    "NM": "a nuclear medicine image", "PT": "a PET scan", "MG": "a mammogram",
+    "XA": "an angiography image", "RF": "a fluoroscopy image", "IO": "an intra-oral dental X-ray",
+    "PX": "a panoramic dental X-ray", "OT": "an unspecified image", "SC": "a secondary capture",
+    "OP": "an eye photograph", "XC": "a photograph", "SM": "a microscopy slide",
     "ES": "an endoscopy image", "SR": "a structured report", "DOC": "a document",
 }
 
@@ -227,7 +228,8 @@ def _raster_error(exc: Exception, data: bytes, fmt: str) -> ImageError:
         return ImageTooLarge("The PNG file holds a text block that expands to more than 1 MB; "
                              "it was refused as a possible decompression bomb.")
     if "truncated" in message or _looks_truncated(data, fmt):
-        return UnreadableImage(f"The {fmt} file is truncated: it ends before the image is complete.")
+        return UnreadableImage(f"The {fmt} file is truncated: it ends before the image is "
+                               "complete.")
     return UnreadableImage(f"The {fmt} file is damaged and could not be decoded.")
 
 
@@ -297,18 +299,24 @@ class _QuietWhileDecoding(logging.Filter):
 
 
 _QUIET = _QuietWhileDecoding()
-_QUIET_LOGGERS = ("pydicom", "pylibjpeg", "openjpeg", "libjpeg", "jpeg_ls", "rle")
+_QUIET_PACKAGES = ("pydicom", "pylibjpeg", "openjpeg", "libjpeg", "jpeg_ls", "rle")
+#: The loggers those packages create (pydicom 3.0, pylibjpeg 2): named so that the filter is on
+#: them even before a lazily imported plugin creates them.
+_QUIET_LOGGERS = ("pydicom", "pydicom.pixels.decoders.base", "pydicom.pixels.encoders.base",
+                  "pydicom.pixels.utils", "pylibjpeg", "pylibjpeg.tools.jpegio", "openjpeg",
+                  "openjpeg.utils", "openjpeg._openjpeg", "libjpeg", "rle")
 
 
 @contextlib.contextmanager
 def _quiet_dicom_logs():
-    # A filter applies to records created on its own logger only, not on its children, so it is
-    # added to every logger of those packages that exists by now (they are created on import).
-    for name in list(logging.Logger.manager.loggerDict):
-        if name.split(".")[0] in _QUIET_LOGGERS:
-            logger = logging.getLogger(name)
-            if _QUIET not in logger.filters:
-                logger.addFilter(_QUIET)
+    # A filter applies to records created on its own logger only, not on its children's, so it
+    # goes on each logger of those packages: the known ones and any other that exists by now.
+    names = {name for name in list(logging.Logger.manager.loggerDict)
+             if name.split(".")[0] in _QUIET_PACKAGES}
+    for name in names.union(_QUIET_LOGGERS):
+        logger = logging.getLogger(name)
+        if _QUIET not in logger.filters:
+            logger.addFilter(_QUIET)
     _QUIET.active.on = True
     try:
         yield
@@ -318,7 +326,6 @@ def _quiet_dicom_logs():
 
 def _load_dicom(data: bytes) -> DecodedImage:
     import pydicom
-    import pydicom.pixels  # noqa: F401 - imported now so that its loggers exist for the filter
     from pydicom.errors import InvalidDicomError
 
     # pydicom warns (UserWarning) and logs about non-conformant values; such a file is judged
@@ -378,7 +385,8 @@ def _dicom_transfer_syntax(data: bytes):
         except zlib.error:
             raise UnreadableImage("The DICOM file's deflate-compressed data is damaged.") from None
         if inflater.unconsumed_tail:
-            raise ImageTooLarge(f"The DICOM file inflates to more than {MAX_FILE_BYTES // 2**20} MB "
+            raise ImageTooLarge(f"The DICOM file inflates to more than "
+                                f"{MAX_FILE_BYTES // 2**20} MB "
                                 "and was refused as a possible decompression bomb.")
     return syntax
 
@@ -407,7 +415,8 @@ def _decode_dicom(ds, syntax) -> DecodedImage:
         raise UnsupportedFormat(f"The DICOM file holds {what}, not a radiograph; only chest "
                                 "radiographs (CR or DX) are accepted.")
     if "PixelData" not in ds:  # pydicom reads a file cut short as far as it can, silently
-        raise UnreadableImage("The DICOM file holds no image: it has no pixel data or is truncated.")
+        raise UnreadableImage("The DICOM file holds no image: it has no pixel data or is "
+                              "truncated.")
     frames = _int(ds, "NumberOfFrames", 1)
     if frames > 1:
         raise UnsupportedFormat(f"The DICOM file holds {frames} frames; only single-frame "
@@ -435,14 +444,14 @@ def _decode_dicom(ds, syntax) -> DecodedImage:
             ds.pixel_array_options(decoding_plugin="pylibjpeg")
     try:
         raw = ds.pixel_array
-    except BaseException as exc:  # noqa: BLE001 - decoder plugins raise many types
+    except BaseException as exc:  # decoder plugins raise many types, see below
         # pylibjpeg-rle is Rust: on some damaged input it panics, and PyO3 raises its
         # PanicException, which derives from BaseException so that `except Exception` misses it.
         if not isinstance(exc, Exception) and type(exc).__name__ != "PanicException":
             raise
         log.debug("DICOM pixel decoding failed: %s", type(exc).__name__)
-        raise UnreadableImage(f"The DICOM pixel data, encoded as {_syntax_name(syntax)}, is damaged "
-                              "or does not match the image size in its header.") from None
+        raise UnreadableImage(f"The DICOM pixel data, encoded as {_syntax_name(syntax)}, is "
+                              "damaged or does not match the image size in its header.") from None
     if raw.shape != (rows, columns):
         raise UnreadableImage("The DICOM pixel data does not match the image size in its header.")
 
@@ -461,7 +470,8 @@ def _check_native_length(ds, rows: int, columns: int) -> None:
     if declared != 0xFFFFFFFF and length < declared:
         raise UnreadableImage("The DICOM file is truncated: it ends inside its pixel data.")
     if length % 2:
-        raise UnreadableImage("The DICOM pixel data has an odd length, which valid DICOM never has.")
+        raise UnreadableImage("The DICOM pixel data has an odd length, which valid DICOM never "
+                              "has.")
     bits = _int(ds, "BitsAllocated", 0)
     if bits not in (1, 8, 16, 32):
         raise UnreadableImage("The DICOM file's header gives an invalid number of bits per pixel.")
@@ -579,8 +589,8 @@ def _int(ds, name: str, default: int) -> int:
         value = ds.get(name)
         return default if value is None or value == "" else int(value)
     except (TypeError, ValueError, OverflowError):
-        raise UnreadableImage(f"The DICOM file's header holds an invalid {_WORDS.get(name, name)}.") \
-            from None
+        what = _WORDS.get(name, name)
+        raise UnreadableImage(f"The DICOM file's header holds an invalid {what}.") from None
 
 
 _WORDS = {"NumberOfFrames": "number of frames", "SamplesPerPixel": "number of samples per pixel",
@@ -621,6 +631,6 @@ def _safe_metadata(ds) -> dict:
                     metadata[name] = spacing
             elif code := _code(value):
                 metadata[name] = code
-        except Exception:  # noqa: BLE001 - a malformed optional field is just not shown
-            continue
+        except Exception as exc:  # noqa: BLE001 - a malformed optional field is just not shown
+            log.debug("DICOM field %s left out: %s", name, type(exc).__name__)
     return metadata
