@@ -124,6 +124,10 @@ def compress(ds: Dataset, pixels: np.ndarray, syntax: str) -> None:
         ds.compress(syntax, pixels, encoding_plugin="pydicom", generate_instance_uid=False)
     elif syntax in (uid.JPEGLSLossless, uid.JPEG2000Lossless):
         ds.compress(syntax, pixels, generate_instance_uid=False)
+    elif syntax == uid.JPEGLSNearLossless:
+        ds.compress(syntax, pixels, jls_error=3, generate_instance_uid=False)
+    elif syntax == uid.JPEG2000:
+        ds.compress(syntax, pixels, j2k_cr=[8], generate_instance_uid=False)
     elif syntax == uid.JPEGBaseline8Bit:
         if pixels.dtype != np.uint8:
             raise ValueError("JPEG baseline holds 8-bit samples")

@@ -122,6 +122,7 @@ def test_sniff_format_reads_content_only(png, jpeg):
     assert sniff_format(jpeg[:132]) == "JPEG"
     assert sniff_format(b"\x00" * 128 + b"DICM") == "DICOM"
     assert sniff_format(b"MZ" + b"\x00" * 126 + b"DICM") == "DICOM"
+    assert sniff_format(png[:128] + b"DICM") == "DICOM"  # the preamble may hold anything
     assert sniff_format(b"GIF89a") is None and sniff_format(b"") is None
 
 
@@ -452,6 +453,15 @@ def test_row13_corrupt_exif_does_not_stop_decoding(xray):
     app1 = b"\xff\xe1" + struct.pack(">H", 2 + 6 + len(tiff)) + b"Exif\x00\x00" + tiff
     decoded = load_image(jpeg[:2] + app1 + jpeg[2:])
     assert decoded.pixels.shape == xray.shape
+
+
+def test_row13_real_training_xrays_decode(train_data):
+    """A few files of the real collection (skipped where ../shared/data is absent)."""
+    for folder in sorted(p for p in train_data.iterdir() if p.is_dir()):
+        for path in sorted(folder.iterdir())[:8]:
+            image = load_image(path)
+            assert image.pixels.dtype == np.uint8 and image.pixels.ndim == 2
+            assert min(image.pixels.shape) >= 64 and image.colorfulness < 5
 
 
 # ---------------------------------------------------------------------------- threads
