@@ -364,7 +364,8 @@ def test_row17_predictions_agree_for_monochrome1_and_2(tiny_predictor, image12):
 
 
 @pytest.mark.parametrize("case, words", [
-    ("CT", "CT scan"), ("MR", "MR scan"), ("US", "ultrasound"), ("XYZ", "modality XYZ"),
+    ("CT", "CT scan"), ("MR", "MR scan"), ("US", "ultrasound"), ("PX", "panoramic dental"),
+    ("XYZ", "modality XYZ"),
     ("multi-frame", "3 frames"), ("RGB", "RGB"), ("YBR_FULL", "YBR_FULL"),
     ("PALETTE COLOR", "PALETTE COLOR"),
 ])
@@ -384,7 +385,7 @@ def test_row18_non_radiographs_are_refused_with_the_reason(case, words):
     assert words in assert_plain(caught.value)
 
 
-@pytest.mark.parametrize("modality", ["CR", "DX", None])
+@pytest.mark.parametrize("modality", ["CR", "DX", "DR", "RG", "dx", None])
 def test_row18_radiograph_modalities_are_accepted(modality):
     assert load_image(make_dicom(radiograph(bits=8), modality=modality)).format == "DICOM"
 
