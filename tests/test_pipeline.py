@@ -123,10 +123,11 @@ def test_user_errors_are_one_line_without_traceback(tmp_path, args, message):
     make_dataset(tmp_path / "data", n_per_class=2)
     args = [a.format(empty=tmp_path / "empty", data=tmp_path / "data") for a in args]
     result = subprocess.run([sys.executable, "-m", "pneumo.cli", *args], capture_output=True,
-                            text=True, timeout=300)
+                            text=True, timeout=300, cwd=tmp_path)
     assert result.returncode == 2
     assert message in result.stderr
     assert "Traceback" not in result.stderr
+    assert not (tmp_path / "runs").exists()  # a failed run leaves no half-made run folder
 
 
 def test_every_subcommand_explains_its_options():

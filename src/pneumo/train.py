@@ -114,13 +114,12 @@ def run_training(config: TrainConfig, command: str = "") -> Path:
     started = time.monotonic()
     resolve_backbone_weights(config.backbone_weights)  # fail before any slow work
     keras.utils.set_random_seed(config.seed)
+    train, val, n_duplicates = _prepare_split(config)  # before any folder is made
     run_name = config.run_name or dt.datetime.now().strftime("%Y%m%d-%H%M%S")
     run_dir = Path(config.out_dir) / run_name
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "config.json").write_text(json.dumps({**config.to_dict(), "command": command},
                                                     indent=2) + "\n")
-
-    train, val, n_duplicates = _prepare_split(config)
     log.info("split by %s: %d training images (%d patients), %d validation (%d patients)",
              config.validation_design, len(train), len({s.group for s in train}), len(val),
              len({s.group for s in val}))
