@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from pneumo.calibration import calibrate, choose_threshold, expected_calibration_error, \
-    fit_temperature, sigmoid
+    fit_calibration, sigmoid
 from pneumo.metrics import screening_metrics
 
 
@@ -28,20 +28,22 @@ def test_target_sensitivity_picks_the_most_specific_threshold_reaching_it():
     assert threshold == pytest.approx(0.6)
 
 
-def test_temperature_recovers_a_known_overconfidence():
+def test_calibration_recovers_a_known_overconfidence_and_prior_shift():
     rng = np.random.default_rng(0)
     true_logits = rng.normal(0, 2, 20000)
     y = (rng.random(20000) < sigmoid(true_logits)).astype(int)
-    temperature = fit_temperature(true_logits * 3.0, y)  # a model 3x over-confident
+    distorted = true_logits * 3.0 - 2.0  # 3x over-confident and shifted towards NORMAL
+    temperature, bias = fit_calibration(distorted, y)
     assert temperature == pytest.approx(3.0, rel=0.08)
-    before = expected_calibration_error(y, sigmoid(true_logits * 3.0))
-    after = expected_calibration_error(y, calibrate(true_logits * 3.0, temperature))
-    assert after < before / 3
+    assert bias == pytest.approx(2.0 / 3.0, abs=0.08)
+    before = expected_calibration_error(y, sigmoid(distorted))
+    after = expected_calibration_error(y, calibrate(distorted, temperature, bias))
+    assert after < before / 5
 
 
 def test_calibration_keeps_the_ranking():
     logits = np.array([-3.0, -1.0, 0.5, 2.0])
-    assert (np.argsort(calibrate(logits, 2.5)) == np.argsort(logits)).all()
+    assert (np.argsort(calibrate(logits, 2.5, -0.7)) == np.argsort(logits)).all()
 
 
 def test_ece_is_zero_for_perfect_calibration_and_large_for_wrong_confidence():

@@ -1,14 +1,16 @@
 """Probability calibration and the operating threshold, both fitted on validation.
 
-Temperature scaling (Guo et al., 2017) divides the logit by one fitted number:
-it fixes over-confidence without changing the ranking, so ROC AUC is unchanged
-and the threshold can be chosen after it.
+Temperature scaling (Guo et al., 2017) divides the logit by a fitted T; we add
+a fitted bias b, ``p = sigmoid(logit / T + b)`` (Platt scaling), because
+class-weighted training deliberately shifts the logits' prior and T alone
+cannot undo a shift. Both keep the ranking, so ROC AUC is unchanged and the
+threshold can be chosen afterwards.
 """
 
 from __future__ import annotations
 
 import numpy as np
-from scipy.optimize import minimize_scalar
+from scipy.optimize import minimize
 from sklearn.metrics import roc_curve
 
 
@@ -23,19 +25,25 @@ def log_loss(y: np.ndarray, p: np.ndarray) -> float:
     return float(-np.mean(y * np.log(p) + (1 - y) * np.log(1 - p)))
 
 
-def fit_temperature(logits: np.ndarray, y: np.ndarray) -> float:
-    """The temperature T > 0 minimising the log loss of ``sigmoid(logits / T)``."""
+def fit_calibration(logits: np.ndarray, y: np.ndarray) -> tuple[float, float]:
+    """``(T, b)`` minimising the log loss of ``sigmoid(logits / T + b)``, T > 0."""
     logits = np.asarray(logits, dtype=np.float64).ravel()
     y = np.asarray(y, dtype=np.float64).ravel()
     if len(np.unique(y)) < 2:
-        raise ValueError("temperature scaling needs both classes in the validation set")
-    result = minimize_scalar(lambda log_t: log_loss(y, sigmoid(logits / np.exp(log_t))),
-                             bounds=(np.log(0.05), np.log(20.0)), method="bounded")
-    return float(np.exp(result.x))
+        raise ValueError("calibration needs both classes in the validation set")
+
+    def loss(params):
+        log_t, bias = params
+        return log_loss(y, sigmoid(logits / np.exp(log_t) + bias))
+
+    result = minimize(loss, x0=[0.0, 0.0], method="L-BFGS-B",
+                      bounds=[(np.log(0.05), np.log(20.0)), (-10.0, 10.0)])
+    log_t, bias = result.x
+    return float(np.exp(log_t)), float(bias)
 
 
-def calibrate(logits: np.ndarray, temperature: float) -> np.ndarray:
-    return sigmoid(np.asarray(logits, dtype=np.float64) / temperature)
+def calibrate(logits: np.ndarray, temperature: float, bias: float = 0.0) -> np.ndarray:
+    return sigmoid(np.asarray(logits, dtype=np.float64) / temperature + bias)
 
 
 def choose_threshold(y: np.ndarray, p: np.ndarray,

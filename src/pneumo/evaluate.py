@@ -37,7 +37,7 @@ def evaluate(data_dir: str | Path, out_dir: str | Path, bundle: str | Path | Non
         logits.extend(p.logit for p in predictor.predict_batch(images[start:start + batch_size],
                                                                heatmaps=False))
     logits = np.array(logits)
-    p = sigmoid(logits / predictor.temperature)
+    p = predictor.calibrate(logits)
     metrics = screening_metrics(y, p, predictor.threshold, seed=seed)
     metrics["model"] = {"name": predictor.name, "version": predictor.version,
                         "bundle": str(predictor.bundle_path)}

@@ -2,7 +2,7 @@
 
 One forward pass returns both the last convolutional features and the logit,
 so the heatmap is free. The calibrated probability and the label come from the
-card's temperature and threshold; nothing here is a typed constant.
+card's calibration and threshold; nothing here is a typed constant.
 """
 
 from __future__ import annotations
@@ -43,6 +43,7 @@ class Predictor:
         self.image_size = int(card["input"]["size"])
         self.threshold = float(card["threshold"])
         self.temperature = float(card["calibration"]["temperature"])
+        self.bias = float(card["calibration"].get("bias", 0.0))
         from .models import with_features
 
         self._model = with_features(model)
@@ -64,6 +65,10 @@ class Predictor:
     def version(self) -> str:
         return self.card.get("version", "unknown")
 
+    def calibrate(self, logits: np.ndarray) -> np.ndarray:
+        """Calibrated P(PNEUMONIA) for raw logits, with the card's calibration."""
+        return calibrate(logits, self.temperature, self.bias)
+
     def prepare(self, image: DecodedImage | np.ndarray | str | Path | bytes) -> np.ndarray:
         """Any accepted input -> the model's uint8 ``(S, S, 1)`` array."""
         if isinstance(image, (str, Path, bytes, bytearray)):
@@ -78,7 +83,7 @@ class Predictor:
         with self._lock:
             features, logits = self._forward(np.ascontiguousarray(batch, dtype=np.uint8))
         logits = np.asarray(logits, dtype=np.float64).reshape(-1)
-        probabilities = calibrate(logits, self.temperature)
+        probabilities = self.calibrate(logits)
         cams = class_activation_maps(np.asarray(features), self._logit_weights) if heatmaps else None
         results = []
         for i, (logit, probability) in enumerate(zip(logits, probabilities)):

@@ -24,7 +24,7 @@ import numpy as np
 
 from . import __version__, plots
 from .bundle import save_bundle
-from .calibration import calibrate, choose_threshold, expected_calibration_error, fit_temperature, \
+from .calibration import calibrate, choose_threshold, expected_calibration_error, fit_calibration, \
     log_loss, sigmoid
 from .config import CLASS_NAMES, TrainConfig
 from .data import DataError, discover, limit_per_class, load_images, make_dataset, \
@@ -188,12 +188,13 @@ def run_training(config: TrainConfig, command: str = "") -> Path:
 
     # Calibration and operating point, on validation.
     logits = model.predict(x_val, batch_size=config.batch_size, verbose=0).reshape(-1)
-    temperature = fit_temperature(logits, y_val)
-    p_raw, p = sigmoid(logits), calibrate(logits, temperature)
+    temperature, bias = fit_calibration(logits, y_val)
+    p_raw, p = sigmoid(logits), calibrate(logits, temperature, bias)
     threshold, method = choose_threshold(y_val, p, config.target_sensitivity)
     metrics = screening_metrics(y_val, p, threshold, seed=config.seed)
     metrics.update(threshold_method=method, ece_uncalibrated=expected_calibration_error(y_val, p_raw),
-                   loss_uncalibrated=log_loss(y_val, p_raw), temperature=temperature)
+                   loss_uncalibrated=log_loss(y_val, p_raw), temperature=temperature,
+                   calibration_bias=bias)
     plots.all_evaluation_plots(y_val, p, metrics, run_dir, p_uncalibrated=p_raw)
     timings["total_seconds"] = round(time.monotonic() - started, 1)
     metrics["timings"] = timings
@@ -213,7 +214,9 @@ def run_training(config: TrainConfig, command: str = "") -> Path:
         "head": "global average pooling -> dropout -> dense(1) logit; heatmap = class activation map",
         "threshold": threshold,
         "threshold_method": method,
-        "calibration": {"method": "temperature scaling", "temperature": temperature,
+        "calibration": {"method": "temperature scaling with bias (Platt): "
+                                  "p = sigmoid(logit / temperature + bias)",
+                        "temperature": temperature, "bias": bias,
                         "ece_before": metrics["ece_uncalibrated"], "ece_after": metrics["ece"]},
         "training": {
             "command": command,
