@@ -1,0 +1,64 @@
+"""The web page and JSON API, built by ``create_app`` (the Flask tutorial's factory).
+
+The model is loaded once per application by ``model.init_app`` and shared by
+every request thread; nothing here imports TensorFlow at import time.
+
+Configuration keys (defaults below; pass a mapping to ``create_app`` to change them):
+
+``PNEUMO_MODEL``
+    Model bundle folder (default: ``pneumo.config.default_bundle_path()``).
+``PNEUMO_PREDICTOR``
+    An already loaded ``Predictor`` to use instead of loading ``PNEUMO_MODEL``
+    (tests, embedding).
+``PNEUMO_MODEL_LOADING``
+    ``"eager"``: load inside ``create_app`` and fail there on a broken bundle;
+    ``"background"``: load in a thread, health answers 503 until it is ready.
+``PNEUMO_INFERENCE_TIMEOUT``
+    Seconds a request waits for the model before answering 504.
+``PNEUMO_MAX_BATCH_FILES``
+    Most files in one batch request.
+``MAX_CONTENT_LENGTH`` / ``MAX_FORM_PARTS``
+    Flask's own upload limits: larger bodies get 413.
+"""
+
+from __future__ import annotations
+
+from flask import Flask
+
+from ..config import default_bundle_path
+
+#: Largest request body accepted (Flask answers 413 above it).
+MAX_UPLOAD_BYTES = 32 * 1024 * 1024
+
+
+def create_app(config: dict | None = None) -> Flask:
+    """Build the app; ``config`` overrides the defaults (e.g. ``{"TESTING": True}``)."""
+    app = Flask(__name__)
+    app.config.from_mapping(
+        PNEUMO_MODEL=None,
+        PNEUMO_PREDICTOR=None,
+        PNEUMO_MODEL_LOADING="eager",
+        PNEUMO_INFERENCE_TIMEOUT=60.0,
+        PNEUMO_MAX_BATCH_FILES=16,
+        PNEUMO_HEATMAP_SIDE=512,  # long side of the heatmap PNG sent to clients
+        PNEUMO_IMAGE_SIDE=1024,  # long side of the decoded image sent back on request
+        MAX_CONTENT_LENGTH=MAX_UPLOAD_BYTES,
+        MAX_FORM_PARTS=64,
+    )
+    if config is not None:
+        app.config.from_mapping(config)
+    if not app.config["PNEUMO_MODEL"]:
+        app.config["PNEUMO_MODEL"] = str(default_bundle_path())
+    # No SECRET_KEY: the app keeps no sessions and signs nothing. Debug stays as
+    # Flask decides it (off) unless the caller passes DEBUG=True.
+
+    from . import api, errors, model, security, ui, uploads
+
+    app.request_class = uploads.InMemoryRequest
+    app.json = api.StrictJSONProvider(app)
+    security.init_app(app)
+    errors.init_app(app)
+    app.register_blueprint(ui.bp)
+    app.register_blueprint(api.bp)
+    model.init_app(app)
+    return app

@@ -1,0 +1,195 @@
+"""The JSON API, version 1: predict one file or a batch, health, the model card.
+
+The label, probability and threshold always come from the ``Predictor`` (the
+bundle's card); this module only moves them into JSON. The contract is
+written down in ``openapi.py`` and checked against real responses by the tests.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import math
+
+import numpy as np
+from flask import Blueprint, current_app, jsonify, request
+from flask.json.provider import DefaultJSONProvider
+from PIL import Image
+
+from ..explain import heatmap_png
+from ..imaging import DecodedImage, ImageError, load_image
+from . import openapi
+from .errors import ApiError, error_body
+from .model import get_holder, get_predictor, unavailable_message
+from .uploads import clean_name, read_upload, uploaded_files
+
+bp = Blueprint("api", __name__, url_prefix="/api/v1")
+
+#: Shown with every prediction, in the API as on the page.
+DISCLAIMER = ("A second opinion, not a diagnosis: a clinician must read the image and decide. "
+              "The heatmap shows where the evidence lies, not the extent of disease.")
+
+
+class StrictJSONProvider(DefaultJSONProvider):
+    """Flask's JSON, minus what is not JSON: NaN and infinities (a metric undefined on
+    one class) become null, numpy scalars become numbers, and keys keep their order."""
+
+    sort_keys = False
+
+    def dumps(self, obj, **kwargs) -> str:
+        kwargs.setdefault("allow_nan", False)
+        return super().dumps(_finite(obj), **kwargs)
+
+
+def _finite(value):
+    if isinstance(value, dict):
+        return {key: _finite(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(item) for item in value]
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def _flag(name: str, default: bool) -> bool:
+    """A boolean query parameter; ApiError 400 for anything but true/false/1/0/yes/no."""
+    raw = request.args.get(name)
+    if raw is None:
+        return default
+    value = raw.strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off"):
+        return False
+    raise ApiError(400, "bad_request",
+                   f"query parameter '{name}' must be true or false, not {raw[:20]!r}")
+
+
+def _decode(data: bytes) -> DecodedImage:
+    try:
+        return load_image(data)
+    except ImageError as exc:
+        raise ApiError(exc.status, exc.code, str(exc)) from None
+
+
+def _fit(width: int, height: int, side: int) -> tuple[int, int]:
+    """``(width, height)`` scaled down so the long side is at most ``side``."""
+    scale = min(1.0, side / max(width, height))
+    return max(1, round(width * scale)), max(1, round(height * scale))
+
+
+def _data_url(png: bytes) -> str:
+    return "data:image/png;base64," + base64.b64encode(png).decode("ascii")
+
+
+def _gray_png(pixels: np.ndarray, size: tuple[int, int]) -> bytes:
+    image = Image.fromarray(pixels, mode="L")
+    if image.size != size:
+        image = image.resize(size, Image.BILINEAR)
+    buffer = io.BytesIO()
+    image.save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+def model_info(predictor) -> dict:
+    return {"name": predictor.name, "version": predictor.version}
+
+
+def _fields(prediction, decoded: DecodedImage, *, with_image: bool) -> dict:
+    """The JSON for one prediction, heatmap sized to the image's aspect ratio."""
+    height, width = decoded.pixels.shape
+    body = {
+        **prediction.to_dict(),
+        "input": {"format": decoded.format, "width": int(width), "height": int(height),
+                  "metadata": decoded.metadata},
+        "heatmap": None,
+        "heatmap_shows": None,
+        "disclaimer": DISCLAIMER,
+    }
+    if prediction.heatmap is not None:
+        size = _fit(width, height, current_app.config["PNEUMO_HEATMAP_SIDE"])
+        body["heatmap"] = _data_url(heatmap_png(prediction.heatmap, size))
+        body["heatmap_shows"] = f"evidence for {prediction.label}"
+    if with_image:
+        size = _fit(width, height, current_app.config["PNEUMO_IMAGE_SIDE"])
+        body["image"] = _data_url(_gray_png(decoded.pixels, size))
+    return body
+
+
+def _infer(predictor, batch: np.ndarray, heatmaps: bool):
+    return get_holder().run(predictor.predict_batch, batch, heatmaps,
+                            timeout=float(current_app.config["PNEUMO_INFERENCE_TIMEOUT"]))
+
+
+@bp.post("/predict")
+def predict():
+    """One X-ray (multipart field ``file``) -> label, probability, threshold, heatmap."""
+    heatmaps, with_image = _flag("heatmap", True), _flag("image", False)
+    predictor = get_predictor()
+    files = uploaded_files()
+    if len(files) > 1:
+        raise ApiError(400, "bad_request",
+                       f"{len(files)} files were sent; send one, or use /api/v1/predict/batch")
+    upload = read_upload(files[0])
+    decoded = _decode(upload.data)
+    prediction = _infer(predictor, predictor.prepare(decoded)[None], heatmaps)[0]
+    return jsonify({"filename": upload.name, **_fields(prediction, decoded, with_image=with_image),
+                    "model": model_info(predictor)})
+
+
+@bp.post("/predict/batch")
+def predict_batch():
+    """Several X-rays (repeated field ``file``) -> one result or error entry per file."""
+    heatmaps = _flag("heatmap", True)
+    predictor = get_predictor()
+    files = uploaded_files()
+    limit = int(current_app.config["PNEUMO_MAX_BATCH_FILES"])
+    if len(files) > limit:
+        raise ApiError(413, "too_many_files",
+                       f"{len(files)} files were sent; at most {limit} per batch")
+    entries: list[dict] = []
+    accepted: list[tuple[int, DecodedImage, np.ndarray]] = []
+    for index, storage in enumerate(files):
+        entry = {"index": index, "filename": clean_name(storage.filename) or None, "ok": False}
+        entries.append(entry)
+        try:
+            decoded = _decode(read_upload(storage).data)
+        except ApiError as exc:
+            entry.update(status=exc.status, **error_body(exc.code, exc.message))
+            continue
+        accepted.append((index, decoded, predictor.prepare(decoded)))
+    if accepted:
+        predictions = _infer(predictor, np.stack([item[2] for item in accepted]), heatmaps)
+        for (index, decoded, _), prediction in zip(accepted, predictions):
+            entries[index].update(ok=True, status=200,
+                                  **_fields(prediction, decoded, with_image=False))
+    return jsonify({"model": model_info(predictor), "count": len(entries),
+                    "succeeded": len(accepted), "results": entries})
+
+
+@bp.get("/health")
+def health():
+    """200 once the model is loaded; 503 while it loads or if it failed."""
+    holder = get_holder()
+    if holder.predictor is None:
+        status = "failed" if holder.error else "loading"
+        response = jsonify({"status": status,
+                            **error_body("model_unavailable", unavailable_message(holder))})
+        response.status_code = 503
+        response.headers["Retry-After"] = "5"
+        return response
+    return jsonify({"status": "ready", "model": model_info(holder.predictor)})
+
+
+@bp.get("/model")
+def model_card():
+    """The model card of the loaded bundle."""
+    return jsonify(get_predictor().card)
+
+
+@bp.get("/openapi.json")
+def openapi_json():
+    """The OpenAPI 3.1 description of this API."""
+    return jsonify(openapi.spec(request.host_url.rstrip("/")))

@@ -1,0 +1,262 @@
+"""The OpenAPI 3.1 description served at ``/api/v1/openapi.json``.
+
+OpenAPI 3.1 schemas are JSON Schema 2020-12, so the tests validate real
+responses against this document with ``jsonschema`` and keep it true.
+Objects are closed (``additionalProperties: false``) wherever the API promises
+a shape, so a new field must be documented here before a test passes.
+"""
+
+from __future__ import annotations
+
+from .. import __version__
+from .uploads import ALLOWED_EXTENSIONS
+
+_ERROR_CODES = ["bad_request", "missing_file", "cross_origin", "forbidden", "not_found",
+                "method_not_allowed", "too_large", "too_many_files", "unsupported_type",
+                "unreadable_image", "internal_error", "model_unavailable", "timeout",
+                "http_error"]
+
+_MODEL = {
+    "type": "object",
+    "required": ["name", "version"],
+    "additionalProperties": False,
+    "properties": {"name": {"type": "string"}, "version": {"type": "string"}},
+}
+
+_ERROR_OBJECT = {
+    "type": "object",
+    "required": ["code", "message"],
+    "additionalProperties": False,
+    "properties": {
+        "code": {"type": "string", "enum": _ERROR_CODES,
+                 "description": "Stable, machine-readable reason."},
+        "message": {"type": "string", "description": "Plain-words explanation for a person."},
+    },
+}
+
+_PNG_DATA_URL = {"type": "string", "pattern": "^data:image/png;base64,[A-Za-z0-9+/]+=*$"}
+
+_PREDICTION_FIELDS = {
+    "label": {"type": "string", "enum": ["NORMAL", "PNEUMONIA"],
+              "description": "PNEUMONIA when probability >= threshold."},
+    "probability": {"type": "number", "minimum": 0, "maximum": 1,
+                    "description": "Calibrated probability of pneumonia (temperature scaling "
+                                   "fitted on validation)."},
+    "threshold": {"type": "number", "minimum": 0, "maximum": 1,
+                  "description": "The operating threshold from the model card, chosen on "
+                                 "validation."},
+    "input": {
+        "type": "object",
+        "required": ["format", "width", "height", "metadata"],
+        "additionalProperties": False,
+        "properties": {
+            "format": {"type": "string", "enum": ["PNG", "JPEG", "DICOM"],
+                       "description": "Format found from the file's content."},
+            "width": {"type": "integer", "minimum": 1},
+            "height": {"type": "integer", "minimum": 1},
+            "metadata": {"type": "object", "description": "Non-identifying DICOM fields "
+                                                          "(empty for PNG and JPEG)."},
+        },
+    },
+    "heatmap": {
+        "oneOf": [_PNG_DATA_URL, {"type": "null"}],
+        "description": "RGBA PNG as a data URL, the image's aspect ratio, to be stretched "
+                       "over the whole X-ray; alpha follows the evidence for `label`. Null "
+                       "with ?heatmap=false.",
+    },
+    "heatmap_shows": {"type": ["string", "null"],
+                      "description": "What the heatmap highlights, e.g. 'evidence for "
+                                     "PNEUMONIA'."},
+    "disclaimer": {"type": "string"},
+}
+
+_PREDICTION = {
+    "type": "object",
+    "required": ["filename", "label", "probability", "threshold", "input", "heatmap",
+                 "heatmap_shows", "disclaimer", "model"],
+    "additionalProperties": False,
+    "properties": {
+        "filename": {"type": "string", "description": "The uploaded file's name, without "
+                                                      "folders or control characters."},
+        **_PREDICTION_FIELDS,
+        "image": {**_PNG_DATA_URL, "description": "With ?image=true: the decoded grayscale "
+                                                  "image as the model saw it (before "
+                                                  "resizing), orientation applied."},
+        "model": {"$ref": "#/components/schemas/Model"},
+    },
+}
+
+_BATCH_OK = {
+    "type": "object",
+    "required": ["index", "filename", "ok", "status", "label", "probability", "threshold",
+                 "input", "heatmap", "heatmap_shows", "disclaimer"],
+    "additionalProperties": False,
+    "properties": {
+        "index": {"type": "integer", "minimum": 0},
+        "filename": {"type": "string"},
+        "ok": {"const": True},
+        "status": {"const": 200},
+        **_PREDICTION_FIELDS,
+    },
+}
+
+_BATCH_ERROR = {
+    "type": "object",
+    "required": ["index", "filename", "ok", "status", "error"],
+    "additionalProperties": False,
+    "properties": {
+        "index": {"type": "integer", "minimum": 0},
+        "filename": {"type": ["string", "null"]},
+        "ok": {"const": False},
+        "status": {"type": "integer", "enum": [400, 413, 415, 422],
+                   "description": "The status this file alone would have been given."},
+        "error": {"$ref": "#/components/schemas/ErrorObject"},
+    },
+}
+
+
+def _json(schema_name: str, description: str) -> dict:
+    return {"description": description,
+            "content": {"application/json": {
+                "schema": {"$ref": f"#/components/schemas/{schema_name}"}}}}
+
+
+def _errors(*statuses: int) -> dict:
+    descriptions = {
+        400: "Bad request: no file part, no file name, or a bad query parameter.",
+        403: "A browser post from another site.",
+        405: "Method not allowed.",
+        413: "Body larger than the upload limit, too many parts or files.",
+        415: "Not a PNG, JPEG or DICOM radiograph (by content), or a refused extension.",
+        422: "A supported format that cannot be decoded (truncated, corrupt, empty).",
+        500: "Internal error; no details are disclosed.",
+        503: "The model is loading or failed to load.",
+        504: "The model did not answer in time; try again.",
+    }
+    return {str(s): _json("Error", descriptions[s]) for s in statuses}
+
+
+_UPLOAD_BODY = {
+    "required": True,
+    "content": {"multipart/form-data": {
+        "schema": {"type": "object", "required": ["file"],
+                   "properties": {"file": {"type": "string", "format": "binary"}}},
+    }},
+}
+
+
+def spec(server_url: str = "") -> dict:
+    """The OpenAPI document; ``server_url`` is this server's root URL."""
+    flag = {"type": "boolean"}
+    return {
+        "openapi": "3.1.0",
+        "jsonSchemaDialect": "https://json-schema.org/draft/2020-12/schema",
+        "info": {
+            "title": "pneumo API",
+            "version": __version__,
+            "summary": "Second-opinion pneumonia screening on chest X-rays (not a diagnosis).",
+            "description": (
+                "Upload a frontal chest X-ray (PNG, JPEG or DICOM; the format is decided "
+                "by content; file names may end in "
+                + ", ".join("." + e for e in ALLOWED_EXTENSIONS)
+                + " or have no extension) and get the calibrated probability of pneumonia, "
+                "the label at the model card's operating threshold and a heatmap. Errors "
+                "are always `{\"error\": {\"code\", \"message\"}}`."),
+            "license": {"name": "MIT", "identifier": "MIT"},
+        },
+        "servers": [{"url": server_url or "/"}],
+        "paths": {
+            "/api/v1/predict": {"post": {
+                "operationId": "predict",
+                "summary": "Predict one X-ray",
+                "parameters": [
+                    {"name": "heatmap", "in": "query", "schema": {**flag, "default": True},
+                     "description": "Include the heatmap (false is faster)."},
+                    {"name": "image", "in": "query", "schema": {**flag, "default": False},
+                     "description": "Include the decoded image the model saw."},
+                ],
+                "requestBody": _UPLOAD_BODY,
+                "responses": {"200": _json("Prediction", "The prediction."),
+                              **_errors(400, 403, 405, 413, 415, 422, 500, 503, 504)},
+            }},
+            "/api/v1/predict/batch": {"post": {
+                "operationId": "predictBatch",
+                "summary": "Predict several X-rays in one request",
+                "description": "Repeat the `file` field. Each file gets an entry, in order; "
+                               "a file that cannot be used gets an error entry and the "
+                               "others are still predicted.",
+                "parameters": [{"name": "heatmap", "in": "query",
+                                "schema": {**flag, "default": True}}],
+                "requestBody": {"required": True, "content": {"multipart/form-data": {
+                    "schema": {"type": "object", "required": ["file"], "properties": {
+                        "file": {"type": "array",
+                                 "items": {"type": "string", "format": "binary"}}}}}}},
+                "responses": {"200": _json("BatchResult", "One entry per file."),
+                              **_errors(400, 403, 405, 413, 500, 503, 504)},
+            }},
+            "/api/v1/health": {"get": {
+                "operationId": "health",
+                "summary": "Readiness: 200 once the model is loaded",
+                "responses": {"200": _json("Health", "Ready."),
+                              "503": _json("HealthUnavailable", "Loading, or failed."),
+                              **_errors(405)},
+            }},
+            "/api/v1/model": {"get": {
+                "operationId": "model",
+                "summary": "The model card (training data, validation metrics, threshold)",
+                "responses": {"200": _json("ModelCard", "The card of the loaded bundle."),
+                              **_errors(405, 503)},
+            }},
+            "/api/v1/openapi.json": {"get": {
+                "operationId": "openapi",
+                "summary": "This document",
+                "responses": {"200": {"description": "OpenAPI 3.1 document.",
+                                      "content": {"application/json": {
+                                          "schema": {"type": "object",
+                                                     "required": ["openapi", "paths"]}}}},
+                              **_errors(405)},
+            }},
+        },
+        "components": {"schemas": {
+            "Model": _MODEL,
+            "ErrorObject": _ERROR_OBJECT,
+            "Error": {"type": "object", "required": ["error"], "additionalProperties": False,
+                      "properties": {"error": {"$ref": "#/components/schemas/ErrorObject"}}},
+            "Prediction": _PREDICTION,
+            "BatchResult": {
+                "type": "object",
+                "required": ["model", "count", "succeeded", "results"],
+                "additionalProperties": False,
+                "properties": {
+                    "model": {"$ref": "#/components/schemas/Model"},
+                    "count": {"type": "integer", "minimum": 1},
+                    "succeeded": {"type": "integer", "minimum": 0},
+                    "results": {"type": "array", "minItems": 1,
+                                "items": {"oneOf": [_BATCH_OK, _BATCH_ERROR]}},
+                },
+            },
+            "Health": {"type": "object", "required": ["status", "model"],
+                       "additionalProperties": False,
+                       "properties": {"status": {"const": "ready"},
+                                      "model": {"$ref": "#/components/schemas/Model"}}},
+            "HealthUnavailable": {
+                "type": "object", "required": ["status", "error"], "additionalProperties": False,
+                "properties": {"status": {"enum": ["loading", "failed"]},
+                               "error": {"$ref": "#/components/schemas/ErrorObject"}}},
+            "ModelCard": {
+                "type": "object",
+                "required": ["class_names", "input", "threshold", "calibration"],
+                "properties": {
+                    "name": {"type": "string"},
+                    "version": {"type": "string"},
+                    "class_names": {"type": "array", "items": {"type": "string"}},
+                    "input": {"type": "object", "required": ["size"]},
+                    "threshold": {"type": "number", "minimum": 0, "maximum": 1},
+                    "calibration": {"type": "object", "required": ["temperature"]},
+                    "validation": {"type": "object"},
+                    "intended_use": {"type": "string"},
+                    "limitations": {"type": "array", "items": {"type": "string"}},
+                },
+            },
+        }},
+    }

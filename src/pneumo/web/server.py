@@ -1,0 +1,165 @@
+"""The production server: waitress, threads in one process, clean stop on SIGTERM/SIGINT.
+
+Why waitress rather than gunicorn: gunicorn's workers are forked processes,
+and forking after TensorFlow has started its thread pools can deadlock
+(tensorflow#61298); loading the model after the fork instead means one full
+copy of the model per worker. Waitress serves one process with a pool of
+threads that share the one loaded model (the ``Predictor`` serialises calls
+into the network), and runs the same on Linux, macOS and Windows. Waitress
+also buffers each request completely, with its own body limit, before the app
+sees it, so a slow or endless upload never ties up a thread.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import signal
+import socket
+import threading
+import time
+
+from waitress import wasyncore
+from waitress.channel import HTTPChannel
+from waitress.server import create_server
+
+log = logging.getLogger(__name__)
+
+
+class Server:
+    """A waitress server for ``app`` that can be stopped from a signal or another thread.
+
+    ``stop()`` stops accepting connections, lets requests in progress finish
+    (at most ``grace`` seconds), then closes everything.
+    """
+
+    def __init__(self, app, host: str = "127.0.0.1", port: int = 5000, threads: int = 4,
+                 grace: float = 10.0):
+        if threads < 1:
+            raise ValueError(f"--workers must be at least 1, not {threads}")
+        limit = app.config.get("MAX_CONTENT_LENGTH") or 32 * 2**20
+        self._server = create_server(
+            app, sockets=[_bind(host, port)], threads=threads, ident="pneumo",
+            # Bodies a little over Flask's limit still reach Flask, which answers
+            # them with a JSON 413; anything larger (an endless chunked upload
+            # included) is cut off by waitress itself.
+            max_request_body_size=limit + 2**20,
+            expose_tracebacks=False, clear_untrusted_proxy_headers=True,
+            channel_timeout=60)
+        self.grace = grace
+        self._stopping = threading.Event()
+        self._stopped = threading.Event()
+
+    @property
+    def host(self) -> str:
+        return str(self._server.effective_host)
+
+    @property
+    def port(self) -> int:
+        return int(self._server.effective_port)
+
+    @property
+    def url(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"http://{host}:{self.port}"
+
+    def stop(self) -> None:
+        """Ask the server to stop; safe from a signal handler or any thread."""
+        self._stopping.set()
+        try:
+            self._server.pull_trigger()
+        except OSError:
+            pass
+
+    def wait_stopped(self, timeout: float | None = None) -> bool:
+        return self._stopped.wait(timeout)
+
+    def run(self) -> None:
+        """Serve until ``stop()``, then drain and close."""
+        socket_map = self._server._map
+        use_poll = self._server.adj.asyncore_use_poll
+        try:
+            while not self._stopping.is_set():
+                wasyncore.loop(timeout=1.0, map=socket_map, use_poll=use_poll, count=1)
+            # Stop accepting; keep the loop turning until requests in flight are answered.
+            wasyncore.dispatcher.close(self._server)
+            deadline = time.monotonic() + self.grace
+            while _busy(socket_map) and time.monotonic() < deadline:
+                wasyncore.loop(timeout=0.1, map=socket_map, use_poll=use_poll, count=1)
+        finally:
+            self._server.task_dispatcher.shutdown(cancel_pending=True, timeout=self.grace)
+            wasyncore.close_all(socket_map)
+            self._stopped.set()
+
+
+def _bind(host: str, port: int) -> socket.socket:
+    """A listening-ready socket on the first address ``host`` resolves to. Bound
+    here rather than by waitress so that a failure leaks nothing and reads well."""
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(
+            host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0]
+    except socket.gaierror as exc:
+        raise RuntimeError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+    sock = socket.socket(family, kind, proto)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if family == socket.AF_INET6:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        sock.bind(address)
+    except OSError as exc:
+        sock.close()
+        raise RuntimeError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+    return sock
+
+
+def _busy(socket_map) -> bool:
+    return any(isinstance(channel, HTTPChannel) and (channel.requests or channel.total_outbufs_len)
+               for channel in list(socket_map.values()))
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def serve(host: str = "127.0.0.1", port: int = 5000, workers: int = 4,
+          model: str | None = None) -> int:
+    """Load the model, serve the app until SIGTERM or SIGINT, return the exit status (0).
+
+    Raises:
+        BundleError: the model bundle is missing or broken (before listening).
+        RuntimeError: the address cannot be used.
+        ValueError: ``workers`` is below 1.
+    """
+    from . import create_app
+
+    if workers < 1:
+        raise ValueError(f"--workers must be at least 1, not {workers}")
+    app = create_app({"PNEUMO_MODEL": str(model)} if model else None)
+    server = Server(app, host=host, port=port, threads=workers)
+    predictor = app.extensions["pneumo.predictor"]
+    if not _is_loopback(host):
+        log.warning("listening on %s, beyond this machine: the app has no login and no "
+                    "TLS; put it behind a reverse proxy that provides both", host)
+
+    def handle(signum, _frame):
+        log.info("received %s, stopping", signal.Signals(signum).name)
+        server.stop()
+
+    previous = {}
+    if threading.current_thread() is threading.main_thread():
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            previous[signum] = signal.signal(signum, handle)
+    try:
+        log.info("serving %s %s with %d threads on %s (Ctrl+C to stop)",
+                 predictor.name, predictor.version, workers, server.url)
+        server.run()
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+    log.info("stopped")
+    return 0
