@@ -1,0 +1,166 @@
+"""The OpenAPI description is served, well formed, complete, and true: real
+responses of every documented operation, success and failure, validate against it."""
+
+from __future__ import annotations
+
+import io
+
+import pytest
+from jsonschema import Draft202012Validator
+from referencing import Registry, Resource
+from referencing.jsonschema import DRAFT202012
+from werkzeug.datastructures import FileStorage, MultiDict
+from werkzeug.test import encode_multipart
+
+from conftest import encode, synthetic_xray
+from pneumo.web import create_app
+
+SPEC_URI = "urn:pneumo:openapi"
+
+
+@pytest.fixture
+def app(tiny_predictor):
+    return create_app({"TESTING": True, "PNEUMO_PREDICTOR": tiny_predictor,
+                       "MAX_CONTENT_LENGTH": 256 * 1024, "PNEUMO_MAX_BATCH_FILES": 3})
+
+
+@pytest.fixture
+def client(app):
+    return app.test_client()
+
+
+@pytest.fixture
+def spec(client):
+    response = client.get("/api/v1/openapi.json")
+    assert response.status_code == 200 and response.mimetype == "application/json"
+    return response.get_json()
+
+
+def upload(client, url, files):
+    items = MultiDict([("file", FileStorage(io.BytesIO(data), filename=name))
+                       for name, data in files])
+    boundary, body = encode_multipart(items)
+    return client.post(url, data=body, content_type=f"multipart/form-data; boundary={boundary}")
+
+
+def _pointer(*parts: str) -> str:
+    return "#/" + "/".join(p.replace("~", "~0").replace("/", "~1") for p in parts)
+
+
+def validate(spec: dict, response, path: str, method: str) -> None:
+    """Fail unless ``response`` is documented for ``method path`` and matches its schema."""
+    operation = spec["paths"][path][method]
+    status = str(response.status_code)
+    assert status in operation["responses"], \
+        f"{method.upper()} {path} answered {status}, which the description does not list"
+    assert response.mimetype == "application/json"
+    schema = {"$ref": SPEC_URI + _pointer("paths", path, method, "responses", status, "content",
+                                          "application/json", "schema")}
+    registry = Registry().with_resource(
+        SPEC_URI, Resource.from_contents(spec, default_specification=DRAFT202012))
+    Draft202012Validator(schema, registry=registry).validate(response.get_json())
+
+
+def test_the_description_is_openapi_31_with_valid_schemas(spec):
+    assert spec["openapi"].startswith("3.1")
+    assert spec["info"]["title"] and spec["info"]["version"]
+    for schema in spec["components"]["schemas"].values():
+        Draft202012Validator.check_schema(schema)
+    for path, operations in spec["paths"].items():
+        for method, operation in operations.items():
+            assert operation["responses"], (path, method)
+            for status, response in operation["responses"].items():
+                assert response["description"], (path, method, status)
+
+
+def test_every_api_route_is_described_and_nothing_else(app, spec):
+    routes = {}
+    for rule in app.url_map.iter_rules():
+        if rule.rule.startswith("/api/"):
+            routes[rule.rule] = sorted(rule.methods - {"HEAD", "OPTIONS"})
+    described = {path: sorted(m.upper() for m in ops) for path, ops in spec["paths"].items()}
+    assert routes == described
+
+
+def test_success_responses_match(client, spec, tiny_predictor):
+    png = encode(synthetic_xray(2, (120, 90)))
+    validate(spec, upload(client, "/api/v1/predict", [("a.png", png)]),
+             "/api/v1/predict", "post")
+    validate(spec, upload(client, "/api/v1/predict?heatmap=false&image=true", [("a.png", png)]),
+             "/api/v1/predict", "post")
+    batch = upload(client, "/api/v1/predict/batch",
+                   [("a.png", png), ("b.png", b"text"), ("c.png", png[:60])])
+    assert batch.get_json()["succeeded"] == 1
+    validate(spec, batch, "/api/v1/predict/batch", "post")
+    validate(spec, client.get("/api/v1/health"), "/api/v1/health", "get")
+    validate(spec, client.get("/api/v1/model"), "/api/v1/model", "get")
+    validate(spec, client.get("/api/v1/openapi.json"), "/api/v1/openapi.json", "get")
+
+
+def test_error_responses_match(client, spec, app):
+    png = encode(synthetic_xray(2, (120, 90)))
+    cases = [
+        (client.post("/api/v1/predict"), "/api/v1/predict", 400),
+        (upload(client, "/api/v1/predict?heatmap=perhaps", [("a.png", png)]),
+         "/api/v1/predict", 400),
+        (client.post("/api/v1/predict", headers={"Origin": "https://elsewhere.example"}),
+         "/api/v1/predict", 403),
+        (client.get("/api/v1/predict"), "/api/v1/predict", 405),
+        (upload(client, "/api/v1/predict", [("a.png", b"\0" * 300_000)]), "/api/v1/predict",
+         413),
+        (upload(client, "/api/v1/predict", [("a.svg", png)]), "/api/v1/predict", 415),
+        (upload(client, "/api/v1/predict", [("a.png", png[:80])]), "/api/v1/predict", 422),
+        (client.post("/api/v1/predict/batch"), "/api/v1/predict/batch", 400),
+        (upload(client, "/api/v1/predict/batch", [("a.png", png)] * 4),
+         "/api/v1/predict/batch", 413),
+        (client.delete("/api/v1/health"), "/api/v1/health", 405),
+    ]
+    for response, path, status in cases:
+        assert response.status_code == status, (path, status, response.get_json())
+        method = "get" if path in ("/api/v1/health", "/api/v1/model") else "post"
+        validate(spec, response, path, method)
+
+
+def test_server_side_failures_match(tiny_predictor, spec, tmp_path, monkeypatch):
+    png = encode(synthetic_xray(2, (120, 90)))
+    loading = create_app({"TESTING": True, "PNEUMO_MODEL": str(tmp_path / "missing"),
+                          "PNEUMO_MODEL_LOADING": "background"})
+    loading.extensions["pneumo.model"].wait(60)
+    client = loading.test_client()
+    validate(spec, client.get("/api/v1/health"), "/api/v1/health", "get")
+    validate(spec, client.get("/api/v1/model"), "/api/v1/model", "get")
+    validate(spec, upload(client, "/api/v1/predict", [("a.png", png)]), "/api/v1/predict", "post")
+
+    app = create_app({"TESTING": True, "PNEUMO_PREDICTOR": tiny_predictor,
+                      "PNEUMO_INFERENCE_TIMEOUT": 1e-4})
+    client = app.test_client()
+    timed_out = upload(client, "/api/v1/predict/batch", [("a.png", png)])
+    assert timed_out.status_code == 504
+    validate(spec, timed_out, "/api/v1/predict/batch", "post")
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("boom")
+
+    app.config["PNEUMO_INFERENCE_TIMEOUT"] = 60
+    monkeypatch.setattr(tiny_predictor, "predict_batch", broken)
+    failed = upload(client, "/api/v1/predict", [("a.png", png)])
+    assert failed.status_code == 500
+    validate(spec, failed, "/api/v1/predict", "post")
+
+
+def test_an_undocumented_field_would_be_caught(client, spec):
+    """The check is not vacuous: a response with an extra field fails validation."""
+    response = upload(client, "/api/v1/predict?heatmap=false",
+                      [("a.png", encode(synthetic_xray(1, (64, 64))))])
+    response.set_data(response.get_data(as_text=True).replace('"label"', '"extra":1,"label"'))
+    with pytest.raises(Exception, match="extra"):
+        validate(spec, response, "/api/v1/predict", "post")
+
+
+def test_unknown_api_paths_answer_the_documented_error_shape(client, spec):
+    response = client.get("/api/v1/unknown")
+    assert response.status_code == 404
+    registry = Registry().with_resource(
+        SPEC_URI, Resource.from_contents(spec, default_specification=DRAFT202012))
+    Draft202012Validator({"$ref": SPEC_URI + "#/components/schemas/Error"},
+                         registry=registry).validate(response.get_json())
