@@ -20,7 +20,8 @@ pytestmark = pytest.mark.slow
 
 RUN_ARTIFACTS = ["config.json", "history.csv", "metrics.json", "learning_curves.png", "roc.png",
                  "precision_recall.png", "confusion_matrix.png", "reliability.png",
-                 "bundle/model.keras", "bundle/card.json", "bundle/plots/roc.png"]
+                 "bundle/model.keras", "bundle/card.json", "bundle/plots/roc.png",
+                 "bundle/gate.npz"]
 METRIC_KEYS = ["n", "accuracy", "loss", "roc_auc", "roc_auc_ci95", "sensitivity", "specificity",
                "ppv", "npv", "f1", "ece", "threshold", "confusion_matrix"]
 
@@ -59,6 +60,24 @@ def test_card_records_command_threshold_and_data(trained_run):
     assert card["training"]["data"]["train"]["images"] + \
         card["training"]["data"]["validation"]["images"] == 20
     assert card["input"]["size"] == 71
+    gate = card["input_gate"]
+    assert gate["warn_above"] <= gate["reject_above"]
+    assert 0.0 <= gate["false_rejection_validation"] <= 1.0
+    assert set(card["files"]) >= {"model.keras", "gate.npz", "plots/roc.png"}
+
+
+def test_trained_bundle_scores_inputs_with_its_gate(trained_run):
+    from pneumo.imaging import load_image
+    from pneumo.predictor import Predictor
+
+    _, data, run_dir, _ = trained_run
+    predictor = Predictor.from_bundle(run_dir / "bundle")
+    image = load_image(next((data / "NORMAL").iterdir()))
+    prediction = predictor.predict(image)
+    assert prediction.feature_score is not None and prediction.feature_score >= 0
+    assessment = predictor.assess(image, prediction)
+    assert assessment.feature_score == pytest.approx(prediction.feature_score)
+    assert assessment.status in ("ok", "warning", "rejected")
 
 
 def test_rerun_with_the_same_name_resumes(trained_run, caplog):

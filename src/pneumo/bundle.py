@@ -62,15 +62,23 @@ def library_versions() -> dict:
     return versions
 
 
-def save_bundle(directory: str | Path, model, card: dict) -> Path:
-    """Write ``model`` and ``card`` atomically enough: to a sibling folder, then rename."""
+def save_bundle(directory: str | Path, model, card: dict,
+                extras: dict[str, Path] | None = None) -> Path:
+    """Write ``model``, ``card`` and ``extras`` (bundle-relative name -> source file)
+    to a sibling folder, then rename it into place, so a crash never leaves half a bundle."""
     directory = Path(directory)
     staging = directory.with_name(directory.name + ".partial")
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
     model.save(staging / MODEL_FILE)
+    files = {MODEL_FILE: sha256_of(staging / MODEL_FILE)}
+    for name, source in (extras or {}).items():
+        target = staging / name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(source, target)
+        files[name] = sha256_of(target)
     card = {**card, "format_version": FORMAT_VERSION, "libraries": library_versions(),
-            "files": {MODEL_FILE: sha256_of(staging / MODEL_FILE)}}
+            "files": files}
     card.setdefault("intended_use", INTENDED_USE)
     card.setdefault("limitations", LIMITATIONS)
     (staging / CARD_FILE).write_text(json.dumps(card, indent=2, sort_keys=False) + "\n")
@@ -113,10 +121,13 @@ def load_bundle(directory: str | Path, *, verify: bool = True):
     if not model_path.is_file():
         raise BundleError(f"{directory} lacks {MODEL_FILE}")
     if verify:
-        expected = card.get("files", {}).get(MODEL_FILE)
-        if expected and sha256_of(model_path) != expected:
-            raise BundleError(f"{model_path} does not match the checksum in its card: the "
-                              "file is corrupt or was replaced")
+        for name, expected in card.get("files", {}).items():
+            path = directory / name
+            if not path.is_file():
+                raise BundleError(f"{directory} lacks {name}, which its card lists")
+            if sha256_of(path) != expected:
+                raise BundleError(f"{path} does not match the checksum in its card: the "
+                                  "file is corrupt or was replaced")
     trained_major = str(card.get("libraries", {}).get("keras", "3")).split(".")[0]
     if trained_major != keras.__version__.split(".")[0]:
         raise BundleError(f"the bundle was saved with Keras {card['libraries']['keras']}, "

@@ -17,6 +17,7 @@ from .bundle import load_bundle
 from .calibration import calibrate
 from .config import CLASS_NAMES, default_bundle_path
 from .explain import class_activation_maps, evidence_map
+from .gate import GATE_FILE, Assessment, FeatureGate, image_checks
 from .imaging import DecodedImage, load_image
 from .preprocessing import to_model_input
 
@@ -28,6 +29,7 @@ class Prediction:
     threshold: float
     logit: float
     heatmap: np.ndarray | None = None  # float32 (h, w) in [0, 1], evidence for ``label``
+    feature_score: float | None = None  # input gate's distance from training X-rays
 
     def to_dict(self) -> dict:
         return {"label": self.label, "probability": round(self.probability, 6),
@@ -50,6 +52,8 @@ class Predictor:
         self._logit_weights = model.get_layer("logit").get_weights()[0].reshape(-1)
         self._forward = _compiled(self._model)
         self._lock = threading.Lock()
+        gate_file = Path(bundle_path) / GATE_FILE if bundle_path else None
+        self.gate = FeatureGate.load(gate_file) if gate_file and gate_file.is_file() else None
 
     @classmethod
     def from_bundle(cls, path: str | Path | None = None) -> "Predictor":
@@ -84,15 +88,26 @@ class Predictor:
             features, logits = self._forward(np.ascontiguousarray(batch, dtype=np.uint8))
         logits = np.asarray(logits, dtype=np.float64).reshape(-1)
         probabilities = self.calibrate(logits)
-        cams = class_activation_maps(np.asarray(features), self._logit_weights) if heatmaps else None
+        features = np.asarray(features)
+        cams = class_activation_maps(features, self._logit_weights) if heatmaps else None
+        scores = self.gate.score(features.mean(axis=(1, 2))) if self.gate else [None] * len(logits)
         results = []
         for i, (logit, probability) in enumerate(zip(logits, probabilities)):
             positive = bool(probability >= self.threshold)
             results.append(Prediction(
                 probability=float(probability), label=CLASS_NAMES[int(positive)],
                 threshold=self.threshold, logit=float(logit),
-                heatmap=evidence_map(cams[i], positive) if heatmaps else None))
+                heatmap=evidence_map(cams[i], positive) if heatmaps else None,
+                feature_score=None if scores[i] is None else float(scores[i])))
         return results
+
+    def assess(self, image: DecodedImage, prediction: Prediction | None = None) -> Assessment:
+        """Is ``image`` a chest X-ray this model can read? Image statistics first, then,
+        given its prediction, the distance of its features from the training X-rays."""
+        result = image_checks(image)
+        if prediction is not None and prediction.feature_score is not None and self.gate:
+            self.gate.judge(prediction.feature_score, result)
+        return result
 
     def predict(self, image, heatmap: bool = True) -> Prediction:
         """One image (decoded, a path or raw bytes) -> its prediction."""

@@ -15,7 +15,6 @@ import csv
 import datetime as dt
 import json
 import logging
-import shutil
 import sys
 import time
 from pathlib import Path
@@ -29,6 +28,7 @@ from .calibration import calibrate, choose_threshold, expected_calibration_error
 from .config import CLASS_NAMES, TrainConfig
 from .data import DataError, discover, limit_per_class, load_images, make_dataset, \
     merge_duplicates, split_by_block, split_by_patient
+from .gate import GATE_FILE, FeatureGate
 from .metrics import screening_metrics
 from .models import build_model, head_only, resolve_backbone_weights, set_trainable_blocks, training_model
 from .preprocessing import PREPROCESSING_DESCRIPTION, PREPROCESSING_VERSION
@@ -186,8 +186,22 @@ def run_training(config: TrainConfig, command: str = "") -> Path:
     _write_history(rows, run_dir / "history.csv")
     plots.learning_curves(rows, run_dir / "learning_curves.png")
 
-    # Calibration and operating point, on validation.
-    logits = model.predict(x_val, batch_size=config.batch_size, verbose=0).reshape(-1)
+    # Calibration and operating point, on validation; the input gate's statistics.
+    t0 = time.monotonic()
+    pooled_and_logit = keras.Model(model.input, [model.get_layer("pool").output, model.output])
+    f_val, logits = pooled_and_logit.predict(x_val, batch_size=config.batch_size, verbose=0)
+    logits = logits.reshape(-1)
+    f_train, _ = pooled_and_logit.predict(x_train, batch_size=config.batch_size, verbose=0)
+    gate = FeatureGate.fit(f_train, f_val)
+    gate.save(run_dir / GATE_FILE)
+    gate_summary = {
+        "method": "PCA distance of pooled backbone features from the training X-rays",
+        "n_components": int(len(gate.components)),
+        "warn_above": gate.warn_above, "reject_above": gate.reject_above,
+        "false_rejection_validation": float(np.mean(gate.score(f_val) > gate.reject_above)),
+        "false_rejection_train": float(np.mean(gate.score(f_train) > gate.reject_above)),
+    }
+    timings["calibration_and_gate_seconds"] = round(time.monotonic() - t0, 1)
     temperature, bias = fit_calibration(logits, y_val)
     p_raw, p = sigmoid(logits), calibrate(logits, temperature, bias)
     threshold, method = choose_threshold(y_val, p, config.target_sensitivity)
@@ -231,10 +245,10 @@ def run_training(config: TrainConfig, command: str = "") -> Path:
             "timings": timings,
         },
         "validation": metrics,
+        "input_gate": gate_summary,
     }
-    bundle_dir = save_bundle(run_dir / "bundle", model, card)
-    (bundle_dir / "plots").mkdir()
-    for name in PLOT_FILES:
-        shutil.copy2(run_dir / name, bundle_dir / "plots" / name)
+    extras = {f"plots/{name}": run_dir / name for name in PLOT_FILES}
+    extras[GATE_FILE] = run_dir / GATE_FILE
+    save_bundle(run_dir / "bundle", model, card, extras)
     log.info("run written to %s (%.0f s)", run_dir, timings["total_seconds"])
     return run_dir

@@ -1,0 +1,138 @@
+"""The input gate: is this a chest X-ray the model can read?
+
+Two kinds of evidence, both cheap:
+
+* image statistics of the decoded upload (colour, blankness, resolution,
+  shape), checked before the network runs;
+* the distance of the backbone's pooled features from those of the training
+  X-rays, from the same forward pass that gives the prediction. The training
+  features are summarised by PCA: a whitened distance inside the top
+  components plus the residual outside them, each scaled to about 1 on
+  training data. The reject and warn cut-offs are percentiles of the score on
+  *validation* X-rays, so the false-rejection rate is measured out of sample.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import numpy as np
+
+from .imaging import DecodedImage
+
+GATE_FILE = "gate.npz"
+
+#: Image-statistics cut-offs. Training X-rays are 224x224 8-bit grayscale.
+MAX_COLORFULNESS = 12.0  # mean chroma (0-255); grayscale saved as RGB JPEG is ~0-2
+MIN_CONTRAST = 10.0  # standard deviation of pixel values
+MIN_SIDE_REJECT = 64
+MIN_SIDE_WARN = 180
+MAX_ASPECT = 2.5
+
+
+@dataclasses.dataclass
+class Assessment:
+    """``status`` is "ok", "warning" (predict, but say why) or "rejected" (no label)."""
+
+    status: str = "ok"
+    reasons: list[str] = dataclasses.field(default_factory=list)
+    feature_score: float | None = None
+
+    def add(self, status: str, reason: str) -> None:
+        order = {"ok": 0, "warning": 1, "rejected": 2}
+        if order[status] > order[self.status]:
+            self.status = status
+        self.reasons.append(reason)
+
+    def to_dict(self) -> dict:
+        body = {"status": self.status, "reasons": list(self.reasons)}
+        if self.feature_score is not None:
+            body["feature_score"] = round(self.feature_score, 3)
+        return body
+
+
+def image_checks(image: DecodedImage) -> Assessment:
+    """What the pixels alone say, before the network runs."""
+    result = Assessment()
+    height, width = image.pixels.shape
+    if image.colorfulness > MAX_COLORFULNESS:
+        result.add("rejected", "looks like a colour photograph, not a radiograph")
+    if float(image.pixels.std()) < MIN_CONTRAST:
+        result.add("rejected", "almost blank: the image has no visible structure")
+    if min(height, width) < MIN_SIDE_REJECT:
+        result.add("rejected", f"very low resolution ({width}x{height} pixels)")
+    elif min(height, width) < MIN_SIDE_WARN:
+        result.add("warning", f"low resolution ({width}x{height} pixels)")
+    if max(height, width) / max(1, min(height, width)) > MAX_ASPECT:
+        result.add("warning", f"unusual shape for a chest film ({width}x{height})")
+    return result
+
+
+@dataclasses.dataclass
+class FeatureGate:
+    """Distance of pooled backbone features from the training X-rays."""
+
+    mean: np.ndarray  # (D,)
+    components: np.ndarray  # (k, D), orthonormal rows
+    variances: np.ndarray  # (k,)
+    standardise: np.ndarray  # (mean, sd) of the inside and outside statistics on training data
+    warn_above: float
+    reject_above: float
+
+    @classmethod
+    def fit(cls, train_features: np.ndarray, val_features: np.ndarray, n_components: int = 32,
+            reject_percentile: float = 99.0, warn_percentile: float = 97.0) -> "FeatureGate":
+        train_features = np.asarray(train_features, dtype=np.float64)
+        mean = train_features.mean(axis=0)
+        centred = train_features - mean
+        k = min(n_components, len(train_features) - 1, centred.shape[1])
+        _, singular, vt = np.linalg.svd(centred, full_matrices=False)
+        components, variances = vt[:k], singular[:k] ** 2 / (len(train_features) - 1)
+        gate = cls(mean=mean, components=components, variances=np.maximum(variances, 1e-12),
+                   standardise=np.array([[0.0, 1.0], [0.0, 1.0]]),
+                   warn_above=np.inf, reject_above=np.inf)
+        raw = gate._statistics(train_features)
+        gate.standardise = np.stack([raw.mean(axis=0), raw.std(axis=0).clip(min=1e-12)], axis=1)
+        scores = gate.score(val_features)
+        gate.warn_above = float(np.percentile(scores, warn_percentile))
+        gate.reject_above = float(np.percentile(scores, reject_percentile))
+        return gate
+
+    def _statistics(self, features: np.ndarray) -> np.ndarray:
+        """``(N, 2)``: whitened distance inside the top components, residual outside them."""
+        centred = np.atleast_2d(np.asarray(features, dtype=np.float64)) - self.mean
+        projected = centred @ self.components.T
+        inside = np.sum(projected ** 2 / self.variances, axis=1)
+        outside = np.sum((centred - projected @ self.components) ** 2, axis=1)
+        return np.stack([inside, outside], axis=1)
+
+    def score(self, features: np.ndarray) -> np.ndarray:
+        """Standard deviations from typical training X-rays, on the worse of the two
+        statistics: about 0 for training X-rays, large for anything else."""
+        raw = self._statistics(features)
+        return np.max((raw - self.standardise[:, 0]) / self.standardise[:, 1], axis=1)
+
+    def judge(self, score: float, result: Assessment) -> Assessment:
+        """Add the verdict for one feature score to ``result`` and return it."""
+        result.feature_score = float(score)
+        if score > self.reject_above:
+            result.add("rejected", "does not look like a frontal chest X-ray like those the "
+                                   "model was trained on")
+        elif score > self.warn_above:
+            result.add("warning", "unlike most training X-rays: read the result with care")
+        return result
+
+    def save(self, path: Path) -> None:
+        np.savez(path, mean=self.mean.astype(np.float32), components=self.components.astype(np.float32),
+                 variances=self.variances, standardise=self.standardise,
+                 warn_above=self.warn_above, reject_above=self.reject_above)
+
+    @classmethod
+    def load(cls, path: Path) -> "FeatureGate":
+        with np.load(path) as data:
+            return cls(mean=data["mean"].astype(np.float64),
+                       components=data["components"].astype(np.float64),
+                       variances=data["variances"], standardise=data["standardise"],
+                       warn_above=float(data["warn_above"]),
+                       reject_above=float(data["reject_above"]))
