@@ -54,6 +54,10 @@ def test_a_generated_xray_passes_the_image_checks():
     (synthetic_xray(1, size=(150, 150)), False, "warning", "low resolution"),
     (synthetic_xray(1, size=(200, 800)), False, "warning", "unusual shape"),
     (None, True, "rejected", "colour photograph"),
+    (np.random.default_rng(2).integers(0, 256, (300, 300), dtype=np.uint8), False, "rejected",
+     "random noise"),
+    (np.where(np.random.default_rng(3).random((300, 300)) < 0.5, 0, 255).astype(np.uint8),
+     False, "rejected", "random noise"),
 ])
 def test_image_checks_explain_refusals(pixels, rgb, expected, reason):
     if rgb:
@@ -75,3 +79,24 @@ def test_assessment_keeps_the_worst_status():
     result.add("rejected", "b")
     result.add("warning", "c")
     assert result.status == "rejected" and result.reasons == ["a", "b", "c"]
+
+
+def test_neighbour_correlation_tells_radiographs_from_noise():
+    from pneumo.gate import MIN_NEIGHBOUR_CORRELATION, neighbour_correlation
+
+    assert neighbour_correlation(synthetic_xray(0, (512, 480))) > 0.9
+    noise = np.random.default_rng(0).integers(0, 256, (512, 480), dtype=np.uint8)
+    assert abs(neighbour_correlation(noise)) < 0.1 < MIN_NEIGHBOUR_CORRELATION
+    assert neighbour_correlation(np.zeros((10, 10), np.uint8)) == 1.0  # flat: blank's job
+
+
+def test_assessment_summary_and_json():
+    result = Assessment()
+    assert result.summary() == "ok"
+    assert result.to_dict() == {"status": "ok", "reasons": [], "feature_score": None}
+    result.add("warning", "low resolution (150x150 pixels)")
+    result.feature_score = 1.23456
+    assert result.summary() == "warning: low resolution (150x150 pixels)"
+    assert result.to_dict()["feature_score"] == 1.235
+    result.add("rejected", "almost blank")
+    assert result.summary() == "rejected: low resolution (150x150 pixels); almost blank"
