@@ -7,10 +7,12 @@ weights: every code path runs for real, in seconds.
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 
 import pytest
 
+import reliability
 from synthetic import encode, synthetic_xray  # noqa: F401  (re-exported for tests)
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
@@ -72,3 +74,55 @@ def shipped_bundle() -> Path:
     if not (SHIPPED_BUNDLE / "card.json").is_file():
         pytest.skip(f"no shipped bundle at {SHIPPED_BUNDLE}")
     return SHIPPED_BUNDLE
+
+
+# -- the reliability report (see reliability.py) ------------------------------------------
+
+_OUTCOMES = reliability.Outcomes()
+_FIGURES = reliability.Figures()
+
+
+def pytest_configure(config):
+    config.addinivalue_line(
+        "markers", "reliability(*rows): covers these rows of RELIABILITY.md against the real "
+                   "app or server")
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        rows = tuple(row for mark in item.iter_markers("reliability") for row in mark.args)
+        unknown = [row for row in rows if row not in reliability.ROWS]
+        if unknown:
+            raise pytest.UsageError(f"{item.nodeid}: no reliability row {unknown}")
+        if rows:
+            _OUTCOMES.rows[item.nodeid] = rows
+
+
+def pytest_runtest_logreport(report):
+    reason = ""
+    if report.skipped and isinstance(report.longrepr, tuple):
+        reason = report.longrepr[2].removeprefix("Skipped: ")
+    _OUTCOMES.record(report.nodeid, report.when, report.outcome, reason)
+
+
+@pytest.fixture(scope="session")
+def reliability_figures() -> reliability.Figures:
+    """Where tests put the figures of the reliability report."""
+    return _FIGURES
+
+
+def pytest_sessionstart(session):
+    session.reliability_started = time.monotonic()
+
+
+def pytest_sessionfinish(session, exitstatus):
+    if not any(nodeid in _OUTCOMES.results for nodeid in _OUTCOMES.rows):
+        return
+    results = list(_OUTCOMES.results.values())
+    totals = {"passed": results.count("passed"), "failed": results.count("failed"),
+              "skipped": sum(r.startswith("skipped") for r in results),
+              "seconds": time.monotonic() - session.reliability_started}
+    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+    for path in reliability.write(ROOT, _OUTCOMES, _FIGURES, totals):
+        if reporter:
+            reporter.write_line(f"reliability report written to {path.relative_to(ROOT)}")

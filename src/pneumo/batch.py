@@ -3,6 +3,12 @@
 Decoding runs in a thread pool ahead of the network, so the CPU that decodes
 the next batch is not waiting for the one that runs the model. A bad file
 becomes a row with its reason in ``status``; it never stops the batch.
+
+``status`` is ``ok``, ``warning: <reasons>`` (probability and label given, to
+be read with care) or ``rejected: <reasons>`` (the input gate refused it: no
+label); a file that cannot be read at all gets its reason alone. The input
+gate's image checks run while decoding, so a refused file never reaches the
+network.
 """
 
 from __future__ import annotations
@@ -17,7 +23,8 @@ from typing import Iterable, Iterator
 import numpy as np
 
 from .data import IMAGE_SUFFIXES
-from .imaging import ImageError
+from .gate import image_checks
+from .imaging import ImageError, load_image
 from .predictor import Predictor
 
 COLUMNS = ["path", "probability", "label", "status"]
@@ -43,35 +50,45 @@ def predict_paths(predictor: Predictor, paths: list[Path], batch_size: int = 16,
     from tqdm.auto import tqdm
 
     def decode(path: Path):
+        """(model input or None, image checks or None, status for a refused file)."""
         try:
-            return predictor.prepare(path), "ok"
+            decoded = load_image(path)
         except ImageError as exc:
-            return None, str(exc)
+            return None, None, str(exc)
         except OSError as exc:
-            return None, f"cannot read file: {exc}"
+            return None, None, f"cannot read file: {exc}"
+        checks = image_checks(decoded)
+        if checks.status == "rejected":
+            return None, checks, checks.summary()
+        return predictor.prepare(decoded), checks, "ok"
 
     with ThreadPoolExecutor(max_workers=2) as pool, \
             tqdm(total=len(paths), unit="img", desc="predicting", disable=not progress) as bar:
         decoded = pool.map(decode, paths)  # lazily consumed: keeps ~all workers busy ahead
-        pending: list[tuple[Path, object]] = []
+        pending: list[tuple[Path, object, object]] = []
 
         def flush():
-            results = predictor.predict_batch(np.stack([array for _, array in pending]),
+            results = predictor.predict_batch(np.stack([array for _, array, _ in pending]),
                                               heatmaps=False)
-            for (path, _), result in zip(pending, results):
-                yield {"path": str(path), "probability": f"{result.probability:.6f}",
-                       "label": result.label, "status": "ok"}
+            for (path, _, checks), result in zip(pending, results):
+                assessment = predictor.assess(None, result, checks=checks)
+                if assessment.status == "rejected":
+                    yield {"path": str(path), "probability": "", "label": "",
+                           "status": assessment.summary()}
+                else:
+                    yield {"path": str(path), "probability": f"{result.probability:.6f}",
+                           "label": result.label, "status": assessment.summary()}
             bar.update(len(pending))
             pending.clear()
 
-        for path, (array, status) in zip(paths, decoded):
+        for path, (array, checks, status) in zip(paths, decoded):
             if array is None:
                 if pending:
                     yield from flush()
                 bar.update(1)
                 yield {"path": str(path), "probability": "", "label": "", "status": status}
                 continue
-            pending.append((path, array))
+            pending.append((path, array, checks))
             if len(pending) >= batch_size:
                 yield from flush()
         if pending:

@@ -87,8 +87,11 @@ def build_parser() -> argparse.ArgumentParser:
     predict = commands.add_parser(
         "predict", help="predict files and folders",
         description="One row per file: path, probability (calibrated P(pneumonia)), label, "
-                    "status ('ok' or why the file could not be used). Folders are searched "
-                    "recursively; a bad file never stops the batch.")
+                    "status: 'ok'; 'warning: <reasons>' (a doubtful input: probability and "
+                    "label given, read them with care); 'rejected: <reasons>' (not a chest "
+                    "X-ray the model can read: no label); or why the file could not be "
+                    "read. Folders are searched recursively; a bad file never stops the "
+                    "batch.")
     predict.add_argument("paths", nargs="+", metavar="PATH", help="image files or folders")
     _add_model_option(predict)
     predict.add_argument("--output", "-o", default=None, metavar="FILE",

@@ -3,6 +3,12 @@
 The label, probability and threshold always come from the ``Predictor`` (the
 bundle's card); this module only moves them into JSON. The contract is
 written down in ``openapi.py`` and checked against real responses by the tests.
+
+Every prediction passes the input gate (``pneumo.gate``): the image checks run
+before the network, so a photograph or a blank costs no inference; the
+feature distance comes with the forward pass. A rejected input is answered
+422 ``not_a_chest_xray`` with the reasons and no label; a doubtful one keeps
+its prediction and carries the reasons in ``input_check``.
 """
 
 from __future__ import annotations
@@ -17,6 +23,7 @@ from flask.json.provider import DefaultJSONProvider
 from PIL import Image
 
 from ..explain import heatmap_png
+from ..gate import Assessment, image_checks
 from ..imaging import DecodedImage, ImageError, load_image
 from . import openapi
 from .errors import ApiError, error_body
@@ -97,11 +104,29 @@ def model_info(predictor) -> dict:
     return {"name": predictor.name, "version": predictor.version}
 
 
-def _fields(prediction, decoded: DecodedImage, *, with_image: bool) -> dict:
+def _refusal(assessment: Assessment) -> ApiError:
+    """ApiError 422 ``not_a_chest_xray`` for a rejected input: its reasons, no label."""
+    return ApiError(422, "not_a_chest_xray",
+                    "this does not look like a chest X-ray the model can read: "
+                    + "; ".join(assessment.reasons),
+                    extra={"input_check": assessment.to_dict()})
+
+
+def _checked(decoded: DecodedImage) -> Assessment:
+    """The image checks, before any inference; ApiError 422 if they reject the input."""
+    checks = image_checks(decoded)
+    if checks.status == "rejected":
+        raise _refusal(checks)
+    return checks
+
+
+def _fields(prediction, decoded: DecodedImage, assessment: Assessment, *,
+            with_image: bool) -> dict:
     """The JSON for one prediction, heatmap sized to the image's aspect ratio."""
     height, width = decoded.pixels.shape
     body = {
         **prediction.to_dict(),
+        "input_check": assessment.to_dict(),
         "input": {"format": decoded.format, "width": int(width), "height": int(height),
                   "metadata": decoded.metadata},
         "heatmap": None,
@@ -134,8 +159,13 @@ def predict():
                        f"{len(files)} files were sent; send one, or use /api/v1/predict/batch")
     upload = read_upload(files[0])
     decoded = _decode(upload.data)
+    checks = _checked(decoded)
     prediction = _infer(predictor, predictor.prepare(decoded)[None], heatmaps)[0]
-    return jsonify({"filename": upload.name, **_fields(prediction, decoded, with_image=with_image),
+    assessment = predictor.assess(decoded, prediction, checks=checks)
+    if assessment.status == "rejected":
+        raise _refusal(assessment)
+    return jsonify({"filename": upload.name,
+                    **_fields(prediction, decoded, assessment, with_image=with_image),
                     "model": model_info(predictor)})
 
 
@@ -150,23 +180,35 @@ def predict_batch():
         raise ApiError(413, "too_many_files",
                        f"{len(files)} files were sent; at most {limit} per batch")
     entries: list[dict] = []
-    accepted: list[tuple[int, DecodedImage, np.ndarray]] = []
+    accepted: list[tuple[int, DecodedImage, Assessment, np.ndarray]] = []
     for index, storage in enumerate(files):
         entry = {"index": index, "filename": clean_name(storage.filename) or None, "ok": False}
         entries.append(entry)
         try:
             decoded = _decode(read_upload(storage).data)
+            checks = _checked(decoded)
         except ApiError as exc:
-            entry.update(status=exc.status, **error_body(exc.code, exc.message))
+            _fail(entry, exc)
             continue
-        accepted.append((index, decoded, predictor.prepare(decoded)))
+        accepted.append((index, decoded, checks, predictor.prepare(decoded)))
+    succeeded = 0
     if accepted:
-        predictions = _infer(predictor, np.stack([item[2] for item in accepted]), heatmaps)
-        for (index, decoded, _), prediction in zip(accepted, predictions):
+        predictions = _infer(predictor, np.stack([item[3] for item in accepted]), heatmaps)
+        for (index, decoded, checks, _), prediction in zip(accepted, predictions):
+            assessment = predictor.assess(decoded, prediction, checks=checks)
+            if assessment.status == "rejected":
+                _fail(entries[index], _refusal(assessment))
+                continue
+            succeeded += 1
             entries[index].update(ok=True, status=200,
-                                  **_fields(prediction, decoded, with_image=False))
+                                  **_fields(prediction, decoded, assessment, with_image=False))
     return jsonify({"model": model_info(predictor), "count": len(entries),
-                    "succeeded": len(accepted), "results": entries})
+                    "succeeded": succeeded, "results": entries})
+
+
+def _fail(entry: dict, error: ApiError) -> None:
+    """Turn a batch entry into the error this file alone would have been given."""
+    entry.update(status=error.status, **error_body(error.code, error.message), **error.extra)
 
 
 @bp.get("/health")

@@ -39,13 +39,17 @@ PAGE_MESSAGES = {
 
 
 class ApiError(Exception):
-    """An error a client caused or should know about, with its status and code."""
+    """An error a client caused or should know about, with its status and code.
 
-    def __init__(self, status: int, code: str, message: str):
+    ``extra`` holds documented fields that go into the JSON body beside ``error``
+    (e.g. ``input_check`` for an image that is not a chest X-ray)."""
+
+    def __init__(self, status: int, code: str, message: str, extra: dict | None = None):
         super().__init__(message)
         self.status = status
         self.code = code
         self.message = message
+        self.extra = extra or {}
 
 
 def human_size(n: int) -> str:
@@ -63,9 +67,9 @@ def _wants_json() -> bool:
     return request.path.startswith("/api/")
 
 
-def _respond(status: int, code: str, message: str, headers=None):
+def _respond(status: int, code: str, message: str, headers=None, extra=None):
     if _wants_json():
-        response = jsonify(error_body(code, message))
+        response = jsonify({**error_body(code, message), **(extra or {})})
     else:
         response = make_response(render_template(
             "error.html", status=status, message=PAGE_MESSAGES.get(status, message)))
@@ -77,7 +81,7 @@ def _respond(status: int, code: str, message: str, headers=None):
 
 def handle_api_error(error: ApiError):
     headers = {"Retry-After": "5"} if error.status in (503, 504) else None
-    return _respond(error.status, error.code, error.message, headers)
+    return _respond(error.status, error.code, error.message, headers, error.extra)
 
 
 def handle_http_exception(error: HTTPException):

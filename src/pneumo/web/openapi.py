@@ -13,7 +13,7 @@ from .uploads import ALLOWED_EXTENSIONS
 
 _ERROR_CODES = ["bad_request", "missing_file", "cross_origin", "forbidden", "not_found",
                 "method_not_allowed", "too_large", "too_many_files", "unsupported_type",
-                "unreadable_image", "internal_error", "model_unavailable", "timeout",
+                "unreadable_image", "not_a_chest_xray", "internal_error", "model_unavailable", "timeout",
                 "http_error"]
 
 _MODEL = {
@@ -34,6 +34,36 @@ _ERROR_OBJECT = {
     },
 }
 
+def _input_check(statuses: list[str], description: str) -> dict:
+    return {
+        "type": "object",
+        "required": ["status", "reasons", "feature_score"],
+        "additionalProperties": False,
+        "description": description,
+        "properties": {
+            "status": {"type": "string", "enum": statuses},
+            "reasons": {"type": "array", "items": {"type": "string"},
+                        "description": "Why the input is doubtful or refused, in plain words "
+                                       "(empty when status is ok)."},
+            "feature_score": {
+                "type": ["number", "null"],
+                "description": "Distance of the image's backbone features from the training "
+                               "X-rays, in standard deviations of the training scores; the "
+                               "cut-offs are the model card's `input_gate.warn_above` and "
+                               "`input_gate.reject_above` (97th and 99th percentiles on "
+                               "validation X-rays). Null when the image was refused before "
+                               "the network ran, or the model has no feature gate."},
+        },
+    }
+
+
+_INPUT_CHECK_PASSED = _input_check(
+    ["ok", "warning"],
+    "The input gate: does this look like a frontal chest X-ray the model can read? "
+    "`warning`: the prediction is given, but read it with care for the reasons listed.")
+_INPUT_CHECK_REJECTED = _input_check(
+    ["rejected"], "Why the input was refused (with error code `not_a_chest_xray`).")
+
 _PNG_DATA_URL = {"type": "string", "pattern": "^data:image/png;base64,[A-Za-z0-9+/]+=*$"}
 
 _PREDICTION_FIELDS = {
@@ -45,6 +75,7 @@ _PREDICTION_FIELDS = {
     "threshold": {"type": "number", "minimum": 0, "maximum": 1,
                   "description": "The operating threshold from the model card, chosen on "
                                  "validation."},
+    "input_check": {"$ref": "#/components/schemas/InputCheck"},
     "input": {
         "type": "object",
         "required": ["format", "width", "height", "metadata"],
@@ -72,8 +103,8 @@ _PREDICTION_FIELDS = {
 
 _PREDICTION = {
     "type": "object",
-    "required": ["filename", "label", "probability", "threshold", "input", "heatmap",
-                 "heatmap_shows", "disclaimer", "model"],
+    "required": ["filename", "label", "probability", "threshold", "input_check", "input",
+                 "heatmap", "heatmap_shows", "disclaimer", "model"],
     "additionalProperties": False,
     "properties": {
         "filename": {"type": "string", "description": "The uploaded file's name, without "
@@ -89,7 +120,7 @@ _PREDICTION = {
 _BATCH_OK = {
     "type": "object",
     "required": ["index", "filename", "ok", "status", "label", "probability", "threshold",
-                 "input", "heatmap", "heatmap_shows", "disclaimer"],
+                 "input_check", "input", "heatmap", "heatmap_shows", "disclaimer"],
     "additionalProperties": False,
     "properties": {
         "index": {"type": "integer", "minimum": 0},
@@ -111,6 +142,7 @@ _BATCH_ERROR = {
         "status": {"type": "integer", "enum": [400, 413, 415, 422],
                    "description": "The status this file alone would have been given."},
         "error": {"$ref": "#/components/schemas/ErrorObject"},
+        "input_check": {"$ref": "#/components/schemas/InputCheckRejected"},
     },
 }
 
@@ -128,7 +160,11 @@ def _errors(*statuses: int) -> dict:
         405: "Method not allowed.",
         413: "Body larger than the upload limit, too many parts or files.",
         415: "Not a PNG, JPEG or DICOM radiograph (by content), or a refused extension.",
-        422: "A supported format that cannot be decoded (truncated, corrupt, empty).",
+        422: "A supported format that cannot be decoded (truncated, corrupt, empty: "
+             "`unreadable_image`), or an image that does not look like a chest X-ray the "
+             "model can read (`not_a_chest_xray`: a photograph, a blank, noise, very low "
+             "resolution, or features unlike the training X-rays); the latter carries "
+             "`input_check` with the reasons, and no label is given.",
         500: "Internal error; no details are disclosed.",
         503: "The model is loading or failed to load.",
         504: "The model did not answer in time; try again.",
@@ -160,8 +196,16 @@ def spec(server_url: str = "") -> dict:
                 "by content; file names may end in "
                 + ", ".join("." + e for e in ALLOWED_EXTENSIONS)
                 + " or have no extension) and get the calibrated probability of pneumonia, "
-                "the label at the model card's operating threshold and a heatmap. Errors "
-                "are always `{\"error\": {\"code\", \"message\"}}`."),
+                "the label at the model card's operating threshold and a heatmap.\n\n"
+                "Every input passes an input gate first. Image checks (colour photograph, "
+                "almost blank, random noise, resolution, shape) run before the network; "
+                "the distance of the image's backbone features from the training X-rays "
+                "comes with the prediction. A rejected input gets status 422 with error "
+                "code `not_a_chest_xray`, the reasons in `input_check`, and no label or "
+                "probability. A doubtful input gets its prediction with "
+                "`input_check.status` = `warning` and the reasons: show them next to the "
+                "result. Errors are always `{\"error\": {\"code\", \"message\"}}`, "
+                "plus `input_check` for `not_a_chest_xray`."),
             "license": {"name": "MIT", "identifier": "MIT"},
         },
         "servers": [{"url": server_url or "/"}],
@@ -183,8 +227,9 @@ def spec(server_url: str = "") -> dict:
                 "operationId": "predictBatch",
                 "summary": "Predict several X-rays in one request",
                 "description": "Repeat the `file` field. Each file gets an entry, in order; "
-                               "a file that cannot be used gets an error entry and the "
-                               "others are still predicted.",
+                               "a file that cannot be used, or that the input gate refuses "
+                               "(`not_a_chest_xray`, with `input_check`), gets an error "
+                               "entry and the others are still predicted.",
                 "parameters": [{"name": "heatmap", "in": "query",
                                 "schema": {**flag, "default": True}}],
                 "requestBody": {"required": True, "content": {"multipart/form-data": {
@@ -221,7 +266,11 @@ def spec(server_url: str = "") -> dict:
             "Model": _MODEL,
             "ErrorObject": _ERROR_OBJECT,
             "Error": {"type": "object", "required": ["error"], "additionalProperties": False,
-                      "properties": {"error": {"$ref": "#/components/schemas/ErrorObject"}}},
+                      "properties": {
+                          "error": {"$ref": "#/components/schemas/ErrorObject"},
+                          "input_check": {"$ref": "#/components/schemas/InputCheckRejected"}}},
+            "InputCheck": _INPUT_CHECK_PASSED,
+            "InputCheckRejected": _INPUT_CHECK_REJECTED,
             "Prediction": _PREDICTION,
             "BatchResult": {
                 "type": "object",
