@@ -181,6 +181,56 @@ def test_a_non_image_gives_a_plain_words_error(page):
     assert ".txt are not accepted" in page.text_content("#error-detail")
 
 
+def test_a_photo_is_refused_in_plain_words_with_its_reasons(page, tiny_predictor, monkeypatch):
+    """The input gate on the page: no label, the reasons as sentences, a way forward."""
+    import skimage.data
+
+    calls = []
+    original = tiny_predictor.predict_batch
+    monkeypatch.setattr(tiny_predictor, "predict_batch",
+                        lambda *a, **k: calls.append(1) or original(*a, **k))
+    page.set_input_files("#file-input", {"name": "holiday.jpg", "mimeType": "image/jpeg",
+                                         "buffer": encode(skimage.data.chelsea(), "JPEG")})
+    page.wait_for_selector("#state-error", state="visible")
+    assert page.text_content("#error-title") == \
+        "This does not look like a chest X-ray the model can read."
+    reasons = page.locator("#error-reasons li").all_text_contents()
+    assert reasons == ["Looks like a colour photograph, not a radiograph."]
+    detail = page.text_content("#error-detail")
+    assert "No result is given" in detail and "frontal (PA or AP) chest radiograph" in detail
+    assert page.is_hidden("#state-result") and page.text_content("#result-label") == ""
+    assert calls == []  # refused before the network
+    screenshot(page, "browser-refused.png")
+
+    # the next good image shows a result, and no stale reasons linger
+    page.set_input_files("#file-input", xray_file("plain.png"))
+    expect(page.locator("#result-file")).to_have_text("plain.png")
+    assert page.is_visible("#state-result") and page.is_hidden("#result-warning")
+    assert page.problems == []
+
+
+def test_a_doubtful_image_shows_its_warning_next_to_the_result(page, tiny_predictor):
+    small = encode(synthetic_xray(6, (150, 160), opacity=True))
+    page.set_input_files("#file-input", {"name": "small.png", "mimeType": "image/png",
+                                         "buffer": small})
+    page.wait_for_selector("#state-result", state="visible")
+    assert page.text_content("#result-label") == tiny_predictor.predict(small).label
+    warning = page.locator("#result-warning")
+    assert warning.is_visible()
+    assert "Read this result with care" in warning.text_content()
+    assert page.locator("#warning-reasons li").all_text_contents() == [
+        "Low resolution (160x150 pixels)."]
+    verdict, box = page.locator("#verdict").bounding_box(), warning.bounding_box()
+    assert 0 <= box["y"] - (verdict["y"] + verdict["height"]) < 80  # right under the verdict
+    assert "is-doubtful" in page.get_attribute("#verdict", "class")
+    screenshot(page, "browser-warning.png")
+    page.click("#reset")
+    page.set_input_files("#file-input", xray_file("plain.png"))
+    expect(page.locator("#result-file")).to_have_text("plain.png")
+    assert page.is_visible("#state-result") and page.is_hidden("#result-warning")
+    assert "is-doubtful" not in page.get_attribute("#verdict", "class")
+
+
 def test_a_truncated_image_and_an_oversized_file_are_explained(page, tmp_path):
     data = encode(synthetic_xray(2, (300, 300)))
     page.set_input_files("#file-input", {"name": "cut.png", "mimeType": "image/png",
@@ -198,6 +248,7 @@ def test_a_truncated_image_and_an_oversized_file_are_explained(page, tmp_path):
     assert "32 MB" in page.text_content("#error-detail")
 
 
+@pytest.mark.reliability(7)
 def test_a_hostile_file_name_is_shown_as_text(page):
     name = '"><img src=x onerror="window.__pwned=1">.png'
     page.set_input_files("#file-input", {"name": name, "mimeType": "image/png",

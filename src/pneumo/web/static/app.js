@@ -34,6 +34,7 @@
   // What each API error code means, in plain words.
   const ERROR_TITLES = {
     unsupported_type: "This file is not a chest X-ray image we can read.",
+    not_a_chest_xray: "This does not look like a chest X-ray the model can read.",
     unreadable_image: "This image could not be read.",
     too_large: "This file is too large.",
     too_many_files: "Too many files at once.",
@@ -46,6 +47,7 @@
   const ERROR_HINTS = {
     unsupported_type: "Choose a chest radiograph saved as PNG, JPEG or DICOM.",
     unreadable_image: "The file may be damaged or incomplete. Try exporting it again.",
+    not_a_chest_xray: "No result is given for it. Choose a frontal (PA or AP) chest radiograph.",
     too_large: "Please choose a smaller file (the limit is " + app.dataset.maxSize + ").",
     model_unavailable: "Please try again in a few seconds.",
     timeout: "The model took too long to answer. Please try again.",
@@ -69,11 +71,23 @@
     return /[.!?]$/.test(text) ? text : text + ".";
   }
 
-  function showError(code, message, fileName) {
+  // Reasons as list items, each a sentence, inserted as text.
+  function fillReasons(list, reasons) {
+    list.replaceChildren(...(reasons || []).map((reason) => {
+      const item = document.createElement("li");
+      item.textContent = sentenceCase(reason);
+      return item;
+    }));
+    list.hidden = list.children.length === 0;
+  }
+
+  function showError(code, message, fileName, inputCheck) {
     $("error-file").textContent = fileName || "";
     $("error-title").textContent = ERROR_TITLES[code] || "This file could not be used.";
+    const reasons = inputCheck && inputCheck.reasons;
+    fillReasons($("error-reasons"), reasons);
     const parts = [];
-    if (message) parts.push(sentenceCase(message));
+    if (message && !(reasons && reasons.length)) parts.push(sentenceCase(message));
     if (ERROR_HINTS[code]) parts.push(ERROR_HINTS[code]);
     $("error-detail").textContent = parts.join(" ");
     clearViewer();
@@ -145,6 +159,11 @@
     const verdict = $("verdict");
     verdict.classList.toggle("is-positive", positive);
     verdict.classList.toggle("is-negative", !positive);
+    const check = data.input_check || { status: "ok", reasons: [] };
+    const doubtful = check.status === "warning";
+    fillReasons($("warning-reasons"), doubtful ? check.reasons : []);
+    $("result-warning").hidden = !doubtful;
+    verdict.classList.toggle("is-doubtful", doubtful);
     $("result-probability").textContent = pct(data.probability);
     $("scale-fill").style.width = (data.probability * 100).toFixed(2) + "%";
     $("scale-marker").style.left = (threshold * 100).toFixed(2) + "%";
@@ -217,7 +236,7 @@
       if (xhr.status === 200 && data && data.label) {
         renderResult(data, file.name);
       } else if (data && data.error) {
-        showError(data.error.code, data.error.message, file.name);
+        showError(data.error.code, data.error.message, file.name, data.input_check);
       } else if (xhr.status === 413) {
         showError("too_large", "", file.name);
       } else {
