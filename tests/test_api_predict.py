@@ -134,6 +134,7 @@ def test_a_bad_flag_is_a_400(client, png):
 
 # -- uploads that are wrong (rows 1-5) -----------------------------------------------------
 
+@pytest.mark.reliability(2)
 def test_no_file_part_is_a_400(client):
     assert "'file'" in assert_error(post(client, {}), 400, "missing_file")
     message = assert_error(post(client, {"image": (io.BytesIO(b"x"), "x.png")}), 400,
@@ -144,6 +145,7 @@ def test_no_file_part_is_a_400(client):
                              content_type="application/octet-stream"), 400, "missing_file")
 
 
+@pytest.mark.reliability(2)
 def test_an_empty_file_name_is_a_400(client, png):
     assert_error(post(client, {"file": (io.BytesIO(png), "")}), 400, "missing_file")
 
@@ -153,11 +155,13 @@ def test_two_files_on_the_single_endpoint_is_a_400(client, png):
     assert "batch" in assert_error(response, 400, "bad_request")
 
 
+@pytest.mark.reliability(4)
 def test_non_image_content_is_a_415(client):
     response = post(client, {"file": (io.BytesIO(b"just some text\n" * 20), "notes.png")})
     assert_error(response, 415, "unsupported_type")
 
 
+@pytest.mark.reliability(4)
 def test_html_disguised_as_png_is_refused_by_content(client):
     html = b"<!doctype html><html><script>alert(1)</script></html>"
     response = post(client, {"file": (io.BytesIO(html), "scan.png", "image/png")})
@@ -166,6 +170,7 @@ def test_html_disguised_as_png_is_refused_by_content(client):
 
 @pytest.mark.parametrize("name", ["x.jpg.php", "x.svg", "x.html", "scan.PHP", ".svg",
                                   "x.png.exe", "report.pdf"])
+@pytest.mark.reliability(3)
 def test_refused_extensions_even_with_png_content(client, png, name):
     message = assert_error(post(client, {"file": (io.BytesIO(png), name)}), 415,
                            "unsupported_type")
@@ -174,6 +179,7 @@ def test_refused_extensions_even_with_png_content(client, png, name):
 
 @pytest.mark.parametrize("name", ["X.PNG", "scan.Jpeg", "IM-0001-0001", "x.php%00.jpg",
                                   "x.php\x00.png", "scan.dcm.png"])
+@pytest.mark.reliability(3)
 def test_allowed_names_pass_and_content_decides(client, png, name):
     response = post(client, {"file": (io.BytesIO(png), name)})
     assert response.status_code == 200, response.get_data(as_text=True)
@@ -188,16 +194,19 @@ def test_allowed_names_pass_and_content_decides(client, png, name):
     ("<img src=x onerror=alert(1)>.png", "<img src=x onerror=alert(1)>.png"),
     ("tab\there\x7f.png", "tabhere.png"),
 ])
+@pytest.mark.reliability(5)
 def test_file_names_are_echoed_without_folders(client, png, name, shown):
     body = post(client, {"file": (io.BytesIO(png), name)}).get_json()
     assert body["filename"] == shown
 
 
+@pytest.mark.reliability(5)
 def test_a_very_long_name_is_shortened(client, png):
     body = post(client, {"file": (io.BytesIO(png), "a" * 300 + ".png")}).get_json()
     assert len(body["filename"]) == 120 and body["filename"].endswith("\u2026")
 
 
+@pytest.mark.reliability(11)
 def test_truncated_and_empty_images_are_a_422(client, png):
     assert "truncated" in assert_error(
         post(client, {"file": (io.BytesIO(png[: len(png) // 2]), "cut.png")}), 422,
@@ -206,6 +215,7 @@ def test_truncated_and_empty_images_are_a_422(client, png):
                  "unreadable_image")
 
 
+@pytest.mark.reliability(1)
 def test_a_body_over_the_default_limit_is_a_413(client):
     over = b"\0" * (32 * 2**20 + 1)
     message = assert_error(post(client, {"file": (io.BytesIO(over), "huge.png")}), 413,
@@ -213,6 +223,7 @@ def test_a_body_over_the_default_limit_is_a_413(client):
     assert "32 MB" in message
 
 
+@pytest.mark.reliability(1)
 def test_upload_limit_is_configurable(tiny_predictor, png):
     app = create_app({"TESTING": True, "PNEUMO_PREDICTOR": tiny_predictor,
                       "MAX_CONTENT_LENGTH": 64 * 1024})
@@ -225,11 +236,13 @@ def test_upload_limit_is_configurable(tiny_predictor, png):
     assert post(client, {"file": (io.BytesIO(png), "ok.png")}).status_code == 200
 
 
+@pytest.mark.reliability(1)
 def test_thousands_of_parts_are_a_413(client):
     fields = {f"field{i}": "x" for i in range(2000)}
     assert_error(post(client, fields), 413, "too_large")
 
 
+@pytest.mark.reliability(5)
 def test_uploads_are_kept_in_memory(app):
     big = encode(np.random.default_rng(1).integers(0, 255, (900, 900), dtype=np.uint8))
     assert len(big) > 600_000  # Flask's default would spool this to a temporary file
@@ -332,6 +345,7 @@ def test_api_404_and_405_are_json(client, method, path, status, code):
         assert response.headers["Allow"]
 
 
+@pytest.mark.reliability(8)
 def test_an_internal_error_is_a_generic_500(client, tiny_predictor, png, monkeypatch, caplog):
     def broken(*args, **kwargs):
         raise RuntimeError("tensor exploded at /secret/internal/path.py")
@@ -356,6 +370,7 @@ def test_a_model_that_is_not_ready_gives_503(tmp_path, png):
     assert_error(client.get("/api/v1/model"), 503, "model_unavailable")
 
 
+@pytest.mark.reliability(23)
 def test_a_slow_inference_times_out_and_the_next_request_succeeds(app, png):
     """Row 23: the client gets an error, not a hung request; the service recovers."""
     client = app.test_client()
@@ -369,6 +384,7 @@ def test_a_slow_inference_times_out_and_the_next_request_succeeds(app, png):
 
 # -- cross-site posts (row 7) --------------------------------------------------------------
 
+@pytest.mark.reliability(7)
 def test_posts_from_another_site_are_refused(client, png):
     for headers in ({"Origin": "https://evil.example"}, {"Origin": "null"},
                     {"Sec-Fetch-Site": "cross-site"}, {"Sec-Fetch-Site": "same-site"},
@@ -394,6 +410,7 @@ def _rss_bytes() -> int:
 
 
 @pytest.mark.skipif(not os.path.exists("/proc/self/statm"), reason="needs Linux /proc")
+@pytest.mark.reliability(22)
 def test_memory_stays_flat_over_many_predictions(client):
     data = encode(synthetic_xray(5, (128, 128)))
     for _ in range(20):  # warm-up: graph tracing, allocator pools

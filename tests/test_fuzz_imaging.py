@@ -67,8 +67,9 @@ BOUNDARY = [b"\x00", b"\xff", b"\x7f", b"\x80", b"\x00\x00", b"\xff\xff", b"\x7f
 
 
 @st.composite
-def mutated(draw, family: str) -> bytes:
-    data = bytearray(draw(st.sampled_from(seeds(family))))
+def mutated(draw, family: str, pool=None) -> bytes:
+    """A file of ``family`` from ``pool(family)`` (default: ``seeds``), mutated 1-4 times."""
+    data = bytearray(draw(st.sampled_from((pool or seeds)(family))))
     for _ in range(draw(st.integers(1, 4))):
         if not data:
             break

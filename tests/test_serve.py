@@ -134,6 +134,7 @@ def test_serve_is_ready_and_predicts_over_http(served, sharp_bundle):
     assert f"on http://127.0.0.1:{served['url'].rsplit(':', 1)[1]}" in served["log"].read_text()
 
 
+@pytest.mark.reliability(21)
 def test_parallel_uploads_agree_with_a_single_threaded_reference(served, sharp_bundle):
     """Row 21: 20 simultaneous uploads to 4 threads all succeed and match."""
     images = [encode(synthetic_xray(100 + i, (96 + 8 * i, 96), opacity=i % 3 == 0))
@@ -178,6 +179,7 @@ def _raw_exchange(port: int, head: bytes, body_chunks=(), read_timeout: float = 
         return answer
 
 
+@pytest.mark.reliability(1)
 def test_oversized_uploads_are_refused_and_the_server_carries_on(served):
     """Row 1: just over the limit, a declared giant and an endless chunked body."""
     port = int(served["url"].rsplit(":", 1)[1])

@@ -54,6 +54,7 @@ def test_importing_the_web_package_loads_no_tensorflow():
     assert result.returncode == 0, result.stdout + result.stderr
 
 
+@pytest.mark.reliability(8)
 def test_defaults_debug_off_no_secret_key_and_an_upload_limit(app):
     assert app.debug is False
     assert app.config["SECRET_KEY"] is None
@@ -188,6 +189,7 @@ def test_about_page_renders_the_card_without_plots(client, tiny_predictor):
     assert client.get("/about/plots/roc.png").status_code == 404
 
 
+@pytest.mark.reliability(6)
 def test_about_page_shows_the_bundles_plots(tiny_bundle, tmp_path):
     bundle = variant_bundle(tiny_bundle, tmp_path / "with-plots")
     (bundle / "plots").mkdir()
@@ -212,6 +214,7 @@ def test_about_page_shows_the_bundles_plots(tiny_bundle, tmp_path):
 @pytest.mark.parametrize("path", ["/", "/about", "/static/app.css", "/static/app.js",
                                   "/static/favicon.svg", "/nope", "/api/v1/health",
                                   "/api/v1/nope", "/api/v1/openapi.json"])
+@pytest.mark.reliability(6)
 def test_every_response_carries_the_security_headers(client, path):
     with client.get(path) as response:
         check_security_headers(response)
@@ -226,6 +229,7 @@ def check_security_headers(response):
     assert "img-src 'self' data: blob:" in policy
 
 
+@pytest.mark.reliability(6)
 def test_api_responses_are_not_cached_and_pages_name_their_type(client):
     assert client.get("/api/v1/health").headers["Cache-Control"] == "no-store"
     for path, types in (("/static/app.css", ["text/css"]),
@@ -258,6 +262,7 @@ def test_page_errors_are_plain_pages(client):
 
 
 @pytest.mark.parametrize("debug", [False, True])
+@pytest.mark.reliability(8)
 def test_an_internal_error_shows_no_traceback_even_in_debug(tiny_predictor, monkeypatch,
                                                              caplog, debug):
     app = create_app({"PNEUMO_PREDICTOR": tiny_predictor, "DEBUG": debug})
