@@ -81,8 +81,9 @@ def refused(response, status: int, code: str) -> str:
 class _WriteWatch:
     """Files opened for writing, folders made and renames, while ``active``."""
 
-    EVENTS = {"os.mkdir", "os.rename", "os.replace", "os.symlink", "os.link", "os.truncate",
-              "shutil.copyfile", "shutil.move", "tempfile.mkstemp", "tempfile.mkdtemp"}
+    EVENTS = frozenset({"os.mkdir", "os.rename", "os.replace", "os.symlink", "os.link",
+                        "os.truncate", "shutil.copyfile", "shutil.move", "tempfile.mkstemp",
+                        "tempfile.mkdtemp"})
     WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_APPEND
 
     def __init__(self):
