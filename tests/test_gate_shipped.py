@@ -67,6 +67,14 @@ def _model_line(shipped: Predictor, figures) -> None:
     if figures.sections.get(FIGURES):
         return
     gate = shipped.card.get("input_gate", {})
+    figures.note(FIGURES, "How the gate decides: image checks (colour photograph, almost "
+                 "blank, random noise, resolution, shape) run before the network; then the "
+                 "distance of the image's pooled backbone features from those of the training "
+                 "X-rays (PCA: whitened distance inside the top components, residual outside) "
+                 "is compared with cut-offs that are the 97th (warn) and 99th (refuse) "
+                 "percentiles of the same score on validation X-rays. Nothing was tuned on the "
+                 "images below. Refused: 422 `not_a_chest_xray`, no label; warned: the "
+                 "prediction with the reasons.")
     figures.add(FIGURES, "model", f"{shipped.name} {shipped.version}")
     if gate:
         figures.add(FIGURES, "cut-offs from the card (warn / reject above)",
