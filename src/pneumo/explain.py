@@ -10,6 +10,8 @@ gradient pass.
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 from PIL import Image
 
@@ -48,15 +50,32 @@ def overlay(gray: np.ndarray, heatmap: np.ndarray, alpha: float = 0.45,
 
 
 def heatmap_png(heatmap: np.ndarray, size: tuple[int, int], colormap: str = "jet") -> bytes:
-    """The heatmap alone as an RGBA PNG whose alpha follows the evidence, for overlays
-    drawn by a browser with an opacity slider."""
+    """The heatmap alone as a PNG whose transparency follows the evidence, for overlays
+    drawn by a browser with an opacity slider.
+
+    The colour map has 256 levels, so the PNG is a 256-colour palette with one
+    alpha per colour: the same pixels as an RGBA image (alpha within 1/255),
+    a quarter of the bytes to compress and send, and several times faster."""
     import io
 
+    heat = resize_map(heatmap, size)
+    colours, alpha = _palette(colormap)
+    levels = np.minimum((heat * len(alpha)).astype(np.int32), len(alpha) - 1).astype(np.uint8)
+    image = Image.frombytes("P", (levels.shape[1], levels.shape[0]), levels.tobytes())
+    image.putpalette(colours)
+    buffer = io.BytesIO()
+    image.save(buffer, "PNG", transparency=alpha)
+    return buffer.getvalue()
+
+
+@functools.lru_cache(maxsize=8)
+def _palette(colormap: str) -> tuple[bytes, bytes]:
+    """RGB palette and per-colour alpha of ``colormap``'s levels; level ``i`` holds the
+    heat values in ``[i / n, (i + 1) / n)``, as matplotlib bins them."""
     from matplotlib import colormaps
 
-    heat = resize_map(heatmap, size)
-    rgba = colormaps[colormap](heat)
-    rgba[..., 3] = np.clip(heat * 1.25, 0.0, 1.0)
-    buffer = io.BytesIO()
-    Image.fromarray(np.round(rgba * 255).astype(np.uint8), mode="RGBA").save(buffer, "PNG")
-    return buffer.getvalue()
+    table = colormaps[colormap]
+    levels = table.N
+    colours = np.round(table(np.arange(levels))[:, :3] * 255).astype(np.uint8)
+    alpha = np.clip((np.arange(levels) + 0.5) / levels * 1.25, 0.0, 1.0)
+    return colours.tobytes(), np.round(alpha * 255).astype(np.uint8).tobytes()

@@ -91,7 +91,8 @@ _PREDICTION_FIELDS = {
     },
     "heatmap": {
         "oneOf": [_PNG_DATA_URL, {"type": "null"}],
-        "description": "RGBA PNG as a data URL, the image's aspect ratio, to be stretched "
+        "description": "PNG with transparency (a 256-colour palette with alpha) as a data "
+                       "URL, the image's aspect ratio, to be stretched "
                        "over the whole X-ray; alpha follows the evidence for `label`. Null "
                        "with ?heatmap=false.",
     },
