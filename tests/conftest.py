@@ -44,6 +44,20 @@ def build_tiny_bundle(path: Path, threshold: float = 0.5, temperature: float = 1
     return save_bundle(path, model, card)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def engine_cache(tmp_path_factory) -> Path:
+    """Converted ONNX graphs go to a per-session folder (inherited by the servers the
+    tests start), never to the user's cache: every tiny bundle has new random weights."""
+    folder = tmp_path_factory.mktemp("cache")
+    previous = os.environ.get("PNEUMO_CACHE_DIR")
+    os.environ["PNEUMO_CACHE_DIR"] = str(folder)
+    yield folder
+    if previous is None:
+        os.environ.pop("PNEUMO_CACHE_DIR", None)
+    else:
+        os.environ["PNEUMO_CACHE_DIR"] = previous
+
+
 @pytest.fixture(scope="session")
 def tiny_bundle(tmp_path_factory) -> Path:
     """A real bundle (random-weight Xception at 71x71), built once per test session."""

@@ -81,9 +81,9 @@ def test_heatmap_is_the_exact_decomposition_of_the_logit(tiny_predictor):
 
     batch = np.stack([tiny_predictor.prepare(encode(synthetic_xray(s, opacity=s % 2 == 1)))
                       for s in range(3)])
-    features, logits = tiny_predictor._forward(batch)
-    cams = class_activation_maps(features, tiny_predictor._logit_weights)
-    bias = tiny_predictor._model.get_layer("logit").get_weights()[1][0]
+    features, logits = tiny_predictor.engine(batch)
+    cams = class_activation_maps(features, tiny_predictor.engine.logit_weights)
+    bias = tiny_predictor.engine.logit_bias
     np.testing.assert_allclose(cams.mean(axis=(1, 2)) + bias, np.asarray(logits).ravel(),
                                rtol=1e-4, atol=1e-5)
     for result in tiny_predictor.predict_batch(batch):

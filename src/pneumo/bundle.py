@@ -111,6 +111,26 @@ def read_card(directory: str | Path) -> dict:
     return card
 
 
+def verify_files(directory: str | Path, card: dict) -> dict[str, str]:
+    """Check every file the card lists against its checksum; returns name -> SHA-256,
+    the model file's included (hashed here if the card does not list it)."""
+    directory = Path(directory)
+    if not (directory / MODEL_FILE).is_file():
+        raise BundleError(f"{directory} lacks {MODEL_FILE}")
+    digests = {}
+    for name, expected in card.get("files", {}).items():
+        path = directory / name
+        if not path.is_file():
+            raise BundleError(f"{directory} lacks {name}, which its card lists")
+        digests[name] = sha256_of(path)
+        if digests[name] != expected:
+            raise BundleError(f"{path} does not match the checksum in its card: the "
+                              "file is corrupt or was replaced")
+    if MODEL_FILE not in digests:
+        digests[MODEL_FILE] = sha256_of(directory / MODEL_FILE)
+    return digests
+
+
 def load_bundle(directory: str | Path, *, verify: bool = True):
     """``(keras model, card)`` from a bundle, checked against its checksum."""
     import keras
@@ -118,16 +138,10 @@ def load_bundle(directory: str | Path, *, verify: bool = True):
     directory = Path(directory)
     card = read_card(directory)
     model_path = directory / MODEL_FILE
-    if not model_path.is_file():
-        raise BundleError(f"{directory} lacks {MODEL_FILE}")
     if verify:
-        for name, expected in card.get("files", {}).items():
-            path = directory / name
-            if not path.is_file():
-                raise BundleError(f"{directory} lacks {name}, which its card lists")
-            if sha256_of(path) != expected:
-                raise BundleError(f"{path} does not match the checksum in its card: the "
-                                  "file is corrupt or was replaced")
+        verify_files(directory, card)
+    elif not model_path.is_file():
+        raise BundleError(f"{directory} lacks {MODEL_FILE}")
     trained_major = str(card.get("libraries", {}).get("keras", "3")).split(".")[0]
     if trained_major != keras.__version__.split(".")[0]:
         raise BundleError(f"the bundle was saved with Keras {card['libraries']['keras']}, "

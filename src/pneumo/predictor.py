@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .bundle import load_bundle
+from .bundle import read_card
 from .calibration import calibrate
 from .config import CLASS_NAMES, default_bundle_path
 from .explain import class_activation_maps, evidence_map
@@ -38,29 +38,38 @@ class Prediction:
 
 
 class Predictor:
-    """A loaded bundle. Thread-safe: calls into the network are serialised."""
+    """A loaded bundle. Thread-safe: calls into the network are serialised.
 
-    def __init__(self, model, card: dict, bundle_path: Path | None = None):
+    ``engine`` runs the network (``engine.py``: ONNX Runtime or TensorFlow); a
+    Keras model given instead is run with TensorFlow.
+    """
+
+    def __init__(self, engine, card: dict, bundle_path: Path | None = None):
         self.card = card
         self.bundle_path = bundle_path
         self.image_size = int(card["input"]["size"])
         self.threshold = float(card["threshold"])
         self.temperature = float(card["calibration"]["temperature"])
         self.bias = float(card["calibration"].get("bias", 0.0))
-        from .models import with_features
+        if not hasattr(engine, "logit_weights"):
+            from .engine import TensorFlowEngine
 
-        self._model = with_features(model)
-        self._logit_weights = model.get_layer("logit").get_weights()[0].reshape(-1)
-        self._forward = _compiled(self._model)
+            engine = TensorFlowEngine(engine)
+        self.engine = engine
+        self._logit_weights = engine.logit_weights
         self._lock = threading.Lock()
         gate_file = Path(bundle_path) / GATE_FILE if bundle_path else None
         self.gate = FeatureGate.load(gate_file) if gate_file and gate_file.is_file() else None
 
     @classmethod
-    def from_bundle(cls, path: str | Path | None = None) -> "Predictor":
+    def from_bundle(cls, path: str | Path | None = None, engine: str | None = None) -> Predictor:
+        """Load the bundle at ``path`` (default: the shipped one) with ``engine``
+        ("auto", "onnxruntime" or "tensorflow"; default ``$PNEUMO_ENGINE`` or auto)."""
+        from .engine import load_engine
+
         path = Path(path) if path else default_bundle_path()
-        model, card = load_bundle(path)
-        return cls(model, card, path)
+        card = read_card(path)
+        return cls(load_engine(path, card, engine), card, path)
 
     @property
     def name(self) -> str:
@@ -86,10 +95,8 @@ class Predictor:
         if len(batch) == 0:
             return []
         with self._lock:
-            features, logits = self._forward(np.ascontiguousarray(batch, dtype=np.uint8))
-        logits = np.asarray(logits, dtype=np.float64).reshape(-1)
+            features, logits = self.engine(np.ascontiguousarray(batch, dtype=np.uint8))
         probabilities = self.calibrate(logits)
-        features = np.asarray(features)
         cams = class_activation_maps(features, self._logit_weights) if heatmaps else None
         scores = self.gate.score(features.mean(axis=(1, 2))) if self.gate else [None] * len(logits)
         results = []
@@ -121,15 +128,3 @@ class Predictor:
         """One image (decoded, a path or raw bytes) -> its prediction."""
         return self.predict_batch(self.prepare(image)[None], heatmaps=heatmap)[0]
 
-
-def _compiled(model):
-    """The model's call compiled once (a graph on TensorFlow), not ``predict()``,
-    which rebuilds state per call and leaks in loops."""
-    import keras
-
-    if keras.backend.backend() == "tensorflow":
-        import tensorflow as tf
-
-        function = tf.function(lambda x: model(x, training=False), reduce_retracing=True)
-        return lambda x: [t.numpy() for t in function(tf.convert_to_tensor(x))]
-    return lambda x: [np.asarray(t) for t in model(x, training=False)]
