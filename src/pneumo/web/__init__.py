@@ -17,6 +17,10 @@ Configuration keys (defaults below; pass a mapping to ``create_app`` to change t
     Seconds a request waits for the model before answering 504.
 ``PNEUMO_MAX_BATCH_FILES``
     Most files in one batch request.
+``PNEUMO_BATCH_MAX_IMAGES`` / ``PNEUMO_BATCH_WAIT_MS``
+    Micro-batching (``model.py``): concurrent predictions run together, at most
+    this many images, the inference thread waiting at most this long for
+    requests still being decoded.
 ``MAX_CONTENT_LENGTH`` / ``MAX_FORM_PARTS``
     Flask's own upload limits: larger bodies get 413.
 """
@@ -40,6 +44,8 @@ def create_app(config: dict | None = None) -> Flask:
         PNEUMO_MODEL_LOADING="eager",
         PNEUMO_INFERENCE_TIMEOUT=60.0,
         PNEUMO_MAX_BATCH_FILES=16,
+        PNEUMO_BATCH_MAX_IMAGES=8,
+        PNEUMO_BATCH_WAIT_MS=5.0,
         PNEUMO_HEATMAP_SIDE=512,  # long side of the heatmap PNG sent to clients
         PNEUMO_IMAGE_SIDE=1024,  # long side of the decoded image sent back on request
         MAX_CONTENT_LENGTH=MAX_UPLOAD_BYTES,

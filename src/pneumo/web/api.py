@@ -144,8 +144,8 @@ def _fields(prediction, decoded: DecodedImage, assessment: Assessment, *,
 
 
 def _infer(predictor, batch: np.ndarray, heatmaps: bool):
-    return get_holder().run(predictor.predict_batch, batch, heatmaps,
-                            timeout=float(current_app.config["PNEUMO_INFERENCE_TIMEOUT"]))
+    return get_holder().predict(batch, heatmaps,
+                                timeout=float(current_app.config["PNEUMO_INFERENCE_TIMEOUT"]))
 
 
 @bp.post("/predict")

@@ -3,19 +3,30 @@
 ``init_app`` loads the bundle when the app is created -- never per request and
 never at import time. Network calls go through one inference thread per app,
 so a request can stop waiting after ``PNEUMO_INFERENCE_TIMEOUT`` seconds
-(answering 504) while the model finishes in the background, and TensorFlow is
+(answering 504) while the model finishes in the background, and the engine is
 only ever entered from that one thread.
+
+Micro-batching: predictions that are waiting together for the inference
+thread run as one batch, at most ``PNEUMO_BATCH_MAX_IMAGES`` images. While
+other prediction requests are still being read and decoded by the request
+threads, the inference thread waits for them, at most
+``PNEUMO_BATCH_WAIT_MS`` milliseconds; a lone request never waits. Every
+image's result is the one it would get on its own (docs/performance.md).
 """
 
 from __future__ import annotations
 
+import collections
 import concurrent.futures
+import dataclasses
 import logging
 import threading
+import time
 import weakref
 from pathlib import Path
 
-from flask import Flask, current_app
+import numpy as np
+from flask import Flask, current_app, g, request
 
 from .errors import ApiError
 
@@ -25,19 +36,66 @@ log = logging.getLogger(__name__)
 EXTENSION = "pneumo.model"
 #: ``app.extensions`` key of the loaded ``Predictor`` itself (None until ready).
 PREDICTOR = "pneumo.predictor"
+#: Endpoints whose requests will ask for a prediction (the micro-batcher waits for them).
+PREDICT_ENDPOINTS = frozenset({"api.predict", "api.predict_batch"})
+
+
+@dataclasses.dataclass
+class _Job:
+    """One request's work for the inference thread."""
+
+    future: concurrent.futures.Future
+    function: object = None  # a plain call: function(*args)
+    args: tuple = ()
+    batch: np.ndarray | None = None  # or a prediction of these prepared images
+    heatmaps: bool = True
+
+
+@dataclasses.dataclass
+class BatchStats:
+    """What the inference thread has done, for tests and the benchmark."""
+
+    batches: int = 0
+    requests: int = 0
+    images: int = 0
+    largest: int = 0  # most requests merged into one batch
+
+    def add(self, requests: int, images: int) -> None:
+        self.batches += 1
+        self.requests += requests
+        self.images += images
+        self.largest = max(self.largest, requests)
 
 
 class ModelHolder:
     """The app's predictor, its loading state and its inference thread."""
 
-    def __init__(self, app: Flask, bundle_path: str | Path):
+    def __init__(self, app: Flask, bundle_path: str | Path, max_images: int = 8,
+                 max_wait: float = 0.005):
+        if max_images < 1 or max_wait < 0:
+            raise ValueError("PNEUMO_BATCH_MAX_IMAGES must be at least 1 and "
+                             "PNEUMO_BATCH_WAIT_MS at least 0")
         self.bundle_path = Path(bundle_path)
         self.predictor = None
         self.error: str | None = None
+        self.max_images = int(max_images)
+        self.max_wait = float(max_wait)
+        self.stats = BatchStats()
         self._app = weakref.ref(app)
         self._ready = threading.Event()
-        self._executor = concurrent.futures.ThreadPoolExecutor(
-            max_workers=1, thread_name_prefix="pneumo-inference")
+        self._queue: collections.deque[_Job] = collections.deque()
+        self._condition = threading.Condition()
+        self._arriving = 0  # prediction requests started but not yet queued
+        self._stopped = False
+        self._thread = threading.Thread(target=self._serve, name="pneumo-inference",
+                                        daemon=True)
+        self._thread.start()
+
+    @property
+    def queued(self) -> int:
+        """Requests waiting for the inference thread."""
+        with self._condition:
+            return len(self._queue)
 
     @property
     def ready(self) -> bool:
@@ -62,37 +120,171 @@ class ModelHolder:
 
         try:
             predictor = Predictor.from_bundle(self.bundle_path)
-        except BundleError as exc:
+        except (BundleError, RuntimeError) as exc:
             self.error = str(exc)
             log.error("model bundle could not be loaded: %s", exc)
             self._ready.set()
             if raise_errors:
                 raise
             return
-        log.info("model %s %s loaded from %s", predictor.name, predictor.version,
-                 self.bundle_path)
+        log.info("model %s %s loaded from %s (engine: %s)", predictor.name, predictor.version,
+                 self.bundle_path, getattr(predictor.engine, "name", "?"))
         self.set(predictor)
+
+    # -- the inference thread ------------------------------------------------------------
 
     def run(self, function, *args, timeout: float):
         """``function(*args)`` on the inference thread; ApiError 504 after ``timeout`` s."""
-        future = self._executor.submit(function, *args)
+        return self._submit(_Job(concurrent.futures.Future(), function, args), timeout)
+
+    def predict(self, batch: np.ndarray, heatmaps: bool, *, timeout: float) -> list:
+        """``predictor.predict_batch(batch, heatmaps)`` on the inference thread, merged
+        with other requests waiting at the same time; ApiError 504 after ``timeout`` s."""
+        return self._submit(_Job(concurrent.futures.Future(), batch=batch,
+                                 heatmaps=bool(heatmaps)), timeout)
+
+    def arriving(self) -> None:
+        """A prediction request has started: the batcher may wait a little for it."""
+        with self._condition:
+            self._arriving += 1
+
+    def arrived(self) -> None:
+        """That request has queued its work, or ended without any."""
+        with self._condition:
+            self._arriving = max(0, self._arriving - 1)
+            self._condition.notify_all()
+
+    def _submit(self, job: _Job, timeout: float):
+        deadline = time.monotonic() + timeout
+        with self._condition:
+            if self._stopped:
+                raise ApiError(503, "model_unavailable", "the server is shutting down")
+            self._queue.append(job)
+            self._condition.notify_all()
+        _mark_arrived(self)
         try:
-            return future.result(timeout=timeout)
+            result = job.future.result(timeout=timeout)
         except concurrent.futures.TimeoutError:
-            future.cancel()  # dropped if still queued; a running call finishes unseen
+            job.future.cancel()  # dropped if still queued; a running call finishes unseen
+            result = None
+        # A waiting thread may get the interpreter back only after the answer came: late
+        # is late either way, so the time limit holds however the threads were scheduled.
+        if not job.future.done() or time.monotonic() > deadline:
             raise ApiError(504, "timeout", f"the model did not answer within {timeout:g} s; "
-                           "the server is busy, please try again") from None
+                           "the server is busy, please try again")
+        return result
+
+    def _serve(self) -> None:
+        while True:
+            jobs = self._next_jobs()
+            if jobs is None:
+                return
+            if not jobs:
+                continue
+            if jobs[0].batch is None:
+                _settle(jobs[0].future, jobs[0].function, *jobs[0].args)
+            else:
+                self._run_batch(jobs)
+
+    def _next_jobs(self) -> list[_Job] | None:
+        """The next plain call alone, or predictions to run together (None: stop)."""
+        with self._condition:
+            while not self._queue and not self._stopped:
+                self._condition.wait()
+            if self._stopped:
+                return None
+            first = self._queue.popleft()
+            if not first.future.set_running_or_notify_cancel():
+                return []  # its request gave up while queued
+            if first.batch is None:
+                return [first]
+            jobs, images = [first], len(first.batch)
+            deadline = time.monotonic() + self.max_wait
+            while images < self.max_images and not self._stopped:
+                if self._queue:
+                    job = self._queue[0]
+                    if job.batch is None or images + len(job.batch) > self.max_images:
+                        break
+                    self._queue.popleft()
+                    if job.future.set_running_or_notify_cancel():
+                        jobs.append(job)
+                        images += len(job.batch)
+                    continue
+                remaining = deadline - time.monotonic()
+                if self._arriving <= 0 or remaining <= 0:
+                    break
+                self._condition.wait(remaining)
+            return jobs
+
+    def _run_batch(self, jobs: list[_Job]) -> None:
+        predictor = self.predictor
+        batch = jobs[0].batch if len(jobs) == 1 else np.concatenate([j.batch for j in jobs])
+        heatmaps = any(job.heatmaps for job in jobs)
+        try:  # a large batch request runs in slices: memory stays bounded
+            results = [result for start in range(0, len(batch), self.max_images)
+                       for result in predictor.predict_batch(
+                           batch[start:start + self.max_images], heatmaps)]
+        except Exception as exc:  # every waiting request gets the error
+            for job in jobs:
+                job.future.set_exception(exc)
+            return
+        self.stats.add(len(jobs), len(batch))
+        start = 0
+        for job in jobs:
+            part = results[start:start + len(job.batch)]
+            start += len(job.batch)
+            if not job.heatmaps:
+                part = [dataclasses.replace(result, heatmap=None) for result in part]
+            job.future.set_result(part)
 
     def shutdown(self) -> None:
-        self._executor.shutdown(wait=False, cancel_futures=True)
+        with self._condition:
+            self._stopped = True
+            pending, self._queue = list(self._queue), collections.deque()
+            self._condition.notify_all()
+        for job in pending:
+            job.future.cancel()
+
+
+def _settle(future: concurrent.futures.Future, function, *args) -> None:
+    try:
+        result = function(*args)
+    except Exception as exc:  # handed to the request waiting for it
+        future.set_exception(exc)
+    else:
+        future.set_result(result)
+
+
+def _mark_arrived(holder: ModelHolder) -> None:
+    """Within a counted request, tell the batcher once that it need not wait for it."""
+    try:
+        counted = g.get("pneumo_arriving") is holder
+    except RuntimeError:  # outside a request (tests, scripts)
+        return
+    if counted:
+        g.pneumo_arriving = None
+        holder.arrived()
 
 
 def init_app(app: Flask) -> None:
     """Attach a ``ModelHolder`` to ``app`` and load the model as configured."""
-    holder = ModelHolder(app, app.config["PNEUMO_MODEL"])
+    holder = ModelHolder(app, app.config["PNEUMO_MODEL"],
+                         max_images=int(app.config.get("PNEUMO_BATCH_MAX_IMAGES", 8)),
+                         max_wait=float(app.config.get("PNEUMO_BATCH_WAIT_MS", 5.0)) / 1000)
     app.extensions[EXTENSION] = holder
     app.extensions[PREDICTOR] = None
     weakref.finalize(app, holder.shutdown)
+
+    @app.before_request
+    def count_arrival():
+        if request.endpoint in PREDICT_ENDPOINTS:
+            g.pneumo_arriving = holder
+            holder.arriving()
+
+    @app.teardown_request
+    def count_departure(_error=None):
+        _mark_arrived(holder)
+
     preloaded = app.config.get("PNEUMO_PREDICTOR")
     mode = app.config["PNEUMO_MODEL_LOADING"]
     if preloaded is not None:
