@@ -1,8 +1,11 @@
 """``pneumo predict``: many files and folders -> one row per file.
 
-Decoding runs in a thread pool ahead of the network, so the CPU that decodes
-the next batch is not waiting for the one that runs the model. A bad file
-becomes a row with its reason in ``status``; it never stops the batch.
+Decoding runs in a thread pool a bounded number of files ahead of the network
+(memory stays flat on a folder of any size), so the network never waits for
+the decoder. Unless told, the batch size is chosen on the run's own first
+batches: each candidate size is timed on real work and the fastest per image
+is kept. A bad file becomes a row with its reason in ``status``; it never
+stops the batch.
 
 ``status`` is ``ok``, ``warning: <reasons>`` (probability and label given, to
 be read with care) or ``rejected: <reasons>`` (the input gate refused it: no
@@ -13,9 +16,13 @@ network.
 
 from __future__ import annotations
 
+import collections
 import csv
+import dataclasses
+import itertools
 import json
 import sys
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Iterable, Iterator
@@ -28,6 +35,75 @@ from .imaging import ImageError, load_image
 from .predictor import Predictor
 
 COLUMNS = ["path", "probability", "label", "status"]
+
+#: Batch sizes tried when none is given, and the size used on runs too short to try them.
+CANDIDATE_BATCH_SIZES = (1, 4, 8, 16, 32)
+DEFAULT_BATCH_SIZE = 16
+#: Timed batches per candidate size.
+TRIALS = 2
+DECODE_THREADS = 2
+
+
+@dataclasses.dataclass
+class RunStats:
+    """What a ``predict_paths`` run did: filled in as rows are produced."""
+
+    images: int = 0  # images that went through the network
+    inference_seconds: float = 0.0
+    seconds: float = 0.0  # from the first file opened to the last row
+    batch_size: int = 0
+
+    def summary(self) -> str:
+        rate = self.images / self.seconds if self.seconds > 0 else float("nan")
+        return (f"{self.images} images in {self.seconds:.1f} s, {rate:.1f} images/s, "
+                f"batch size {self.batch_size}")
+
+
+class BatchSizer:
+    """The batch size: fixed when given, else the candidate with the lowest measured
+    time per image on this run's first full batches (real work, nothing wasted)."""
+
+    def __init__(self, total: int, fixed: int | None = None):
+        if fixed is not None and fixed < 1:
+            raise ValueError(f"--batch-size must be at least 1, not {fixed}")
+        self.timings: dict[int, list[float]] = collections.defaultdict(list)
+        self._trials: list[int] = []
+        if fixed is not None:
+            self.size = fixed
+        elif total < 2 * TRIALS * sum(CANDIDATE_BATCH_SIZES):
+            self.size = min(DEFAULT_BATCH_SIZE, max(1, total))
+        else:  # one warm-up batch, then each candidate TRIALS times
+            self._trials = [CANDIDATE_BATCH_SIZES[0]] + [
+                size for size in CANDIDATE_BATCH_SIZES for _ in range(TRIALS)]
+            self.size = self._trials[0]
+
+    @property
+    def tuning(self) -> bool:
+        return bool(self._trials)
+
+    def record(self, images: int, seconds: float) -> None:
+        """One batch of ``images`` took ``seconds`` in the network."""
+        if not self._trials or images != self.size:
+            return  # a short batch (before a bad file, or the last one) says little
+        if len(self._trials) < 1 + TRIALS * len(CANDIDATE_BATCH_SIZES):
+            self.timings[images].append(seconds / images)
+        self._trials.pop(0)
+        if self._trials:
+            self.size = self._trials[0]
+        else:
+            self.size = min(self.timings, key=lambda size: min(self.timings[size]))
+
+
+def _ahead(pool: ThreadPoolExecutor, function, items: list, depth: int) -> Iterator:
+    """``function(item)`` for each item, in order, computed at most ``depth`` items ahead."""
+    iterator = iter(items)
+    futures = collections.deque(pool.submit(function, item)
+                                for item in itertools.islice(iterator, depth))
+    while futures:
+        result = futures.popleft().result()
+        for item in itertools.islice(iterator, 1):
+            futures.append(pool.submit(function, item))
+        yield result
 
 
 def expand_paths(paths: Iterable[str | Path]) -> Iterator[Path]:
@@ -44,10 +120,17 @@ def expand_paths(paths: Iterable[str | Path]) -> Iterator[Path]:
             yield path
 
 
-def predict_paths(predictor: Predictor, paths: list[Path], batch_size: int = 16,
-                  progress: bool = True) -> Iterator[dict]:
-    """Rows in input order; decoding of later files overlaps inference of earlier ones."""
+def predict_paths(predictor: Predictor, paths: list[Path], batch_size: int | None = None,
+                  progress: bool = True, stats: RunStats | None = None) -> Iterator[dict]:
+    """Rows in input order; decoding of later files overlaps inference of earlier ones.
+
+    ``batch_size``: None chooses it on the run (``BatchSizer``). ``stats``, if
+    given, is filled in as the rows are produced."""
     from tqdm.auto import tqdm
+
+    stats = stats if stats is not None else RunStats()
+    sizer = BatchSizer(len(paths), batch_size)
+    started = time.perf_counter()
 
     def decode(path: Path):
         """(model input or None, image checks or None, status for a refused file)."""
@@ -62,14 +145,21 @@ def predict_paths(predictor: Predictor, paths: list[Path], batch_size: int = 16,
             return None, checks, checks.summary()
         return predictor.prepare(decoded), checks, "ok"
 
-    with ThreadPoolExecutor(max_workers=2) as pool, \
+    depth = 2 * max(batch_size or 0, *CANDIDATE_BATCH_SIZES)
+    with ThreadPoolExecutor(max_workers=DECODE_THREADS) as pool, \
             tqdm(total=len(paths), unit="img", desc="predicting", disable=not progress) as bar:
-        decoded = pool.map(decode, paths)  # lazily consumed: keeps ~all workers busy ahead
+        decoded = _ahead(pool, decode, paths, depth)
         pending: list[tuple[Path, object, object]] = []
 
         def flush():
-            results = predictor.predict_batch(np.stack([array for _, array, _ in pending]),
-                                              heatmaps=False)
+            batch = np.stack([array for _, array, _ in pending])
+            began = time.perf_counter()
+            results = predictor.predict_batch(batch, heatmaps=False)
+            took = time.perf_counter() - began
+            sizer.record(len(batch), took)
+            stats.images += len(batch)
+            stats.inference_seconds += took
+            stats.batch_size = sizer.size
             for (path, _, checks), result in zip(pending, results):
                 assessment = predictor.assess(None, result, checks=checks)
                 if assessment.status == "rejected":
@@ -80,6 +170,7 @@ def predict_paths(predictor: Predictor, paths: list[Path], batch_size: int = 16,
                            "label": result.label, "status": assessment.summary()}
             bar.update(len(pending))
             pending.clear()
+            stats.seconds = time.perf_counter() - started
 
         for path, (array, checks, status) in zip(paths, decoded):
             if array is None:
@@ -89,10 +180,11 @@ def predict_paths(predictor: Predictor, paths: list[Path], batch_size: int = 16,
                 yield {"path": str(path), "probability": "", "label": "", "status": status}
                 continue
             pending.append((path, array, checks))
-            if len(pending) >= batch_size:
+            if len(pending) >= sizer.size:
                 yield from flush()
         if pending:
             yield from flush()
+        stats.seconds = time.perf_counter() - started
 
 
 def write_rows(rows: Iterable[dict], output: str | Path | None, fmt: str) -> int:
