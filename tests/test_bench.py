@@ -129,3 +129,22 @@ def test_predict_paths_keeps_order_and_reports_its_throughput(tiny_predictor, tm
     assert rows[3]["probability"] == "" and rows[3]["status"] != "ok"
     assert stats.images == 6 and stats.batch_size == 7 and stats.seconds > 0
     assert "6 images in" in stats.summary() and "batch size 7" in stats.summary()
+
+
+def test_uploads_are_drawn_or_made_from_a_folder_of_x_rays(tmp_path):
+    from PIL import Image
+
+    from pneumo.bench import write_images
+
+    drawn = write_images(tmp_path / "drawn", 2, 96)
+    source = tmp_path / "source"
+    source.mkdir()
+    for i in range(3):
+        (source / f"{i}.png").write_bytes(encode(synthetic_xray(800 + i, (60, 50))))
+    made = write_images(tmp_path / "made", 5, 80, str(source))
+    for path, side in [(p, 96) for p in drawn] + [(p, 80) for p in made]:
+        with Image.open(path) as image:
+            assert image.format == "PNG" and image.mode == "L" and image.size == (side, side)
+    assert len({path.read_bytes() for path in made}) == 5  # noise makes every file new
+    with pytest.raises(FileNotFoundError):
+        write_images(tmp_path / "none", 1, 80, str(tmp_path / "drawn" / "missing"))

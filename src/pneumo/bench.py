@@ -67,7 +67,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--images", type=int, default=500,
                         help="images in the folder given to pneumo predict")
     parser.add_argument("--image-side", type=int, default=1024,
-                        help="side of the generated PNG X-rays, in pixels")
+                        help="side of the PNG uploads, in pixels")
+    parser.add_argument("--images-from", metavar="DIR", default=None,
+                        help="make the uploads from the X-rays in DIR (resized to "
+                             "--image-side, with a little noise) instead of drawing them: a "
+                             "model with an input gate refuses drawn pictures, and refused "
+                             "requests carry no heatmap")
     parser.add_argument("--engines", default=None,
                         help="engines whose bare forward pass is measured (default: every "
                              "one installed; the first is the product's)")
@@ -131,14 +136,34 @@ def synthetic_xray(seed: int, side: int) -> np.ndarray:
     return np.clip(image, 0, 255).astype(np.uint8)
 
 
-def write_images(folder: Path, count: int, side: int) -> list[Path]:
+def write_images(folder: Path, count: int, side: int, source: str | None = None) -> list[Path]:
+    """``count`` PNG uploads of ``side`` x ``side`` pixels: drawn, or made from the
+    X-rays under ``source`` (resized, with detector-like noise so that no two are
+    the same file)."""
     from PIL import Image
 
+    originals = []
+    if source:
+        from .batch import expand_paths
+
+        originals = list(expand_paths([source])) if Path(source).is_dir() else []
+        if not originals:
+            raise FileNotFoundError(f"no image files under {source}")
+        originals = [originals[i] for i in np.random.default_rng(0).permutation(len(originals))]
     folder.mkdir(parents=True, exist_ok=True)
     paths = []
     for i in range(count):
+        if originals:
+            from .imaging import load_image
+
+            gray = Image.fromarray(load_image(originals[i % len(originals)]).pixels)
+            resized = np.asarray(gray.resize((side, side), Image.BILINEAR), dtype=np.float32)
+            noise = np.random.default_rng(i).normal(0, 2, resized.shape)
+            pixels = np.clip(resized + noise, 0, 255).astype(np.uint8)
+        else:
+            pixels = synthetic_xray(i, side)
         path = folder / f"xray-{i:05d}.png"
-        Image.fromarray(synthetic_xray(i, side)).save(path, compress_level=1)
+        Image.fromarray(pixels).save(path, compress_level=1)
         paths.append(path)
     return paths
 
@@ -526,8 +551,12 @@ def run(args) -> Report:
     report = Report(machine)
     with tempfile.TemporaryDirectory(prefix="pneumo-bench-") as temp:
         work = Path(temp)
-        print(f"generating {args.images} X-ray-like {args.image_side}px PNGs", file=sys.stderr)
-        paths = write_images(work / "images", args.images, args.image_side)
+        origin = f"made from the X-rays in {args.images_from}" if args.images_from else "drawn"
+        print(f"writing {args.images} {args.image_side}px PNG uploads ({origin})",
+              file=sys.stderr)
+        paths = write_images(work / "images", args.images, args.image_side, args.images_from)
+        report.notes.append(f"Uploads: {args.images} PNGs of {args.image_side}x"
+                            f"{args.image_side} pixels, {origin}.")
         uploads = [path.read_bytes() for path in paths[:64]]
         bodies = [multipart(f"xray-{i}.png", data) for i, data in enumerate(uploads)]
         size = int(card["input"]["size"])
