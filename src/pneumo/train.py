@@ -107,6 +107,127 @@ def _compile(model, learning_rate: float) -> None:
                            keras.metrics.AUC(from_logits=True, name="auc")])
 
 
+def _train_head(model, run_dir: Path, data: dict, weights: dict, config: TrainConfig) -> list[dict]:
+    """Phase 1: the head on pooled features of the frozen backbone, extracted once.
+
+    Kept in the run folder, so a resumed run skips it."""
+    import keras
+
+    head_weights, head_history = run_dir / "head.weights.h5", run_dir / "history_head.json"
+    head = head_only(model)  # shares its layers with ``model``
+    if head_weights.exists() and head_history.exists():
+        log.info("resuming: phase 1 already done in %s", run_dir)
+        head.load_weights(head_weights)
+        return json.loads(head_history.read_text())
+    log.info("phase 1: extracting frozen-backbone features")
+    pooled = keras.Model(model.input, model.get_layer("pool").output)
+    verbose = "auto" if sys.stderr.isatty() else 0
+    f_train = pooled.predict(data["x_train"], batch_size=config.batch_size, verbose=verbose)
+    f_val = pooled.predict(data["x_val"], batch_size=config.batch_size, verbose=verbose)
+    _compile(head, config.head_learning_rate)
+    history = head.fit(
+        f_train, data["y_train"].astype("float32"),
+        validation_data=(f_val, data["y_val"].astype("float32")),
+        epochs=config.head_epochs, batch_size=config.batch_size, class_weight=weights, verbose=2,
+        callbacks=[keras.callbacks.EarlyStopping(monitor="val_loss", patience=5,
+                                                 restore_best_weights=True)])
+    rows = _history_rows(history, "head")
+    head.save_weights(head_weights)
+    head_history.write_text(json.dumps(rows))
+    return rows
+
+
+def _fine_tune(model, run_dir: Path, data: dict, weights: dict, config: TrainConfig) -> list[dict]:
+    """Phase 2: the top blocks with augmentation, resumable, best epoch by validation AUC."""
+    import keras
+
+    if config.fine_tune_blocks <= 0 or config.fine_tune_epochs <= 0:
+        return []
+    n_trainable = set_trainable_blocks(model, config.fine_tune_blocks)
+    log.info("phase 2: fine-tuning the top %d blocks (%d backbone weights)",
+             config.fine_tune_blocks, n_trainable)
+    trainer = training_model(model, config.seed) if config.augment else model
+    _compile(trainer, config.fine_tune_learning_rate)
+    history = trainer.fit(
+        make_dataset(data["x_train"], data["y_train"], batch_size=config.batch_size,
+                     shuffle=True, seed=config.seed),
+        validation_data=make_dataset(data["x_val"], data["y_val"], batch_size=config.batch_size,
+                                     shuffle=False, seed=config.seed),
+        epochs=config.fine_tune_epochs, class_weight=weights, verbose=2, shuffle=False,
+        callbacks=[
+            keras.callbacks.BackupAndRestore(str(run_dir / "backup")),
+            keras.callbacks.ModelCheckpoint(str(run_dir / "last.weights.h5"),
+                                            save_weights_only=True),
+            keras.callbacks.EarlyStopping(monitor="val_auc", mode="max", patience=config.patience,
+                                          restore_best_weights=True),
+        ])
+    return _history_rows(history, "fine-tune")
+
+
+def _fit_gate(f_train: np.ndarray, f_val: np.ndarray, run_dir: Path) -> dict:
+    """The input gate's statistics, saved for the bundle; returns the card's summary."""
+    gate = FeatureGate.fit(f_train, f_val)
+    gate.save(run_dir / GATE_FILE)
+    return {
+        "method": "PCA distance of pooled backbone features from the training X-rays",
+        "n_components": int(len(gate.components)),
+        "warn_above": gate.warn_above, "reject_above": gate.reject_above,
+        "false_rejection_validation": float(np.mean(gate.score(f_val) > gate.reject_above)),
+        "false_rejection_train": float(np.mean(gate.score(f_train) > gate.reject_above)),
+    }
+
+
+def _calibrate_on_validation(logits: np.ndarray, y_val: np.ndarray, run_dir: Path,
+                             config: TrainConfig) -> dict:
+    """Calibration, operating point and validation metrics, with their plots."""
+    temperature, bias = fit_calibration(logits, y_val)
+    p_raw, p = sigmoid(logits), calibrate(logits, temperature, bias)
+    threshold, method = choose_threshold(y_val, p, config.target_sensitivity)
+    metrics = screening_metrics(y_val, p, threshold, seed=config.seed)
+    metrics.update(threshold_method=method, ece_uncalibrated=expected_calibration_error(y_val, p_raw),
+                   loss_uncalibrated=log_loss(y_val, p_raw), temperature=temperature,
+                   calibration_bias=bias)
+    plots.all_evaluation_plots(y_val, p, metrics, run_dir, p_uncalibrated=p_raw)
+    return metrics
+
+
+def _model_card(config: TrainConfig, command: str, run_name: str, metrics: dict, gate: dict,
+                train, val, n_duplicates: int, weights: dict, timings: dict) -> dict:
+    return {
+        "name": "pneumo-xception",
+        "version": f"{__version__}+{run_name}",
+        "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "description": "Xception (ImageNet) fine-tuned to tell NORMAL from PNEUMONIA on "
+                       "frontal pediatric chest X-rays.",
+        "class_names": list(CLASS_NAMES),
+        "positive_class": CLASS_NAMES[1],
+        "input": {"size": config.image_size, "channels": 1, "dtype": "uint8",
+                  "value_range": [0, 255], "preprocessing": PREPROCESSING_DESCRIPTION,
+                  "preprocessing_version": PREPROCESSING_VERSION},
+        "head": "global average pooling -> dropout -> dense(1) logit; heatmap = class activation map",
+        "threshold": metrics["threshold"],
+        "threshold_method": metrics["threshold_method"],
+        "calibration": {"method": "temperature scaling with bias (Platt): "
+                                  "p = sigmoid(logit / temperature + bias)",
+                        "temperature": metrics["temperature"], "bias": metrics["calibration_bias"],
+                        "ece_before": metrics["ece_uncalibrated"], "ece_after": metrics["ece"]},
+        "training": {
+            "command": command,
+            "config": config.to_dict(),
+            "data": {"source": str(config.data_dir), "train": _summary(train),
+                     "validation": _summary(val), "byte_identical_duplicates": n_duplicates,
+                     "split": f"{config.validation_design}-grouped, stratified, seed {config.seed}"},
+            "class_weights": weights,
+            "augmentation": ("rotation +-10 deg, shift +-6%, zoom +-10%, brightness +-10%, "
+                             "contrast +-15%; no flips (anatomy is not mirror-symmetric)")
+            if config.augment else "none",
+            "timings": timings,
+        },
+        "validation": metrics,
+        "input_gate": gate,
+    }
+
+
 def run_training(config: TrainConfig, command: str = "") -> Path:
     """Train, calibrate, evaluate on validation and write the run folder. Returns it."""
     import keras
@@ -125,128 +246,35 @@ def run_training(config: TrainConfig, command: str = "") -> Path:
              len({s.group for s in val}))
     train, x_train = load_images(train, config.image_size, desc="decoding training images")
     val, x_val = load_images(val, config.image_size, desc="decoding validation images")
-    y_train = np.array([s.label for s in train])
-    y_val = np.array([s.label for s in val])
-    weights = _class_weights(y_train)
-
+    data = {"x_train": x_train, "y_train": np.array([s.label for s in train]),
+            "x_val": x_val, "y_val": np.array([s.label for s in val])}
+    weights = _class_weights(data["y_train"])
     model = build_model(config.image_size, config.backbone_weights, config.dropout)
-    timings, rows = {}, []
 
-    # Phase 1: the head on cached pooled features of the frozen backbone.
+    timings = {}
     t0 = time.monotonic()
-    head_weights = run_dir / "head.weights.h5"
-    head_history = run_dir / "history_head.json"
-    if head_weights.exists() and head_history.exists():
-        log.info("resuming: phase 1 already done in %s", run_dir)
-        head = head_only(model)
-        head.load_weights(head_weights)
-        rows = json.loads(head_history.read_text())
-    else:
-        pooled = keras.Model(model.input, model.get_layer("pool").output)
-        verbose = "auto" if sys.stderr.isatty() else 0
-        log.info("phase 1: extracting frozen-backbone features")
-        f_train = pooled.predict(x_train, batch_size=config.batch_size, verbose=verbose)
-        f_val = pooled.predict(x_val, batch_size=config.batch_size, verbose=verbose)
-        head = head_only(model)
-        _compile(head, config.head_learning_rate)
-        history = head.fit(
-            f_train, y_train.astype("float32"), validation_data=(f_val, y_val.astype("float32")),
-            epochs=config.head_epochs, batch_size=config.batch_size, class_weight=weights,
-            verbose=2, callbacks=[keras.callbacks.EarlyStopping(
-                monitor="val_loss", patience=5, restore_best_weights=True)])
-        rows = _history_rows(history, "head")
-        head.save_weights(head_weights)
-        head_history.write_text(json.dumps(rows))
+    rows = _train_head(model, run_dir, data, weights, config)
     timings["phase1_seconds"] = round(time.monotonic() - t0, 1)
-
-    # Phase 2: fine-tune the top blocks with augmentation.
     t0 = time.monotonic()
-    if config.fine_tune_blocks > 0 and config.fine_tune_epochs > 0:
-        n_trainable = set_trainable_blocks(model, config.fine_tune_blocks)
-        log.info("phase 2: fine-tuning the top %d blocks (%d backbone weights)",
-                 config.fine_tune_blocks, n_trainable)
-        trainer = training_model(model, config.seed) if config.augment else model
-        _compile(trainer, config.fine_tune_learning_rate)
-        history = trainer.fit(
-            make_dataset(x_train, y_train, batch_size=config.batch_size, shuffle=True,
-                         seed=config.seed),
-            validation_data=make_dataset(x_val, y_val, batch_size=config.batch_size,
-                                         shuffle=False, seed=config.seed),
-            epochs=config.fine_tune_epochs, class_weight=weights, verbose=2, shuffle=False,
-            callbacks=[
-                keras.callbacks.BackupAndRestore(str(run_dir / "backup")),
-                keras.callbacks.ModelCheckpoint(str(run_dir / "last.weights.h5"),
-                                                save_weights_only=True),
-                keras.callbacks.EarlyStopping(monitor="val_auc", mode="max",
-                                              patience=config.patience,
-                                              restore_best_weights=True),
-            ])
-        rows += _history_rows(history, "fine-tune")
+    rows += _fine_tune(model, run_dir, data, weights, config)
     timings["phase2_seconds"] = round(time.monotonic() - t0, 1)
     _write_history(rows, run_dir / "history.csv")
     plots.learning_curves(rows, run_dir / "learning_curves.png")
 
-    # Calibration and operating point, on validation; the input gate's statistics.
+    # One pass of the final model over both splits: logits to calibrate, features for the gate.
     t0 = time.monotonic()
     pooled_and_logit = keras.Model(model.input, [model.get_layer("pool").output, model.output])
     f_val, logits = pooled_and_logit.predict(x_val, batch_size=config.batch_size, verbose=0)
-    logits = logits.reshape(-1)
     f_train, _ = pooled_and_logit.predict(x_train, batch_size=config.batch_size, verbose=0)
-    gate = FeatureGate.fit(f_train, f_val)
-    gate.save(run_dir / GATE_FILE)
-    gate_summary = {
-        "method": "PCA distance of pooled backbone features from the training X-rays",
-        "n_components": int(len(gate.components)),
-        "warn_above": gate.warn_above, "reject_above": gate.reject_above,
-        "false_rejection_validation": float(np.mean(gate.score(f_val) > gate.reject_above)),
-        "false_rejection_train": float(np.mean(gate.score(f_train) > gate.reject_above)),
-    }
+    gate = _fit_gate(f_train, f_val, run_dir)
+    metrics = _calibrate_on_validation(logits.reshape(-1), data["y_val"], run_dir, config)
     timings["calibration_and_gate_seconds"] = round(time.monotonic() - t0, 1)
-    temperature, bias = fit_calibration(logits, y_val)
-    p_raw, p = sigmoid(logits), calibrate(logits, temperature, bias)
-    threshold, method = choose_threshold(y_val, p, config.target_sensitivity)
-    metrics = screening_metrics(y_val, p, threshold, seed=config.seed)
-    metrics.update(threshold_method=method, ece_uncalibrated=expected_calibration_error(y_val, p_raw),
-                   loss_uncalibrated=log_loss(y_val, p_raw), temperature=temperature,
-                   calibration_bias=bias)
-    plots.all_evaluation_plots(y_val, p, metrics, run_dir, p_uncalibrated=p_raw)
     timings["total_seconds"] = round(time.monotonic() - started, 1)
     metrics["timings"] = timings
     (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
 
-    card = {
-        "name": "pneumo-xception",
-        "version": f"{__version__}+{run_name}",
-        "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        "description": "Xception (ImageNet) fine-tuned to tell NORMAL from PNEUMONIA on "
-                       "frontal pediatric chest X-rays.",
-        "class_names": list(CLASS_NAMES),
-        "positive_class": CLASS_NAMES[1],
-        "input": {"size": config.image_size, "channels": 1, "dtype": "uint8",
-                  "value_range": [0, 255], "preprocessing": PREPROCESSING_DESCRIPTION,
-                  "preprocessing_version": PREPROCESSING_VERSION},
-        "head": "global average pooling -> dropout -> dense(1) logit; heatmap = class activation map",
-        "threshold": threshold,
-        "threshold_method": method,
-        "calibration": {"method": "temperature scaling with bias (Platt): "
-                                  "p = sigmoid(logit / temperature + bias)",
-                        "temperature": temperature, "bias": bias,
-                        "ece_before": metrics["ece_uncalibrated"], "ece_after": metrics["ece"]},
-        "training": {
-            "command": command,
-            "config": config.to_dict(),
-            "data": {"source": str(config.data_dir), "train": _summary(train),
-                     "validation": _summary(val), "byte_identical_duplicates": n_duplicates,
-                     "split": f"{config.validation_design}-grouped, stratified, seed {config.seed}"},
-            "class_weights": weights,
-            "augmentation": ("rotation +-10 deg, shift +-6%, zoom +-10%, brightness +-10%, "
-                             "contrast +-15%; no flips (anatomy is not mirror-symmetric)")
-            if config.augment else "none",
-            "timings": timings,
-        },
-        "validation": metrics,
-        "input_gate": gate_summary,
-    }
+    card = _model_card(config, command, run_name, metrics, gate, train, val, n_duplicates,
+                       weights, timings)
     extras = {f"plots/{name}": run_dir / name for name in PLOT_FILES}
     extras[GATE_FILE] = run_dir / GATE_FILE
     save_bundle(run_dir / "bundle", model, card, extras)
