@@ -88,6 +88,46 @@ def save_bundle(directory: str | Path, model, card: dict,
     return directory
 
 
+def check_destination(directory: str | Path) -> None:
+    """Refuse to replace a folder that holds something other than a bundle."""
+    directory = Path(directory)
+    if directory.exists() and not (directory / CARD_FILE).is_file() and any(directory.iterdir()):
+        raise BundleError(f"{directory} exists and is not a model bundle: not overwriting it")
+
+
+def rebundle(source: str | Path, directory: str | Path, card: dict,
+             extras: dict[str, Path] | None = None) -> Path:
+    """A copy of the bundle at ``source`` with a new ``card`` and ``extras`` added: the
+    network and every file its card lists are copied byte for byte (after checking
+    their checksums), the checksums are written afresh, and the folder is renamed into
+    place, as in ``save_bundle``. ``card`` keeps the source's library versions."""
+    source, directory = Path(source), Path(directory)
+    old = read_card(source)
+    verify_files(source, old)
+    if directory.resolve() == source.resolve():
+        raise BundleError("the new bundle must go to another folder than the one it is made from")
+    check_destination(directory)
+    staging = directory.with_name(directory.name + ".partial")
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    names = [MODEL_FILE] + [name for name in old.get("files", {}) if name != MODEL_FILE]
+    sources = {name: source / name for name in names}
+    sources.update(extras or {})
+    files = {}
+    for name, path in sources.items():
+        target = staging / name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(path, target)
+        files[name] = sha256_of(target)
+    card = {**card, "format_version": FORMAT_VERSION,
+            "libraries": old.get("libraries", card.get("libraries")), "files": files}
+    (staging / CARD_FILE).write_text(json.dumps(card, indent=2, sort_keys=False) + "\n")
+    if directory.exists():
+        shutil.rmtree(directory)
+    staging.rename(directory)
+    return directory
+
+
 def read_card(directory: str | Path) -> dict:
     """The card of a bundle, checked for presence and format, without loading weights."""
     directory = Path(directory)

@@ -91,3 +91,73 @@ def reliability_bins(y: np.ndarray, p: np.ndarray, n_bins: int = 10) -> list[dic
             rows.append({"lower": b / n_bins, "upper": (b + 1) / n_bins, "count": int(mask.sum()),
                          "mean_predicted": float(p[mask].mean()), "observed": float(y[mask].mean())})
     return rows
+
+
+def choose_inconclusive_band(y: np.ndarray, p: np.ndarray, threshold: float, *,
+                             max_fraction: float = 0.2, min_cases: int = 10,
+                             min_gap: float = 0.15, alpha: float = 0.05) -> dict | None:
+    """The band of probabilities around ``threshold`` where answers are too unsure to give.
+
+    Cases are ranked by their distance from the threshold on the logit scale, so
+    the band is symmetric in evidence rather than in probability. For every
+    band holding the ``k`` nearest cases (``min_cases <= k <= max_fraction * n``)
+    the accuracy inside and outside is counted; the band with the largest gap
+    is kept only if the gap is at least ``min_gap`` and Fisher's exact test says
+    the inside is less accurate with one-sided p < ``alpha``. Otherwise None:
+    the scores carry no region of clearly lower accuracy, and no band is better
+    than an arbitrary one.
+
+    Returns ``{"lower", "upper", ...}`` (probabilities, inclusive) with the
+    counts and accuracies it was chosen on.
+    """
+    from scipy.stats import fisher_exact
+
+    y = np.asarray(y, dtype=int).ravel()
+    p = np.clip(np.asarray(p, dtype=np.float64).ravel(), 1e-12, 1 - 1e-12)
+    n = len(y)
+    k_max = int(max_fraction * n)
+    if k_max < min_cases or n - k_max < min_cases:
+        return None
+    logit = np.log(p / (1 - p))
+    centre = float(np.log(threshold / (1 - threshold)))
+    distance = np.abs(logit - centre)
+    order = np.argsort(distance, kind="stable")
+    distance = distance[order]
+    correct = ((p >= threshold).astype(int) == y)[order]
+    right_so_far = np.cumsum(correct)
+    total_right = int(right_so_far[-1])
+    best = None
+    for k in range(min_cases, k_max + 1):
+        if distance[k - 1] == distance[k]:
+            continue  # a band edge cannot split tied cases
+        inside = right_so_far[k - 1] / k
+        outside = (total_right - right_so_far[k - 1]) / (n - k)
+        if best is None or outside - inside > best[1]:
+            best = (k, outside - inside)
+    if best is None or best[1] < min_gap:
+        return None
+    k = best[0]
+    right_in = int(right_so_far[k - 1])
+    right_out = total_right - right_in
+    _, p_value = fisher_exact([[right_in, k - right_in], [right_out, n - k - right_out]],
+                              alternative="less")
+    if p_value >= alpha:
+        return None
+    edge = float((distance[k - 1] + distance[k]) / 2)
+    return {
+        "lower": float(sigmoid(centre - edge)),
+        "upper": float(sigmoid(centre + edge)),
+        "method": (f"the k cases nearest the threshold (logit scale) with the largest accuracy "
+                   f"gap to the rest, k <= {max_fraction:g} n, gap >= {min_gap:g}, Fisher "
+                   f"one-sided p < {alpha:g}"),
+        "n": int(n),
+        "n_inside": int(k),
+        "accuracy_inside": right_in / k,
+        "accuracy_outside": right_out / (n - k),
+        "fisher_p": float(p_value),
+    }
+
+
+def in_band(probability: float, band: dict | None) -> bool:
+    """Whether a calibrated probability falls in a card's inconclusive band (None: never)."""
+    return bool(band) and band["lower"] <= probability <= band["upper"]

@@ -68,3 +68,43 @@ def screening_metrics(y: np.ndarray, p: np.ndarray, threshold: float, *,
             y, p, lambda yy, pp, k=name: _rates(yy, (pp >= threshold).astype(int))[k],
             n_resamples, seed)
     return result
+
+
+def images_needed(proportion: float, half_width: float, level: float = 0.95) -> int:
+    """Cases needed for a ``level`` interval of +/- ``half_width`` around ``proportion``
+    (normal approximation, n = z^2 p (1 - p) / h^2; 0.5 when the proportion is unknown)."""
+    from scipy.stats import norm
+
+    if not 0 < half_width < 1:
+        raise ValueError("the interval half-width must be in (0, 1)")
+    if not np.isfinite(proportion):
+        proportion = 0.5
+    z = norm.ppf(1 - (1 - level) / 2)
+    # a proportion at 0 or 1 gives n = 0; the Wald interval is then wrong, so use the
+    # rule-of-three-like floor of one "miss" in the sample instead
+    spread = max(proportion * (1 - proportion), 0.05 * 0.95 * 0.1)
+    return int(np.ceil(z ** 2 * spread / half_width ** 2))
+
+
+def sample_size_report(metrics: dict, half_width: float = 0.05,
+                       minimum_per_class: int = 50) -> dict:
+    """How many images each class needs for sensitivity and specificity intervals of
+    +/- ``half_width``, what the sample has, and warnings when it is too small."""
+    rows = {}
+    warnings = []
+    for name, cls, count in (("sensitivity", "PNEUMONIA", metrics["n_pneumonia"]),
+                             ("specificity", "NORMAL", metrics["n_normal"])):
+        needed = images_needed(metrics[name], half_width)
+        interval = metrics.get(f"{name}_ci95", [float("nan")] * 2)
+        rows[name] = {"observed": metrics[name], "ci95": interval,
+                      "ci95_half_width": (interval[1] - interval[0]) / 2,
+                      "class": cls, "images": int(count), "images_needed": needed}
+        if count < minimum_per_class:
+            warnings.append(f"only {count} {cls} images: fewer than {minimum_per_class}, "
+                            f"too few to trust the {name} or the threshold fitted on it")
+        elif count < needed:
+            warnings.append(f"{count} {cls} images give {name} +/- "
+                            f"{rows[name]['ci95_half_width']:.3f}; +/- {half_width:g} needs "
+                            f"about {needed}")
+    return {"target_half_width": half_width, "level": 0.95, "minimum_per_class": minimum_per_class,
+            **rows, "enough": not warnings, "warnings": warnings}
