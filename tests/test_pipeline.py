@@ -116,7 +116,7 @@ def test_predict_writes_one_row_per_file_and_survives_bad_files(trained_run, tmp
     if fmt == "csv":
         with open(out) as handle:
             rows = list(csv.DictReader(handle))
-        assert list(rows[0]) == ["path", "probability", "label", "status"]
+        assert list(rows[0]) == ["path", "probability", "label", "inconclusive", "status"]
     else:
         rows = json.loads(out.read_text())
     assert len(rows) == 22

@@ -7,7 +7,9 @@ batches: each candidate size is timed on real work and the fastest per image
 is kept. A bad file becomes a row with its reason in ``status``; it never
 stops the batch.
 
-``status`` is ``ok``, ``warning: <reasons>`` (probability and label given, to
+``inconclusive`` is ``yes`` when the probability lies in the model card's
+inconclusive band (validation accuracy clearly lower there: read the label as
+"not sure"), ``no`` otherwise, empty without a result. ``status`` is ``ok``, ``warning: <reasons>`` (probability and label given, to
 be read with care) or ``rejected: <reasons>`` (the input gate refused it: no
 label); a file that cannot be read at all gets its reason alone. The input
 gate's image checks run while decoding, so a refused file never reaches the
@@ -34,7 +36,7 @@ from .gate import image_checks
 from .imaging import ImageError, load_image
 from .predictor import Predictor
 
-COLUMNS = ["path", "probability", "label", "status"]
+COLUMNS = ["path", "probability", "label", "inconclusive", "status"]
 
 #: Batch sizes tried when none is given, and the size used on runs too short to try them.
 CANDIDATE_BATCH_SIZES = (1, 4, 8, 16, 32)
@@ -164,10 +166,12 @@ def predict_paths(predictor: Predictor, paths: list[Path], batch_size: int | Non
                 assessment = predictor.assess(None, result, checks=checks)
                 if assessment.status == "rejected":
                     yield {"path": str(path), "probability": "", "label": "",
-                           "status": assessment.summary()}
+                           "inconclusive": "", "status": assessment.summary()}
                 else:
                     yield {"path": str(path), "probability": f"{result.probability:.6f}",
-                           "label": result.label, "status": assessment.summary()}
+                           "label": result.label,
+                           "inconclusive": "yes" if result.inconclusive else "no",
+                           "status": assessment.summary()}
             bar.update(len(pending))
             pending.clear()
             stats.seconds = time.perf_counter() - started
@@ -177,7 +181,8 @@ def predict_paths(predictor: Predictor, paths: list[Path], batch_size: int | Non
                 if pending:
                     yield from flush()
                 bar.update(1)
-                yield {"path": str(path), "probability": "", "label": "", "status": status}
+                yield {"path": str(path), "probability": "", "label": "", "inconclusive": "",
+                       "status": status}
                 continue
             pending.append((path, array, checks))
             if len(pending) >= sizer.size:
@@ -197,6 +202,7 @@ def write_rows(rows: Iterable[dict], output: str | Path | None, fmt: str) -> int
             for row in collected:
                 row["probability"] = float(row["probability"]) if row["probability"] else None
                 row["label"] = row["label"] or None
+                row["inconclusive"] = {"yes": True, "no": False}.get(row["inconclusive"])
             json.dump(collected, handle, indent=2)
             handle.write("\n")
             count = len(collected)

@@ -103,6 +103,8 @@ def build_parser() -> argparse.ArgumentParser:
     predict = commands.add_parser(
         "predict", help="predict files and folders",
         description="One row per file: path, probability (calibrated P(pneumonia)), label, "
+                    "inconclusive ('yes' when the probability lies in the model card's band "
+                    "of clearly lower validation accuracy: read the label as not sure), "
                     "status: 'ok'; 'warning: <reasons>' (a doubtful input: probability and "
                     "label given, read them with care); 'rejected: <reasons>' (not a chest "
                     "X-ray the model can read: no label); or why the file could not be "

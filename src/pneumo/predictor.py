@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from .bundle import read_card
-from .calibration import calibrate
+from .calibration import calibrate, in_band
 from .config import CLASS_NAMES, default_bundle_path
 from .explain import class_activation_maps, evidence_map
 from .gate import GATE_FILE, Assessment, FeatureGate, image_checks
@@ -31,10 +31,11 @@ class Prediction:
     logit: float
     heatmap: np.ndarray | None = None  # float32 (h, w) in [0, 1], evidence for ``label``
     feature_score: float | None = None  # input gate's distance from training X-rays
+    inconclusive: bool = False  # in the card's band of clearly lower accuracy
 
     def to_dict(self) -> dict:
         return {"label": self.label, "probability": round(self.probability, 6),
-                "threshold": round(self.threshold, 6)}
+                "threshold": round(self.threshold, 6), "inconclusive": self.inconclusive}
 
 
 class Predictor:
@@ -51,6 +52,8 @@ class Predictor:
         self.threshold = float(card["threshold"])
         self.temperature = float(card["calibration"]["temperature"])
         self.bias = float(card["calibration"].get("bias", 0.0))
+        # probabilities where validation accuracy was clearly lower; None: no band
+        self.inconclusive_band = card.get("inconclusive")
         if not hasattr(engine, "logit_weights"):
             from .engine import TensorFlowEngine
 
@@ -106,7 +109,8 @@ class Predictor:
                 probability=float(probability), label=CLASS_NAMES[int(positive)],
                 threshold=self.threshold, logit=float(logit),
                 heatmap=evidence_map(cams[i], positive) if heatmaps else None,
-                feature_score=None if scores[i] is None else float(scores[i])))
+                feature_score=None if scores[i] is None else float(scores[i]),
+                inconclusive=in_band(float(probability), self.inconclusive_band)))
         return results
 
     def assess(self, image: DecodedImage | None, prediction: Prediction | None = None, *,

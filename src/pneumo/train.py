@@ -23,8 +23,8 @@ import numpy as np
 
 from . import __version__, plots
 from .bundle import save_bundle
-from .calibration import calibrate, choose_threshold, expected_calibration_error, fit_calibration, \
-    log_loss, sigmoid
+from .calibration import calibrate, choose_inconclusive_band, choose_threshold, \
+    expected_calibration_error, fit_calibration, log_loss, sigmoid
 from .config import CLASS_NAMES, TrainConfig
 from .data import DataError, discover, limit_per_class, load_images, make_dataset, \
     merge_duplicates, split_by_block, split_by_patient
@@ -187,6 +187,8 @@ def _calibrate_on_validation(logits: np.ndarray, y_val: np.ndarray, run_dir: Pat
     metrics.update(threshold_method=method, ece_uncalibrated=expected_calibration_error(y_val, p_raw),
                    loss_uncalibrated=log_loss(y_val, p_raw), temperature=temperature,
                    calibration_bias=bias)
+    # None when validation shows no region of clearly lower accuracy near the threshold
+    metrics["inconclusive"] = choose_inconclusive_band(y_val, p, threshold)
     plots.all_evaluation_plots(y_val, p, metrics, run_dir, p_uncalibrated=p_raw)
     return metrics
 
@@ -225,6 +227,7 @@ def _model_card(config: TrainConfig, command: str, run_name: str, metrics: dict,
         },
         "validation": metrics,
         "input_gate": gate,
+        **({"inconclusive": metrics["inconclusive"]} if metrics.get("inconclusive") else {}),
     }
 
 

@@ -75,6 +75,14 @@ _PREDICTION_FIELDS = {
     "threshold": {"type": "number", "minimum": 0, "maximum": 1,
                   "description": "The operating threshold from the model card, chosen on "
                                  "validation."},
+    "inconclusive": {"type": "boolean",
+                     "description": "True when the probability lies in the model card's "
+                                    "inconclusive band: on validation, cases there were "
+                                    "clearly less often right than the rest, so read the "
+                                    "label as 'not sure'. `label` is still given (NORMAL or "
+                                    "PNEUMONIA by the threshold), so clients that ignore "
+                                    "this field keep working. Always false for a model "
+                                    "whose card has no band."},
     "input_check": {"$ref": "#/components/schemas/InputCheck"},
     "input": {
         "type": "object",
@@ -104,7 +112,8 @@ _PREDICTION_FIELDS = {
 
 _PREDICTION = {
     "type": "object",
-    "required": ["filename", "label", "probability", "threshold", "input_check", "input",
+    "required": ["filename", "label", "probability", "threshold", "inconclusive", "input_check",
+                 "input",
                  "heatmap", "heatmap_shows", "disclaimer", "model"],
     "additionalProperties": False,
     "properties": {
@@ -121,7 +130,7 @@ _PREDICTION = {
 _BATCH_OK = {
     "type": "object",
     "required": ["index", "filename", "ok", "status", "label", "probability", "threshold",
-                 "input_check", "input", "heatmap", "heatmap_shows", "disclaimer"],
+                 "inconclusive", "input_check", "input", "heatmap", "heatmap_shows", "disclaimer"],
     "additionalProperties": False,
     "properties": {
         "index": {"type": "integer", "minimum": 0},

@@ -163,7 +163,8 @@
     const doubtful = check.status === "warning";
     fillReasons($("warning-reasons"), doubtful ? check.reasons : []);
     $("result-warning").hidden = !doubtful;
-    verdict.classList.toggle("is-doubtful", doubtful);
+    verdict.classList.toggle("is-doubtful", doubtful || data.inconclusive === true);
+    $("result-inconclusive").hidden = data.inconclusive !== true;
     $("result-probability").textContent = pct(data.probability);
     $("scale-fill").style.width = (data.probability * 100).toFixed(2) + "%";
     $("scale-marker").style.left = (threshold * 100).toFixed(2) + "%";
