@@ -19,7 +19,6 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-import numpy as np
 import pytest
 from werkzeug.datastructures import FileStorage, MultiDict
 from werkzeug.test import encode_multipart
@@ -284,9 +283,10 @@ def test_stop_lets_a_request_in_flight_finish(tiny_predictor):
     server = Server(app, port=0, threads=2)
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
-    noise = np.random.default_rng(0).integers(0, 255, (2500, 2500), dtype=np.uint8)
+    # a large, grainy X-ray (its PNG is ~4 MB; plain noise would be refused by the input gate)
+    grainy = synthetic_xray(0, (2500, 2500))
     boundary, body = encode_multipart(MultiDict(
-        [("file", FileStorage(io.BytesIO(encode(noise)), filename="big.png"))]))
+        [("file", FileStorage(io.BytesIO(encode(grainy)), filename="big.png"))]))
     with socket.create_connection(("127.0.0.1", server.port), timeout=60) as sock:
         sock.sendall(f"POST /api/v1/predict?image=true&heatmap=false HTTP/1.1\r\n"
                      f"Host: 127.0.0.1\r\nConnection: close\r\n"
