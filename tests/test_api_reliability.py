@@ -2,9 +2,12 @@
 tiny real model): what the loader tests prove for ``load_image`` holds for what
 a client gets back, with the right status, a plain message and nothing leaked.
 
-Nothing may be written to disk while a request is handled: a Python audit hook
-records every file opened for writing, every folder made and every rename,
-from any thread, while the watched requests run.
+Nothing may be written to disk while a request is handled, except inside the
+app's private data folder (``PNEUMO_DATA_DIR``, for kept studies): a Python
+audit hook records every file opened for writing, every folder made and every
+rename, from any thread, while the watched requests run; whatever lies in the
+data folder afterwards is searched for the uploaded names, patient identifiers
+and executable preambles.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import logging
 import os
 import sys
 import threading
+from pathlib import Path
 
 import numpy as np
 import pydicom
@@ -46,8 +50,14 @@ SIDE = (240, 208)
 
 
 @pytest.fixture(scope="module")
-def app(tiny_predictor):
-    return create_app({"TESTING": True, "PNEUMO_PREDICTOR": tiny_predictor})
+def data_dir(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("data")
+
+
+@pytest.fixture(scope="module")
+def app(tiny_predictor, data_dir):
+    return create_app({"TESTING": True, "PNEUMO_PREDICTOR": tiny_predictor,
+                       "PNEUMO_DATA_DIR": str(data_dir)})
 
 
 @pytest.fixture
@@ -111,22 +121,41 @@ sys.addaudithook(_WATCH)  # audit hooks cannot be removed: it does nothing unles
 
 
 @contextlib.contextmanager
-def nothing_written():
+def nothing_written(data_dir: Path | None = None, forbidden: tuple[bytes, ...] = (),
+                    names: tuple[str, ...] = ()):
+    """Fail if anything is written outside ``data_dir`` while the block runs, or if a
+    file in ``data_dir`` then holds one of ``forbidden`` in its bytes or one of
+    ``names`` in its name (anything kept has a name the server made)."""
     _WATCH.seen.clear()
     _WATCH.active = True
     try:
         yield
     finally:
         _WATCH.active = False
-    assert _WATCH.seen == [], f"written while handling requests: {_WATCH.seen[:5]}"
+    private = os.path.realpath(data_dir) + os.sep if data_dir else None
+    outside = [(event, path) for event, path in _WATCH.seen
+               if not (private and os.path.realpath(path).startswith(private))]
+    assert outside == [], f"written while handling requests: {outside[:5]}"
+    for path in (data_dir.rglob("*") if data_dir else ()):
+        assert not [part for part in names if part in path.name], path.name
+        if path.is_file():
+            content = path.read_bytes()
+            leaked = [value for value in forbidden if value in content]
+            assert leaked == [], f"{path.name} keeps {leaked}"
 
 
 def test_the_write_watch_sees_writes(tmp_path):
-    """The watch is not blind: a write from another thread is caught."""
+    """The watch is not blind: a write from another thread is caught, and the data
+    folder's contents are searched."""
     with pytest.raises(AssertionError, match="written while handling"), nothing_written():
         thread = threading.Thread(target=(tmp_path / "x.bin").write_bytes, args=(b"x",))
         thread.start()
         thread.join()
+    private = tmp_path / "data"
+    private.mkdir()
+    with pytest.raises(AssertionError, match="keeps"), \
+            nothing_written(private, forbidden=(b"secret",)):
+        (private / "store.db").write_bytes(b"...secret...")
 
 
 @pytest.mark.reliability(5)
@@ -134,9 +163,11 @@ def test_the_write_watch_sees_writes(tmp_path):
                                   "a" * 300 + ".png", "r\u00f6ntgen-\u80f8\u90e8-\u0644.png",
                                   "C:\\Windows\\system32\\x.png", "x.php%00.jpg", ".htaccess",
                                   "\u202egnp.exe"])
-def test_row05_hostile_names_write_nothing_anywhere(client, name):
+def test_row05_hostile_names_write_nothing_anywhere(client, data_dir, name):
     png = encode(synthetic_xray(5, SIDE))
-    with nothing_written():
+    fragments = ("passwd", "evil", "aaaaaaaaaa", "ntgen", "system32", "php", "htaccess",
+                 "gnp", "\u202e")
+    with nothing_written(data_dir, names=fragments):
         single = upload(client, "/api/v1/predict?image=true", [(name, png)])
         batch = upload(client, "/api/v1/predict/batch", [(name, png), (name, png)])
     assert single.status_code in (200, 415)
@@ -406,12 +437,13 @@ LEAKS = list(PHI.values()) + ["Doe", "8675309", "1970", "PRIVATE"]
 
 @pytest.mark.reliability(19)
 @pytest.mark.parametrize("case", ["decoded, full size"] + PHI_CASES)
-def test_row19_patient_identifiers_reach_no_response_log_or_file(client, case, caplog):
+def test_row19_patient_identifiers_reach_no_response_log_or_file(client, data_dir, case,
+                                                                 caplog):
     data = make_dicom(radiograph(bits=12, size=SIDE), bits_stored=12) \
         if case == "decoded, full size" else _phi_case(case)
     assert all(value.encode() in data for value in PHI.values())
     caplog.set_level(logging.DEBUG)
-    with nothing_written():
+    with nothing_written(data_dir, forbidden=tuple(v.encode() for v in PHI.values())):
         responses = [upload(client, "/api/v1/predict?image=true", [("scan.dcm", data)]),
                      upload(client, "/api/v1/predict/batch", [("scan.dcm", data)] * 2)]
     if case == "decoded, full size":
@@ -429,11 +461,11 @@ def test_row19_patient_identifiers_reach_no_response_log_or_file(client, case, c
 
 @pytest.mark.reliability(20)
 @pytest.mark.parametrize("name", sorted(EXECUTABLES))
-def test_row20_an_executable_preamble_is_predicted_and_never_stored_or_echoed(client, image12,
-                                                                              name):
+def test_row20_an_executable_preamble_is_predicted_and_never_stored_or_echoed(
+        client, data_dir, image12, name):
     data = make_dicom(image12, bits_stored=12, preamble=EXECUTABLES[name])
     reference = make_dicom(image12, bits_stored=12)
-    with nothing_written():
+    with nothing_written(data_dir, forbidden=(EXECUTABLES[name][:16],)):
         response = upload(client, "/api/v1/predict?heatmap=false", [("scan.dcm", data)])
     assert response.status_code == 200
     body = response.get_json()
