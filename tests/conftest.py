@@ -58,6 +58,20 @@ def engine_cache(tmp_path_factory) -> Path:
         os.environ["PNEUMO_CACHE_DIR"] = previous
 
 
+@pytest.fixture(scope="session", autouse=True)
+def data_dir(tmp_path_factory) -> Path:
+    """Kept studies go to a per-session folder (inherited by the servers the tests
+    start), never to the user's ~/.local/share/pneumo."""
+    folder = tmp_path_factory.mktemp("data")
+    previous = os.environ.get("PNEUMO_DATA_DIR")
+    os.environ["PNEUMO_DATA_DIR"] = str(folder)
+    yield folder
+    if previous is None:
+        os.environ.pop("PNEUMO_DATA_DIR", None)
+    else:
+        os.environ["PNEUMO_DATA_DIR"] = previous
+
+
 @pytest.fixture(scope="session")
 def tiny_bundle(tmp_path_factory) -> Path:
     """A real bundle (random-weight Xception at 71x71), built once per test session."""

@@ -119,6 +119,20 @@ def build_parser() -> argparse.ArgumentParser:
                          help="images per forward pass (default: timed on the run's first "
                               "batches and the fastest kept)")
 
+    export = commands.add_parser(
+        "export-feedback", help="write reviewed studies as a labelled training folder",
+        description="Write every study a reader reviewed as DIR/NORMAL/study-<id>.png or "
+                    "DIR/PNEUMONIA/study-<id>.png: the image as the model saw it, labelled "
+                    "with the model's label where the reader agreed and with the reader's "
+                    "where they corrected it. pneumo train and pneumo calibrate accept the "
+                    "folder.")
+    export.add_argument("out_dir", metavar="DIR", help="output folder")
+    export.add_argument("--data-dir", default=None, metavar="DIR",
+                        help="the server's data folder (default: $PNEUMO_DATA_DIR or "
+                             "~/.local/share/pneumo)")
+    export.add_argument("--corrections-only", action="store_true",
+                        help="only the studies whose label the reader corrected")
+
     serve = commands.add_parser("serve", help="run the web app and JSON API",
                                 description="Serve the web page and the JSON API with a "
                                             "production WSGI server.")
@@ -194,6 +208,19 @@ def _predict(args) -> int:
     return 0
 
 
+def _export_feedback(args) -> int:
+    from .studies import DATABASE_FILE, StudyStore, default_data_dir, export_feedback
+
+    data_dir = Path(args.data_dir) if args.data_dir else default_data_dir()
+    if not (data_dir / DATABASE_FILE).is_file():
+        raise FileNotFoundError(f"no study database in {data_dir} ({DATABASE_FILE})")
+    counts = export_feedback(StudyStore(data_dir), args.out_dir,
+                             corrections_only=args.corrections_only)
+    print(f"{counts['NORMAL']} NORMAL and {counts['PNEUMONIA']} PNEUMONIA images written to "
+          f"{args.out_dir}")
+    return 0
+
+
 def _serve(args) -> int:
     try:
         from .web.server import serve
@@ -221,7 +248,7 @@ def main(argv: list[str] | None = None) -> int:
     from .models import BackboneWeightsError
 
     handlers = {"train": _train, "evaluate": _evaluate, "calibrate": _calibrate,
-                "predict": _predict, "serve": _serve,
+                "predict": _predict, "export-feedback": _export_feedback, "serve": _serve,
                 "bench": _bench}
     try:
         return handlers[args.command](args)

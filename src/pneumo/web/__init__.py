@@ -21,6 +21,11 @@ Configuration keys (defaults below; pass a mapping to ``create_app`` to change t
     Micro-batching (``model.py``): concurrent predictions run together, at most
     this many images, the inference thread waiting at most this long for
     requests still being decoded.
+``PNEUMO_KEEP_STUDIES`` / ``PNEUMO_DATA_DIR`` / ``PNEUMO_EXPOSED``
+    Keep each prediction as a study in SQLite (``history.py``, ``studies.py``) in
+    the data folder (default ``$PNEUMO_DATA_DIR`` or ``~/.local/share/pneumo``).
+    None: kept unless ``PNEUMO_EXPOSED`` (set by ``pneumo serve`` when it listens
+    on anything but loopback).
 ``MAX_CONTENT_LENGTH`` / ``MAX_FORM_PARTS``
     Flask's own upload limits: larger bodies get 413.
 """
@@ -50,6 +55,9 @@ def create_app(config: dict | None = None) -> Flask:
         PNEUMO_IMAGE_SIDE=1024,  # long side of the decoded image sent back on request
         MAX_CONTENT_LENGTH=MAX_UPLOAD_BYTES,
         MAX_FORM_PARTS=64,
+        PNEUMO_KEEP_STUDIES=None,
+        PNEUMO_DATA_DIR=None,
+        PNEUMO_EXPOSED=False,
     )
     if config is not None:
         app.config.from_mapping(config)
@@ -58,7 +66,7 @@ def create_app(config: dict | None = None) -> Flask:
     # No SECRET_KEY: the app keeps no sessions and signs nothing. Debug stays as
     # Flask decides it (off) unless the caller passes DEBUG=True.
 
-    from . import api, errors, model, security, ui, uploads
+    from . import api, errors, history, model, security, ui, uploads
 
     app.request_class = uploads.InMemoryRequest
     app.json = api.StrictJSONProvider(app)
@@ -66,5 +74,6 @@ def create_app(config: dict | None = None) -> Flask:
     errors.init_app(app)
     app.register_blueprint(ui.bp)
     app.register_blueprint(api.bp)
+    history.init_app(app)
     model.init_app(app)
     return app

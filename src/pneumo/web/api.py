@@ -25,7 +25,7 @@ from PIL import Image
 from ..explain import heatmap_png
 from ..gate import Assessment, image_checks
 from ..imaging import DecodedImage, ImageError, load_image
-from . import openapi
+from . import history, openapi
 from .errors import ApiError, error_body
 from .model import get_holder, get_predictor, unavailable_message
 from .uploads import clean_name, read_upload, uploaded_files
@@ -152,6 +152,7 @@ def _infer(predictor, batch: np.ndarray, heatmaps: bool):
 def predict():
     """One X-ray (multipart field ``file``) -> label, probability, threshold, heatmap."""
     heatmaps, with_image = _flag("heatmap", True), _flag("image", False)
+    wanted = _flag("keep", True)
     predictor = get_predictor()
     files = uploaded_files()
     if len(files) > 1:
@@ -160,13 +161,15 @@ def predict():
     upload = read_upload(files[0])
     decoded = _decode(upload.data)
     checks = _checked(decoded)
-    prediction = _infer(predictor, predictor.prepare(decoded)[None], heatmaps)[0]
+    model_input = predictor.prepare(decoded)
+    prediction = _infer(predictor, model_input[None], heatmaps)[0]
     assessment = predictor.assess(decoded, prediction, checks=checks)
     if assessment.status == "rejected":
         raise _refusal(assessment)
+    study_id = history.keep(prediction, model_input, assessment, predictor, wanted)
     return jsonify({"filename": upload.name,
                     **_fields(prediction, decoded, assessment, with_image=with_image),
-                    "model": model_info(predictor)})
+                    "model": model_info(predictor), "study_id": study_id})
 
 
 @bp.post("/predict/batch")

@@ -124,8 +124,38 @@ _PREDICTION = {
                                                   "image as the model saw it (before "
                                                   "resizing), orientation applied."},
         "model": {"$ref": "#/components/schemas/Model"},
+        "study_id": {"type": ["string", "null"],
+                     "description": "The id of the study this prediction was kept as "
+                                    "(GET /api/v1/studies/{id}); null when the server keeps "
+                                    "no studies or ?keep=false was given."},
     },
 }
+
+_STUDY = {
+    "type": "object",
+    "required": ["id", "created", "label", "probability", "threshold", "inconclusive",
+                 "input_status", "model", "feedback"],
+    "additionalProperties": False,
+    "properties": {
+        "id": {"type": "string", "description": "Made by the server; no patient data."},
+        "created": {"type": "string", "format": "date-time", "description": "UTC."},
+        "label": {"type": "string", "enum": ["NORMAL", "PNEUMONIA"]},
+        "probability": {"type": "number", "minimum": 0, "maximum": 1},
+        "threshold": {"type": "number", "minimum": 0, "maximum": 1},
+        "inconclusive": {"type": "boolean"},
+        "input_status": {"type": "string", "enum": ["ok", "warning"]},
+        "model": {"$ref": "#/components/schemas/Model"},
+        "feedback": {"oneOf": [{"type": "null"}, {
+            "type": "object", "required": ["verdict", "comment", "updated"],
+            "additionalProperties": False,
+            "properties": {"verdict": {"type": "string",
+                                       "enum": ["agree", "NORMAL", "PNEUMONIA"]},
+                           "comment": {"type": "string"},
+                           "updated": {"type": "string", "format": "date-time"}}}]},
+    },
+}
+
+_STUDY_ID = {"name": "study_id", "in": "path", "required": True, "schema": {"type": "string"}}
 
 _BATCH_OK = {
     "type": "object",
@@ -167,6 +197,7 @@ def _errors(*statuses: int) -> dict:
     descriptions = {
         400: "Bad request: no file part, no file name, or a bad query parameter.",
         403: "A browser post from another site.",
+        404: "No such study, or this server keeps no studies (`history_off`).",
         405: "Method not allowed.",
         413: "Body larger than the upload limit, too many parts or files.",
         415: "Not a PNG, JPEG or DICOM radiograph (by content), or a refused extension.",
@@ -228,6 +259,9 @@ def spec(server_url: str = "") -> dict:
                      "description": "Include the heatmap (false is faster)."},
                     {"name": "image", "in": "query", "schema": {**flag, "default": False},
                      "description": "Include the decoded image the model saw."},
+                    {"name": "keep", "in": "query", "schema": {**flag, "default": True},
+                     "description": "Keep the result as a study when the server keeps "
+                                    "studies (false: do not)."},
                 ],
                 "requestBody": _UPLOAD_BODY,
                 "responses": {"200": _json("Prediction", "The prediction."),
@@ -262,6 +296,51 @@ def spec(server_url: str = "") -> dict:
                 "responses": {"200": _json("ModelCard", "The card of the loaded bundle."),
                               **_errors(405, 503)},
             }},
+            "/api/v1/studies": {"get": {
+                "operationId": "studies",
+                "summary": "Kept studies, newest first, 20 a page",
+                "description": "Only when the server keeps studies (by default, on loopback); "
+                               "otherwise 404 `history_off`.",
+                "parameters": [
+                    {"name": "since", "in": "query", "schema": {"type": "string", "format": "date"},
+                     "description": "First UTC day, YYYY-MM-DD."},
+                    {"name": "until", "in": "query", "schema": {"type": "string", "format": "date"},
+                     "description": "Last UTC day, YYYY-MM-DD (inclusive)."},
+                    {"name": "label", "in": "query",
+                     "schema": {"type": "string", "enum": ["NORMAL", "PNEUMONIA"]}},
+                    {"name": "page", "in": "query", "schema": {"type": "integer", "minimum": 1}},
+                ],
+                "responses": {"200": _json("StudyList", "A page of studies."),
+                              **_errors(400, 404, 405)},
+            }},
+            "/api/v1/studies/{study_id}": {"get": {
+                "operationId": "study",
+                "summary": "One study and its feedback",
+                "parameters": [_STUDY_ID],
+                "responses": {"200": _json("Study", "The study."), **_errors(404, 405)},
+            }},
+            "/api/v1/studies/{study_id}/thumbnail.png": {"get": {
+                "operationId": "studyThumbnail",
+                "summary": "The study's thumbnail",
+                "parameters": [_STUDY_ID],
+                "responses": {"200": {"description": "PNG.",
+                                      "content": {"image/png": {"schema": {
+                                          "type": "string", "format": "binary"}}}},
+                              **_errors(404, 405)},
+            }},
+            "/api/v1/studies/{study_id}/feedback": {"post": {
+                "operationId": "studyFeedback",
+                "summary": "The reader's verdict on a study (replaces an earlier one)",
+                "parameters": [_STUDY_ID],
+                "requestBody": {"required": True, "content": {"application/json": {"schema": {
+                    "type": "object", "required": ["verdict"],
+                    "properties": {
+                        "verdict": {"type": "string", "enum": ["agree", "NORMAL", "PNEUMONIA"],
+                                    "description": "agree with the label, or correct it"},
+                        "comment": {"type": "string", "maxLength": 2000}}}}}},
+                "responses": {"200": _json("Study", "The study with its feedback."),
+                              **_errors(400, 403, 404, 405)},
+            }},
             "/api/v1/openapi.json": {"get": {
                 "operationId": "openapi",
                 "summary": "This document",
@@ -282,6 +361,18 @@ def spec(server_url: str = "") -> dict:
             "InputCheck": _INPUT_CHECK_PASSED,
             "InputCheckRejected": _INPUT_CHECK_REJECTED,
             "Prediction": _PREDICTION,
+            "Study": _STUDY,
+            "StudyList": {
+                "type": "object", "required": ["studies", "total", "page", "pages", "query"],
+                "additionalProperties": False,
+                "properties": {
+                    "studies": {"type": "array", "items": {"$ref": "#/components/schemas/Study"}},
+                    "total": {"type": "integer", "minimum": 0},
+                    "page": {"type": "integer", "minimum": 1},
+                    "pages": {"type": "integer", "minimum": 1},
+                    "query": {"type": "object"},
+                },
+            },
             "BatchResult": {
                 "type": "object",
                 "required": ["model", "count", "succeeded", "results"],

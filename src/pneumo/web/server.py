@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+import os
 import signal
 import socket
 import threading
@@ -139,7 +140,13 @@ def serve(host: str = "127.0.0.1", port: int = 5000, workers: int = 4,
 
     if workers < 1:
         raise ValueError(f"--workers must be at least 1, not {workers}")
-    app = create_app({"PNEUMO_MODEL": str(model)} if model else None)
+    config = {"PNEUMO_EXPOSED": not _is_loopback(host)}
+    if model:
+        config["PNEUMO_MODEL"] = str(model)
+    keep = os.environ.get("PNEUMO_KEEP_STUDIES", "").strip().lower()
+    if keep:  # "1"/"0": keep studies or not, whatever the address
+        config["PNEUMO_KEEP_STUDIES"] = keep in ("1", "true", "yes", "on")
+    app = create_app(config)
     server = Server(app, host=host, port=port, threads=workers)
     predictor = app.extensions["pneumo.predictor"]
     if not _is_loopback(host):

@@ -1,0 +1,191 @@
+"""Kept studies: the history and study pages, feedback, and their API routes.
+
+Keeping studies is on by default only when the server listens on loopback
+(``PNEUMO_KEEP_STUDIES``: None decides so, True/False force it). This version
+has no login, so an exposed server refuses to start with studies kept: the
+history holds results about patients and must not be open to the network.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import math
+import re
+
+from flask import (Blueprint, Flask, abort, current_app, jsonify, redirect, render_template,
+                   request, url_for)
+
+from ..config import CLASS_NAMES
+from ..studies import VERDICTS, StudyNotFound, StudyStore, default_data_dir
+from .errors import ApiError
+
+bp = Blueprint("history", __name__)
+
+_EXTENSION = "pneumo.studies"
+
+
+def init_app(app: Flask) -> None:
+    """Open (creating or migrating) the database when studies are kept."""
+    keep = app.config.get("PNEUMO_KEEP_STUDIES")
+    exposed = bool(app.config.get("PNEUMO_EXPOSED"))
+    if keep is None:
+        keep = not exposed
+    if keep and exposed:
+        raise RuntimeError("keeping studies on a server reachable from the network needs "
+                           "authentication, which this version does not have: serve on "
+                           "loopback, or set PNEUMO_KEEP_STUDIES=0")
+    store = None
+    if keep:
+        store = StudyStore(app.config.get("PNEUMO_DATA_DIR") or default_data_dir())
+    app.extensions[_EXTENSION] = store
+    app.register_blueprint(bp)
+
+    @app.context_processor
+    def history_enabled():
+        return {"history_enabled": store is not None}
+
+
+def get_store() -> StudyStore | None:
+    return current_app.extensions.get(_EXTENSION)
+
+
+def keep(prediction, model_input, assessment, predictor, wanted: bool = True) -> str | None:
+    """Keep a prediction as a study unless studies are off or the client did not want it
+    (``?keep=false``); returns its id or None."""
+    store = get_store()
+    if store is None or not wanted:
+        return None
+    return store.add(prediction, model_input, input_status=assessment.status,
+                     model_name=predictor.name, model_version=predictor.version)
+
+
+def _store_or_404(api: bool) -> StudyStore:
+    store = get_store()
+    if store is None:
+        if api:
+            raise ApiError(404, "history_off", "this server does not keep studies")
+        abort(404, "this server does not keep studies")
+    return store
+
+
+def _date(name: str, api: bool) -> dt.date | None:
+    value = request.args.get(name)
+    if value is None or (not value.strip() and not api):  # the page's form sends empty fields
+        return None
+    value = value.strip()
+    try:
+        if not re.fullmatch(r"\d{4}-\d{2}-\d{2}", value):
+            raise ValueError(value)
+        return dt.date.fromisoformat(value)
+    except ValueError:
+        if api:
+            raise ApiError(400, "bad_request", f"{name} must be a date as YYYY-MM-DD") from None
+        abort(400, f"{name} must be a date as YYYY-MM-DD")
+
+
+def _search(api: bool) -> dict:
+    store = _store_or_404(api)
+    label = request.args.get("label")
+    if label is not None and not api:
+        label = label.strip().upper() or None
+    if label is not None and label not in CLASS_NAMES:
+        if api:
+            raise ApiError(400, "bad_request", "label must be NORMAL or PNEUMONIA")
+        abort(400, "label must be NORMAL or PNEUMONIA")
+    raw_page = request.args.get("page", "1").strip()
+    if not re.fullmatch(r"[0-9]{1,9}", raw_page) or int(raw_page) < 1:
+        if api:
+            raise ApiError(400, "bad_request", "page must be a whole number from 1")
+        abort(400, "page must be a whole number from 1")
+    page = int(raw_page)
+    since, until = _date("since", api), _date("until", api)
+    studies, total = store.search(since=since, until=until, label=label, page=page)
+    return {"studies": studies, "total": total, "page": page,
+            "pages": max(1, math.ceil(total / 20)),
+            "query": {"since": since.isoformat() if since else "",
+                      "until": until.isoformat() if until else "", "label": label or ""}}
+
+
+def _get(study_id: str, api: bool):
+    store = _store_or_404(api)
+    try:
+        return store.get(study_id)
+    except StudyNotFound:
+        if api:
+            raise ApiError(404, "not_found", "no study with this id") from None
+        abort(404, "no study with this id")
+
+
+# -- API -----------------------------------------------------------------------------------
+
+@bp.get("/api/v1/studies")
+def api_studies():
+    """Kept studies, newest first: ?since=&until= (YYYY-MM-DD, UTC), ?label=, ?page=."""
+    found = _search(api=True)
+    return jsonify({**found, "studies": [s.to_dict() for s in found["studies"]]})
+
+
+@bp.get("/api/v1/studies/<study_id>")
+def api_study(study_id: str):
+    """One study and its feedback."""
+    return jsonify(_get(study_id, api=True).to_dict())
+
+
+@bp.get("/api/v1/studies/<study_id>/thumbnail.png")
+def api_thumbnail(study_id: str):
+    """The study's thumbnail (PNG)."""
+    store = _store_or_404(api=True)
+    try:
+        data = store.image(study_id)
+    except StudyNotFound:
+        raise ApiError(404, "not_found", "no study with this id") from None
+    return current_app.response_class(data, mimetype="image/png")
+
+
+@bp.post("/api/v1/studies/<study_id>/feedback")
+def api_feedback(study_id: str):
+    """The reader's verdict: JSON ``{"verdict": "agree"|"NORMAL"|"PNEUMONIA", "comment"}``."""
+    store = _store_or_404(api=True)
+    body = request.get_json(silent=True)
+    if not isinstance(body, dict) or not isinstance(body.get("verdict"), str) \
+            or not isinstance(body.get("comment", ""), str):
+        raise ApiError(400, "bad_request", "send JSON with 'verdict' (agree, NORMAL or "
+                                           "PNEUMONIA) and optionally 'comment' (text)")
+    try:
+        study = store.set_feedback(study_id, body["verdict"], body.get("comment", ""))
+    except StudyNotFound:
+        raise ApiError(404, "not_found", "no study with this id") from None
+    except ValueError as exc:
+        raise ApiError(400, "bad_request", str(exc)) from None
+    return jsonify(study.to_dict())
+
+
+# -- pages ---------------------------------------------------------------------------------
+
+@bp.get("/history")
+def history_page():
+    """Kept studies, searchable by date and result, 20 a page."""
+    return render_template("history.html", **_search(api=False), labels=CLASS_NAMES)
+
+
+@bp.get("/studies/<study_id>")
+def study_page(study_id: str):
+    """One study with its feedback form."""
+    return render_template("study.html", study=_get(study_id, api=False), labels=CLASS_NAMES,
+                           saved=request.args.get("saved") == "1")
+
+
+@bp.post("/studies/<study_id>/feedback")
+def study_feedback(study_id: str):
+    """The feedback form (cross-site posts are refused by security.py)."""
+    store = _store_or_404(api=False)
+    verdict = request.form.get("verdict", "")
+    if verdict not in VERDICTS:
+        abort(400, "choose agree, NORMAL or PNEUMONIA")
+    try:
+        store.set_feedback(study_id, verdict, request.form.get("comment", ""))
+    except StudyNotFound:
+        abort(404, "no study with this id")
+    except ValueError as exc:
+        abort(400, str(exc))
+    return redirect(url_for("history.study_page", study_id=study_id, saved=1), code=303)

@@ -1,0 +1,233 @@
+"""Kept studies in SQLite, feedback, the history pages and export-feedback, against a
+real database, the real app and the real CLI."""
+
+from __future__ import annotations
+
+import datetime as dt
+import io
+import sqlite3
+from contextlib import closing
+
+import numpy as np
+import pytest
+
+from pneumo import studies
+from pneumo.cli import main
+from pneumo.data import discover
+from pneumo.predictor import Prediction
+from pneumo.studies import StudyStore, export_feedback
+from pneumo.web import create_app
+from synthetic import encode, synthetic_xray
+
+UTC = dt.timezone.utc
+
+
+def add(store, label="PNEUMONIA", probability=0.8, when=None):
+    return store.add(Prediction(probability, label, 0.5, 1.0), synthetic_xray(1, (224, 224)),
+                     input_status="ok", model_name="m", model_version="1",
+                     now=when or dt.datetime.now(UTC))
+
+
+# -- the store -------------------------------------------------------------------------
+
+def test_a_new_database_gets_the_whole_schema(tmp_path):
+    store = StudyStore(tmp_path)
+    assert store.schema_version == len(studies.MIGRATIONS)
+    assert store.path.parent == tmp_path
+
+
+def test_an_old_database_is_migrated_keeping_its_studies(tmp_path, monkeypatch):
+    monkeypatch.setattr(studies, "MIGRATIONS", studies.MIGRATIONS[:1])
+    old = StudyStore(tmp_path)
+    assert old.schema_version == 1
+    kept = add(old)
+    monkeypatch.undo()
+    store = StudyStore(tmp_path)
+    assert store.schema_version == 2
+    assert store.get(kept).label == "PNEUMONIA"
+    assert store.set_feedback(kept, "NORMAL").verdict == "NORMAL"
+
+
+def test_a_failed_migration_changes_nothing(tmp_path, monkeypatch):
+    StudyStore(tmp_path)
+    broken = "CREATE TABLE extra (x INTEGER); INSERT INTO no_such_table VALUES (1)"
+    monkeypatch.setattr(studies, "MIGRATIONS", [*studies.MIGRATIONS, broken])
+    with pytest.raises(sqlite3.OperationalError):
+        StudyStore(tmp_path)
+    with closing(sqlite3.connect(tmp_path / studies.DATABASE_FILE)) as db:
+        assert db.execute("PRAGMA user_version").fetchone()[0] == 2
+        tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master")}
+    assert "extra" not in tables
+
+
+def test_a_database_from_a_newer_pneumo_is_refused(tmp_path):
+    StudyStore(tmp_path)
+    with closing(sqlite3.connect(tmp_path / studies.DATABASE_FILE)) as db:
+        db.execute("PRAGMA user_version = 99")
+    with pytest.raises(RuntimeError, match="upgrade pneumo"):
+        StudyStore(tmp_path)
+
+
+def test_a_failed_write_stores_nothing_and_loses_nothing(tmp_path):
+    store = StudyStore(tmp_path)
+    kept = add(store)
+    with pytest.raises(sqlite3.IntegrityError):
+        add(store, label="MAYBE")  # refused by the schema, inside its transaction
+    assert store.search()[1] == 1 and store.get(kept)
+    with pytest.raises(ValueError):
+        store.set_feedback(kept, "perhaps")
+    with pytest.raises(studies.StudyNotFound):
+        store.set_feedback("nope", "agree")
+    assert store.get(kept).verdict is None
+
+
+def test_search_by_date_and_result_newest_first_in_pages(tmp_path):
+    store = StudyStore(tmp_path)
+    start = dt.datetime(2026, 1, 1, 12, tzinfo=UTC)
+    ids = [add(store, "PNEUMONIA" if i % 3 == 0 else "NORMAL", when=start + dt.timedelta(days=i))
+           for i in range(45)]
+    page, total = store.search()
+    assert total == 45 and len(page) == 20 and page[0].id == ids[-1]
+    last, _ = store.search(page=3)
+    assert [s.id for s in last] == ids[4::-1]
+    found, total = store.search(since=dt.date(2026, 1, 3), until=dt.date(2026, 1, 7),
+                                label="PNEUMONIA")
+    assert total == 2 and [s.id for s in found] == [ids[6], ids[3]]
+
+
+# -- the app ---------------------------------------------------------------------------
+
+@pytest.fixture
+def app(tiny_predictor, tmp_path):
+    return create_app({"TESTING": True, "PNEUMO_PREDICTOR": tiny_predictor,
+                       "PNEUMO_DATA_DIR": str(tmp_path / "data")})
+
+
+def predict(client, name="a.png", query=""):
+    png = encode(synthetic_xray(2, (300, 260)))
+    response = client.post("/api/v1/predict?heatmap=false" + query,
+                           data={"file": (io.BytesIO(png), name)})
+    assert response.status_code == 200
+    return response.get_json()
+
+
+def test_predictions_are_kept_and_found_through_the_api(app, tmp_path):
+    client = app.test_client()
+    body = predict(client, name="Doe^John 1970-01-01.png")
+    study = client.get(f"/api/v1/studies/{body['study_id']}").get_json()
+    assert study["label"] == body["label"] and study["probability"] == body["probability"]
+    assert study["model"]["version"] == "0.0.0+test" and study["feedback"] is None
+    listing = client.get("/api/v1/studies?label=" + body["label"]).get_json()
+    assert [s["id"] for s in listing["studies"]] == [body["study_id"]]
+    today = dt.datetime.now(UTC).date()
+    assert client.get(f"/api/v1/studies?until={today - dt.timedelta(days=1)}").get_json()[
+        "total"] == 0
+    thumbnail = client.get(f"/api/v1/studies/{body['study_id']}/thumbnail.png")
+    assert thumbnail.mimetype == "image/png" and thumbnail.data.startswith(b"\x89PNG")
+    # the upload's name never reaches the database
+    stored = (tmp_path / "data" / studies.DATABASE_FILE).read_bytes()
+    assert b"Doe" not in stored and b"1970" not in stored
+    assert predict(client, query="&keep=false")["study_id"] is None
+    assert client.get("/api/v1/studies").get_json()["total"] == 1
+
+
+def test_feedback_round_trip_through_the_api(app):
+    client = app.test_client()
+    study_id = predict(client)["study_id"]
+    answer = client.post(f"/api/v1/studies/{study_id}/feedback",
+                         json={"verdict": "PNEUMONIA", "comment": "RLL consolidation"})
+    assert answer.status_code == 200
+    assert answer.get_json()["feedback"]["verdict"] == "PNEUMONIA"
+    again = client.get(f"/api/v1/studies/{study_id}").get_json()["feedback"]
+    assert again["comment"] == "RLL consolidation"
+    assert client.post(f"/api/v1/studies/{study_id}/feedback",
+                       json={"verdict": "maybe"}).status_code == 400
+    assert client.post("/api/v1/studies/nope/feedback",
+                       json={"verdict": "agree"}).status_code == 404
+    assert client.get("/api/v1/studies/nope").get_json()["error"]["code"] == "not_found"
+
+
+def test_history_and_study_pages_with_the_feedback_form(app):
+    client = app.test_client()
+    study_id = predict(client)["study_id"]
+    html = client.get("/history").get_data(as_text=True)
+    assert f"/studies/{study_id}" in html and "1 study" in html
+    assert client.get("/history?label=&since=&until=").status_code == 200
+    page = client.get(f"/studies/{study_id}").get_data(as_text=True)
+    assert 'name="verdict"' in page
+    saved = client.post(f"/studies/{study_id}/feedback",
+                        data={"verdict": "NORMAL", "comment": "clear lungs"})
+    assert saved.status_code == 303
+    page = client.get(saved.headers["Location"]).get_data(as_text=True)
+    assert "corrected it to NORMAL" in page and "clear lungs" in page
+    assert "corrected to NORMAL" in client.get("/history").get_data(as_text=True)
+
+
+def test_a_cross_site_form_post_is_refused(app):
+    client = app.test_client()
+    study_id = predict(client)["study_id"]
+    response = client.post(f"/studies/{study_id}/feedback", data={"verdict": "NORMAL"},
+                           headers={"Sec-Fetch-Site": "cross-site"})
+    assert response.status_code == 403
+    assert client.get(f"/api/v1/studies/{study_id}").get_json()["feedback"] is None
+
+
+def test_an_exposed_server_keeps_no_studies_and_refuses_to_be_told_to(tiny_predictor, tmp_path):
+    config = {"TESTING": True, "PNEUMO_PREDICTOR": tiny_predictor,
+              "PNEUMO_DATA_DIR": str(tmp_path), "PNEUMO_EXPOSED": True}
+    client = create_app(config).test_client()
+    assert predict(client)["study_id"] is None
+    assert client.get("/api/v1/studies").status_code == 404
+    assert client.get("/history").status_code == 404
+    assert "History" not in client.get("/").get_data(as_text=True)
+    with pytest.raises(RuntimeError, match="authentication"):
+        create_app({**config, "PNEUMO_KEEP_STUDIES": True})
+
+
+# -- export-feedback -------------------------------------------------------------------
+
+def test_export_feedback_writes_a_folder_that_training_accepts(tmp_path, capsys):
+    store = StudyStore(tmp_path / "data")
+    corrected = add(store, "PNEUMONIA", 0.7)
+    agreed = add(store, "PNEUMONIA", 0.9)
+    unreviewed = add(store, "NORMAL", 0.1)
+    more = [add(store, "NORMAL", 0.2) for _ in range(3)]
+    store.set_feedback(corrected, "NORMAL", "no consolidation")
+    store.set_feedback(agreed, "agree")
+    for study in more:
+        store.set_feedback(study, "PNEUMONIA")
+    out = tmp_path / "export"
+    assert main(["export-feedback", str(out), "--data-dir", str(tmp_path / "data")]) == 0
+    assert "1 NORMAL and 4 PNEUMONIA" in capsys.readouterr().out
+    assert {p.name for p in (out / "NORMAL").iterdir()} == {f"study-{corrected}.png"}
+    assert f"study-{agreed}.png" in {p.name for p in (out / "PNEUMONIA").iterdir()}
+    assert not list(out.rglob(f"*{unreviewed}*"))
+    from PIL import Image
+
+    with Image.open(out / "NORMAL" / f"study-{corrected}.png") as image:
+        assert image.mode == "L" and image.size == (224, 224)
+    samples, _ = discover(out, for_training=True)
+    assert len(samples) == 5 and len({s.group for s in samples}) == 5
+    assert export_feedback(store, tmp_path / "only", corrections_only=True) == {
+        "NORMAL": 1, "PNEUMONIA": 3}
+
+
+def test_export_feedback_without_a_database_is_a_one_line_error(tmp_path, capsys):
+    assert main(["export-feedback", str(tmp_path / "o"), "--data-dir", str(tmp_path)]) == 2
+    assert "no study database" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_pneumo_train_accepts_the_exported_folder(tmp_path):
+    store = StudyStore(tmp_path / "data")
+    for i in range(16):
+        study = store.add(Prediction(0.5, "NORMAL", 0.5, 0.0),
+                          synthetic_xray(i, (224, 224), opacity=i % 2 == 1), input_status="ok",
+                          model_name="m", model_version="1")
+        store.set_feedback(study, "agree" if i % 2 == 0 else "PNEUMONIA")
+    out = tmp_path / "export"
+    assert main(["export-feedback", str(out), "--data-dir", str(tmp_path / "data")]) == 0
+    assert main(["train", str(out), "--out", str(tmp_path / "runs"), "--run-name", "fb",
+                 "--backbone-weights", "random", "--image-size", "71", "--head-epochs", "1",
+                 "--fine-tune-blocks", "0", "--batch-size", "8", "--val-fraction", "0.3"]) == 0
+    assert (tmp_path / "runs" / "fb" / "bundle" / "card.json").is_file()
