@@ -231,3 +231,49 @@ def test_pneumo_train_accepts_the_exported_folder(tmp_path):
                  "--backbone-weights", "random", "--image-size", "71", "--head-epochs", "1",
                  "--fine-tune-blocks", "0", "--batch-size", "8", "--val-fraction", "0.3"]) == 0
     assert (tmp_path / "runs" / "fb" / "bundle" / "card.json").is_file()
+
+
+# -- the PDF report --------------------------------------------------------------------
+
+def pdf_text_and_images(data: bytes) -> tuple[str, list]:
+    from pypdf import PdfReader
+
+    reader = PdfReader(io.BytesIO(data))
+    assert len(reader.pages) == 1
+    page = reader.pages[0]
+    return page.extract_text(), list(page.images)
+
+
+def test_report_pdf_has_the_result_the_statement_and_the_image(app):
+    client = app.test_client()
+    body = predict(client)
+    client.post(f"/api/v1/studies/{body['study_id']}/feedback", json={"verdict": "agree"})
+    response = client.get(f"/api/v1/studies/{body['study_id']}/report.pdf?notes=Seen+by+Dr+Who")
+    assert response.status_code == 200 and response.mimetype == "application/pdf"
+    assert response.data.startswith(b"%PDF")
+    text, images = pdf_text_and_images(response.data)
+    for expected in (body["label"], f"{body['probability'] * 100:.1f}%",
+                     f"{body['threshold'] * 100:.1f}%", "pneumo-xception-tiny-test 0.0.0+test",
+                     "second opinion, not a diagnosis", "Reader's notes", "Seen by Dr Who",
+                     body["study_id"], "agreed", "image with heatmap"):
+        assert expected in text, expected
+    assert images and images[0].image.size[0] >= 71
+    assert client.get("/api/v1/studies/nope/report.pdf").status_code == 404
+    assert client.get(f"/api/v1/studies/{body['study_id']}/report.pdf?notes=" + "x" * 2001
+                      ).status_code == 400
+
+
+def test_report_of_a_dicom_study_carries_no_identifiers(app):
+    from dicom_factory import PHI, make_dicom, radiograph
+
+    client = app.test_client()
+    dicom = make_dicom(radiograph(12, (320, 280)), bits_stored=12)
+    assert PHI["PatientName"].encode() in dicom
+    response = client.post("/api/v1/predict?heatmap=false",
+                           data={"file": (io.BytesIO(dicom), "Doe_Jane.dcm")})
+    assert response.status_code == 200, response.get_json()
+    study_id = response.get_json()["study_id"]
+    data = client.get(f"/api/v1/studies/{study_id}/report.pdf").data
+    text, _ = pdf_text_and_images(data)
+    for secret in [*PHI.values(), "Doe", "Jane", "1970"]:
+        assert secret not in text and secret.encode() not in data

@@ -142,6 +142,38 @@ def api_thumbnail(study_id: str):
     return current_app.response_class(data, mimetype="image/png")
 
 
+@bp.get("/api/v1/studies/<study_id>/report.pdf")
+def api_report(study_id: str):
+    """The study's one-page PDF report; ``?notes=`` adds the reader's typed notes."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    from ..report import study_report_pdf
+    from .model import get_holder, get_predictor
+
+    study = _get(study_id, api=True)
+    notes = request.args.get("notes", "")
+    if len(notes) > 2000:
+        raise ApiError(400, "bad_request", "notes are longer than 2000 characters")
+    with Image.open(io.BytesIO(get_store().image(study_id, "model_input"))) as image:
+        gray = np.asarray(image.convert("L"))
+    heatmap = None
+    predictor = get_predictor()
+    if (predictor.name, predictor.version) == (study.model_name, study.model_version) \
+            and gray.shape == (predictor.image_size, predictor.image_size):
+        # the heatmap is not stored: the same model on the same input gives it again
+        result = get_holder().predict(gray[None, :, :, None], True, timeout=float(
+            current_app.config["PNEUMO_INFERENCE_TIMEOUT"]))[0]
+        heatmap = result.heatmap
+    pdf = study_report_pdf(study, gray, heatmap, notes=notes)
+    response = current_app.response_class(pdf, mimetype="application/pdf")
+    response.headers["Content-Disposition"] = (
+        f'attachment; filename="pneumo-report-{study.id[:8]}.pdf"')
+    return response
+
+
 @bp.post("/api/v1/studies/<study_id>/feedback")
 def api_feedback(study_id: str):
     """The reader's verdict: JSON ``{"verdict": "agree"|"NORMAL"|"PNEUMONIA", "comment"}``."""

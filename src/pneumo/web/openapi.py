@@ -328,6 +328,22 @@ def spec(server_url: str = "") -> dict:
                                           "type": "string", "format": "binary"}}}},
                               **_errors(404, 405)},
             }},
+            "/api/v1/studies/{study_id}/report.pdf": {"get": {
+                "operationId": "studyReport",
+                "summary": "The study's one-page PDF report",
+                "description": "The image with the heatmap, the result, probability and "
+                               "operating point, the model, the dates, the 'second opinion, "
+                               "not a diagnosis' statement and the reader's notes. No file "
+                               "name and no DICOM field is ever stored, so none can appear.",
+                "parameters": [_STUDY_ID,
+                               {"name": "notes", "in": "query",
+                                "schema": {"type": "string", "maxLength": 2000},
+                                "description": "The reader's notes, printed on the report."}],
+                "responses": {"200": {"description": "PDF.",
+                                      "content": {"application/pdf": {"schema": {
+                                          "type": "string", "format": "binary"}}}},
+                              **_errors(400, 404, 405, 503, 504)},
+            }},
             "/api/v1/studies/{study_id}/feedback": {"post": {
                 "operationId": "studyFeedback",
                 "summary": "The reader's verdict on a study (replaces an earlier one)",

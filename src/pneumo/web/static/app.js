@@ -165,6 +165,11 @@
     $("result-warning").hidden = !doubtful;
     verdict.classList.toggle("is-doubtful", doubtful || data.inconclusive === true);
     $("result-inconclusive").hidden = data.inconclusive !== true;
+    $("result-study").hidden = !data.study_id;
+    if (data.study_id) {
+      $("report-link").href = "/api/v1/studies/" + encodeURIComponent(data.study_id) + "/report.pdf";
+      $("study-link").href = "/studies/" + encodeURIComponent(data.study_id);
+    }
     $("result-probability").textContent = pct(data.probability);
     $("scale-fill").style.width = (data.probability * 100).toFixed(2) + "%";
     $("scale-marker").style.left = (threshold * 100).toFixed(2) + "%";
