@@ -26,6 +26,9 @@ Configuration keys (defaults below; pass a mapping to ``create_app`` to change t
     the data folder (default ``$PNEUMO_DATA_DIR`` or ``~/.local/share/pneumo``).
     None: kept unless ``PNEUMO_EXPOSED`` (set by ``pneumo serve`` when it listens
     on anything but loopback).
+``PNEUMO_API_TOKEN``
+    The secret the history, feedback and reports need (``auth.py``): no default;
+    required when studies are kept on an exposed server.
 ``MAX_CONTENT_LENGTH`` / ``MAX_FORM_PARTS``
     Flask's own upload limits: larger bodies get 413.
 """
@@ -58,15 +61,16 @@ def create_app(config: dict | None = None) -> Flask:
         PNEUMO_KEEP_STUDIES=None,
         PNEUMO_DATA_DIR=None,
         PNEUMO_EXPOSED=False,
+        PNEUMO_API_TOKEN=None,
     )
     if config is not None:
         app.config.from_mapping(config)
     if not app.config["PNEUMO_MODEL"]:
         app.config["PNEUMO_MODEL"] = str(default_bundle_path())
-    # No SECRET_KEY: the app keeps no sessions and signs nothing. Debug stays as
-    # Flask decides it (off) unless the caller passes DEBUG=True.
+    # No SECRET_KEY unless a token is set (auth.py then makes one per process for the
+    # login session). Debug stays as Flask decides it (off) unless DEBUG=True is passed.
 
-    from . import api, errors, history, model, security, ui, uploads
+    from . import api, auth, errors, history, model, security, ui, uploads
 
     app.request_class = uploads.InMemoryRequest
     app.json = api.StrictJSONProvider(app)
@@ -74,6 +78,7 @@ def create_app(config: dict | None = None) -> Flask:
     errors.init_app(app)
     app.register_blueprint(ui.bp)
     app.register_blueprint(api.bp)
+    auth.init_app(app)
     history.init_app(app)
     model.init_app(app)
     return app

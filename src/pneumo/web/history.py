@@ -1,9 +1,10 @@
-"""Kept studies: the history and study pages, feedback, and their API routes.
+"""Kept studies: the history and study pages, feedback, reports and their API routes.
 
 Keeping studies is on by default only when the server listens on loopback
-(``PNEUMO_KEEP_STUDIES``: None decides so, True/False force it). This version
-has no login, so an exposed server refuses to start with studies kept: the
-history holds results about patients and must not be open to the network.
+(``PNEUMO_KEEP_STUDIES``: None decides so, True/False force it). With
+``PNEUMO_API_TOKEN`` set, every route here needs it (``auth.py``), and only
+authenticated predictions are kept; a server beyond loopback that keeps studies
+refuses to start without it: the history holds results about patients.
 """
 
 from __future__ import annotations
@@ -17,9 +18,16 @@ from flask import (Blueprint, Flask, abort, current_app, jsonify, redirect, rend
 
 from ..config import CLASS_NAMES
 from ..studies import VERDICTS, StudyNotFound, StudyStore, default_data_dir
+from . import auth
 from .errors import ApiError
 
 bp = Blueprint("history", __name__)
+
+
+@bp.before_request
+def _authenticate():
+    """History, studies, feedback and reports need the token when one is configured."""
+    return auth.require(api=request.path.startswith("/api/"))
 
 _EXTENSION = "pneumo.studies"
 
@@ -30,9 +38,9 @@ def init_app(app: Flask) -> None:
     exposed = bool(app.config.get("PNEUMO_EXPOSED"))
     if keep is None:
         keep = not exposed
-    if keep and exposed:
-        raise RuntimeError("keeping studies on a server reachable from the network needs "
-                           "authentication, which this version does not have: serve on "
+    if keep and exposed and not app.extensions.get("pneumo.auth"):
+        raise RuntimeError("a server reachable from the network that keeps studies needs "
+                           "an API token: set PNEUMO_API_TOKEN (16+ characters), or serve on "
                            "loopback, or set PNEUMO_KEEP_STUDIES=0")
     store = None
     if keep:
@@ -53,8 +61,8 @@ def keep(prediction, model_input, assessment, predictor, wanted: bool = True) ->
     """Keep a prediction as a study unless studies are off or the client did not want it
     (``?keep=false``); returns its id or None."""
     store = get_store()
-    if store is None or not wanted:
-        return None
+    if store is None or not wanted or not auth.authenticated():
+        return None  # a client without the token may screen, but not write the history
     return store.add(prediction, model_input, input_status=assessment.status,
                      model_name=predictor.name, model_version=predictor.version)
 

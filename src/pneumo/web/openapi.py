@@ -155,6 +155,9 @@ _STUDY = {
     },
 }
 
+#: The studies need the token when the server has one, and nothing when it has none.
+_TOKEN = [{"token": []}, {}]
+
 _STUDY_ID = {"name": "study_id", "in": "path", "required": True, "schema": {"type": "string"}}
 
 _BATCH_OK = {
@@ -197,6 +200,8 @@ def _errors(*statuses: int) -> dict:
     descriptions = {
         400: "Bad request: no file part, no file name, or a bad query parameter.",
         403: "A browser post from another site.",
+        401: "This server has an API token and the request did not carry it "
+             "(`Authorization: Bearer <token>`).",
         404: "No such study, or this server keeps no studies (`history_off`).",
         405: "Method not allowed.",
         413: "Body larger than the upload limit, too many parts or files.",
@@ -311,13 +316,15 @@ def spec(server_url: str = "") -> dict:
                     {"name": "page", "in": "query", "schema": {"type": "integer", "minimum": 1}},
                 ],
                 "responses": {"200": _json("StudyList", "A page of studies."),
-                              **_errors(400, 404, 405)},
+                              **_errors(400, 401, 404, 405)},
+                "security": _TOKEN,
             }},
             "/api/v1/studies/{study_id}": {"get": {
                 "operationId": "study",
                 "summary": "One study and its feedback",
                 "parameters": [_STUDY_ID],
-                "responses": {"200": _json("Study", "The study."), **_errors(404, 405)},
+                "responses": {"200": _json("Study", "The study."), **_errors(401, 404, 405)},
+                "security": _TOKEN,
             }},
             "/api/v1/studies/{study_id}/thumbnail.png": {"get": {
                 "operationId": "studyThumbnail",
@@ -326,7 +333,8 @@ def spec(server_url: str = "") -> dict:
                 "responses": {"200": {"description": "PNG.",
                                       "content": {"image/png": {"schema": {
                                           "type": "string", "format": "binary"}}}},
-                              **_errors(404, 405)},
+                              **_errors(401, 404, 405)},
+                "security": _TOKEN,
             }},
             "/api/v1/studies/{study_id}/report.pdf": {"get": {
                 "operationId": "studyReport",
@@ -342,7 +350,8 @@ def spec(server_url: str = "") -> dict:
                 "responses": {"200": {"description": "PDF.",
                                       "content": {"application/pdf": {"schema": {
                                           "type": "string", "format": "binary"}}}},
-                              **_errors(400, 404, 405, 503, 504)},
+                              **_errors(400, 401, 404, 405, 503, 504)},
+                "security": _TOKEN,
             }},
             "/api/v1/studies/{study_id}/feedback": {"post": {
                 "operationId": "studyFeedback",
@@ -355,7 +364,8 @@ def spec(server_url: str = "") -> dict:
                                     "description": "agree with the label, or correct it"},
                         "comment": {"type": "string", "maxLength": 2000}}}}}},
                 "responses": {"200": _json("Study", "The study with its feedback."),
-                              **_errors(400, 403, 404, 405)},
+                              **_errors(400, 401, 403, 404, 405)},
+                "security": _TOKEN,
             }},
             "/api/v1/openapi.json": {"get": {
                 "operationId": "openapi",
@@ -367,7 +377,11 @@ def spec(server_url: str = "") -> dict:
                               **_errors(405)},
             }},
         },
-        "components": {"schemas": {
+        "components": {
+            "securitySchemes": {"token": {
+                "type": "http", "scheme": "bearer",
+                "description": "The server's PNEUMO_API_TOKEN, when it has one."}},
+            "schemas": {
             "Model": _MODEL,
             "ErrorObject": _ERROR_OBJECT,
             "Error": {"type": "object", "required": ["error"], "additionalProperties": False,

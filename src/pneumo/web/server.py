@@ -146,6 +146,8 @@ def serve(host: str = "127.0.0.1", port: int = 5000, workers: int = 4,
     keep = os.environ.get("PNEUMO_KEEP_STUDIES", "").strip().lower()
     if keep:  # "1"/"0": keep studies or not, whatever the address
         config["PNEUMO_KEEP_STUDIES"] = keep in ("1", "true", "yes", "on")
+    if os.environ.get("PNEUMO_API_TOKEN"):
+        config["PNEUMO_API_TOKEN"] = os.environ["PNEUMO_API_TOKEN"]
     app = create_app(config)
     server = Server(app, host=host, port=port, threads=workers)
     predictor = app.extensions["pneumo.predictor"]
