@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from pneumo import studies
+from pneumo.bundle import read_card
 from pneumo.cli import main
 from pneumo.data import discover
 from pneumo.predictor import Prediction
@@ -231,6 +232,10 @@ def test_pneumo_train_accepts_the_exported_folder(tmp_path):
                  "--backbone-weights", "random", "--image-size", "71", "--head-epochs", "1",
                  "--fine-tune-blocks", "0", "--batch-size", "8", "--val-fraction", "0.3"]) == 0
     assert (tmp_path / "runs" / "fb" / "bundle" / "card.json").is_file()
+    # and pneumo calibrate takes the same folder as a site's labelled images
+    assert main(["calibrate", str(out), "--model", str(tmp_path / "runs" / "fb" / "bundle"),
+                 "--out", str(tmp_path / "site")]) == 0
+    assert read_card(tmp_path / "site")["site_calibration"]["n"] == 16
 
 
 # -- the PDF report --------------------------------------------------------------------
