@@ -152,8 +152,10 @@ def serve(host: str = "127.0.0.1", port: int = 5000, workers: int = 4,
     server = Server(app, host=host, port=port, threads=workers)
     predictor = app.extensions["pneumo.predictor"]
     if not _is_loopback(host):
-        log.warning("listening on %s, beyond this machine: the app has no login and no "
-                    "TLS; put it behind a reverse proxy that provides both", host)
+        log.warning("listening on %s, beyond this machine: the app has no TLS (put it "
+                    "behind a reverse proxy that provides it); history %s", host,
+                    "kept, behind the API token" if app.extensions.get("pneumo.studies")
+                    else "not kept")
 
     def handle(signum, _frame):
         log.info("received %s, stopping", signal.Signals(signum).name)
