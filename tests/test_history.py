@@ -8,7 +8,6 @@ import io
 import sqlite3
 from contextlib import closing
 
-import numpy as np
 import pytest
 
 from pneumo import studies

@@ -142,9 +142,9 @@ def calibrate_site(data_dir: str | Path, out: str | Path, model: str | Path | No
 def summary(metrics: dict) -> str:
     """The report in a few lines for the terminal."""
     size = metrics["sample_size"]
-    lines = [f"n={metrics['n']} ({metrics['n_normal']} {CLASS_NAMES[0]}, "
-             f"{metrics['n_pneumonia']} {CLASS_NAMES[1]})  threshold={metrics['threshold']:.4f} "
-             f"({metrics['threshold_method']})"]
+    lines = [(f"n={metrics['n']} ({metrics['n_normal']} {CLASS_NAMES[0]}, "
+              f"{metrics['n_pneumonia']} {CLASS_NAMES[1]})  threshold={metrics['threshold']:.4f} "
+              f"({metrics['threshold_method']})")]
     for name in ("sensitivity", "specificity"):
         row = size[name]
         lines.append(f"{name}={row['observed']:.3f} (95% CI {row['ci95'][0]:.3f}-"
