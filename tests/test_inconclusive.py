@@ -88,3 +88,14 @@ def test_predict_command_has_an_inconclusive_column(everything_unsure, tiny_bund
     else:
         assert values == {"unsure": {"a.png": True, "broken.png": None},
                           "plain": {"a.png": False, "broken.png": None}}
+
+
+def test_the_shipped_cards_band_straddles_its_threshold_and_was_fitted_on_validation(
+        shipped_bundle):
+    card = read_card(shipped_bundle)
+    band = card["inconclusive"]
+    assert band["lower"] < card["threshold"] < band["upper"]
+    assert band["n"] == card["validation"]["n"]  # every validation X-ray, nothing else
+    assert band["accuracy_inside"] < band["accuracy_outside"] - 0.15
+    assert band["n_inside"] <= 0.2 * band["n"]
+
