@@ -78,6 +78,10 @@ class OnnxEngine:
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         options.intra_op_num_threads = threads or 0  # 0: one per physical core
+        # Idle worker threads sleep instead of spinning: the request threads that decode
+        # uploads and encode heatmaps (and pneumo predict's decoders) share these cores,
+        # and spinning threads slowed them down by a third in docs/performance.md's A/B.
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         options.log_severity_level = 3
         self.session = ort.InferenceSession(str(folder / ONNX_FILE), options,
                                             providers=["CPUExecutionProvider"])
