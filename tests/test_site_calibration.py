@@ -124,6 +124,7 @@ def test_calibrate_writes_a_new_bundle_with_the_network_untouched(tiny_bundle, t
     assert card["calibration"]["temperature"] > 0
     report = json.loads((out / "site_report" / "metrics.json").read_text())
     assert report["sample_size"]["enough"] is False
+    assert "optimistic" in report["note"]
     assert report["sensitivity"] >= 0.9
     for name in ("roc.png", "precision_recall.png", "confusion_matrix.png", "reliability.png"):
         assert (out / "site_report" / name).stat().st_size > 1000

@@ -74,6 +74,9 @@ def fit_site(logits: np.ndarray, y: np.ndarray, *, target_sensitivity: float | N
     band = choose_inconclusive_band(y, p, threshold)
     metrics["inconclusive"] = band
     metrics["sample_size"] = sample_size_report(metrics, half_width)
+    metrics["note"] = ("threshold, calibration and band were fitted on these same images, so "
+                       "the figures here are optimistic; check them on other labelled images "
+                       "with pneumo evaluate")
     return {"temperature": temperature, "bias": bias, "threshold": threshold,
             "threshold_method": method, "band": band, "metrics": metrics,
             "p": p, "p_before": p_before}
