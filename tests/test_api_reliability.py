@@ -18,6 +18,7 @@ import io
 import json
 import logging
 import os
+import re
 import sys
 import threading
 from pathlib import Path
@@ -452,7 +453,9 @@ def test_row19_patient_identifiers_reach_no_response_log_or_file(client, data_di
         assert body["input"]["metadata"]["Modality"] == "DX"  # safe fields are shown
     for response in responses:
         assert response.status_code < 500
-        text = response.get_data(as_text=True) + json.dumps(dict(response.headers))
+        # images travel as base64, where a short token like "Doe" turns up by chance
+        text = re.sub(r"data:image/png;base64,[A-Za-z0-9+/=]+", "<png>",
+                      response.get_data(as_text=True)) + json.dumps(dict(response.headers))
         for value in LEAKS:
             assert value not in text, f"{value!r} in the response ({case})"
     for value in LEAKS:
@@ -471,5 +474,6 @@ def test_row20_an_executable_preamble_is_predicted_and_never_stored_or_echoed(
     body = response.get_json()
     assert body["probability"] == pytest.approx(_probability(client, reference), abs=1e-6)
     text = json.dumps({k: v for k, v in body.items() if k not in ("heatmap", "image")})
-    for marker in ("This program", "ELF", "#!/bin/sh", "MZ"):
+    # (long markers: a short one like "MZ" turns up by chance in ids)
+    for marker in ("This program", "\x7fELF", "#!/bin/sh", "rm -rf", "MZ\\u0090"):
         assert marker not in text
