@@ -29,7 +29,8 @@ PLOTS = (
      ("Predicted probability against the observed share of pneumonia, before and after "
       "calibration; the diagonal is perfect calibration.")),
     ("learning_curves.png", "Learning curves",
-     "Accuracy and loss per epoch, training against validation; the dashed line marks the start of fine-tuning."),
+     ("Accuracy and loss per epoch, training against validation; the dashed line marks "
+      "the start of fine-tuning.")),
 )
 
 #: Validation metrics shown on the About page: key, name, meaning, shown as a percentage.
