@@ -50,8 +50,9 @@ def shipped(shipped_bundle) -> Predictor:
 
 @pytest.fixture(scope="module")
 def client(shipped):
+    # a measurement, not a clinic: thousands of images are not kept as studies
     return create_app({"TESTING": True, "PNEUMO_PREDICTOR": shipped,
-                       "PNEUMO_MAX_BATCH_FILES": 16}).test_client()
+                       "PNEUMO_KEEP_STUDIES": False, "PNEUMO_MAX_BATCH_FILES": 16}).test_client()
 
 
 def wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:

@@ -89,14 +89,22 @@ def gated_predictor(gated_bundle) -> Predictor:
     return predictor
 
 
-@pytest.fixture
-def client(tiny_predictor):
-    return create_app({"TESTING": True, "PNEUMO_PREDICTOR": tiny_predictor}).test_client()
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory) -> Path:
+    """A data folder of this module's own for kept studies."""
+    return tmp_path_factory.mktemp("gate-data")
 
 
 @pytest.fixture
-def gated_client(gated_predictor):
-    return create_app({"TESTING": True, "PNEUMO_PREDICTOR": gated_predictor}).test_client()
+def client(tiny_predictor, data_dir):
+    return create_app({"TESTING": True, "PNEUMO_PREDICTOR": tiny_predictor,
+                       "PNEUMO_DATA_DIR": str(data_dir)}).test_client()
+
+
+@pytest.fixture
+def gated_client(gated_predictor, data_dir):
+    return create_app({"TESTING": True, "PNEUMO_PREDICTOR": gated_predictor,
+                       "PNEUMO_DATA_DIR": str(data_dir)}).test_client()
 
 
 @pytest.fixture(scope="module")
@@ -197,7 +205,8 @@ def test_a_feature_warning_keeps_the_prediction(tiny_bundle, fitted_gate, tmp_pa
     """A gate whose warn cut-off is below every score: every readable X-ray is warned about."""
     warn_all = FeatureGate(**{**fitted_gate.__dict__, "warn_above": -np.inf})
     bundle = variant(tiny_bundle, tmp_path / "warn-all", warn_all)
-    app = create_app({"TESTING": True, "PNEUMO_MODEL": str(bundle)})
+    app = create_app({"TESTING": True, "PNEUMO_MODEL": str(bundle),
+                      "PNEUMO_DATA_DIR": str(tmp_path / "data")})
     response = upload(app.test_client(), "/api/v1/predict", [("x.png", fitted(2))])
     validate(spec, response, "/api/v1/predict", "post")
     body = response.get_json()

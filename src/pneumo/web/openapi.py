@@ -13,8 +13,8 @@ from .uploads import ALLOWED_EXTENSIONS
 
 _ERROR_CODES = ["bad_request", "missing_file", "cross_origin", "forbidden", "not_found",
                 "method_not_allowed", "too_large", "too_many_files", "unsupported_type",
-                "unreadable_image", "not_a_chest_xray", "internal_error", "model_unavailable", "timeout",
-                "http_error"]
+                "unreadable_image", "not_a_chest_xray", "internal_error", "model_unavailable",
+                "timeout", "http_error"]
 
 _MODEL = {
     "type": "object",
