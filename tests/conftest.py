@@ -154,3 +154,16 @@ def pytest_sessionfinish(session, exitstatus):
     for path in reliability.write(ROOT, _OUTCOMES, _FIGURES, totals):
         if reporter:
             reporter.write_line(f"reliability report written to {path.relative_to(ROOT)}")
+
+
+@pytest.fixture
+def app(tiny_predictor):
+    """The web app on the tiny bundle; test files that need other settings define their own."""
+    from pneumo.web import create_app
+
+    return create_app({"TESTING": True, "PNEUMO_PREDICTOR": tiny_predictor})
+
+
+@pytest.fixture
+def client(app):
+    return app.test_client()

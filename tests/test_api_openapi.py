@@ -26,11 +26,6 @@ def app(tiny_predictor):
 
 
 @pytest.fixture
-def client(app):
-    return app.test_client()
-
-
-@pytest.fixture
 def spec(client):
     response = client.get("/api/v1/openapi.json")
     assert response.status_code == 200 and response.mimetype == "application/json"

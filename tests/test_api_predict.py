@@ -23,16 +23,6 @@ from pneumo.web import create_app
 
 
 @pytest.fixture
-def app(tiny_predictor):
-    return create_app({"TESTING": True, "PNEUMO_PREDICTOR": tiny_predictor})
-
-
-@pytest.fixture
-def client(app):
-    return app.test_client()
-
-
-@pytest.fixture
 def png() -> bytes:
     return encode(synthetic_xray(7, (300, 200), opacity=True))
 

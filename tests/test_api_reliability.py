@@ -61,11 +61,6 @@ def app(tiny_predictor, data_dir):
                        "PNEUMO_DATA_DIR": str(data_dir)})
 
 
-@pytest.fixture
-def client(app):
-    return app.test_client()
-
-
 @pytest.fixture(scope="module")
 def spec(app):
     return app.test_client().get("/api/v1/openapi.json").get_json()

@@ -23,16 +23,6 @@ WEB_DIR = Path(__file__).resolve().parents[1] / "src" / "pneumo" / "web"
 PLOT_NAMES = [name for name, _, _ in ui_module.PLOTS]
 
 
-@pytest.fixture
-def app(tiny_predictor):
-    return create_app({"TESTING": True, "PNEUMO_PREDICTOR": tiny_predictor})
-
-
-@pytest.fixture
-def client(app):
-    return app.test_client()
-
-
 def variant_bundle(source: Path, target: Path, **card_changes) -> Path:
     """A bundle sharing ``source``'s weights (a symlink) with an edited card."""
     target.mkdir(parents=True)
