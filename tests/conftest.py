@@ -44,32 +44,30 @@ def build_tiny_bundle(path: Path, threshold: float = 0.5, temperature: float = 1
     return save_bundle(path, model, card)
 
 
-@pytest.fixture(scope="session", autouse=True)
-def engine_cache(tmp_path_factory) -> Path:
-    """Converted ONNX graphs go to a per-session folder (inherited by the servers the
-    tests start), never to the user's cache: every tiny bundle has new random weights."""
-    folder = tmp_path_factory.mktemp("cache")
-    previous = os.environ.get("PNEUMO_CACHE_DIR")
-    os.environ["PNEUMO_CACHE_DIR"] = str(folder)
+def _session_folder_in_env(tmp_path_factory, variable: str, name: str):
+    """A per-session folder named by ``variable`` for this process and the servers it
+    starts, restored afterwards."""
+    folder = tmp_path_factory.mktemp(name)
+    previous = os.environ.get(variable)
+    os.environ[variable] = str(folder)
     yield folder
     if previous is None:
-        os.environ.pop("PNEUMO_CACHE_DIR", None)
+        os.environ.pop(variable, None)
     else:
-        os.environ["PNEUMO_CACHE_DIR"] = previous
+        os.environ[variable] = previous
+
+
+@pytest.fixture(scope="session", autouse=True)
+def engine_cache(tmp_path_factory) -> Path:
+    """Converted ONNX graphs go to a per-session folder, never to the user's cache:
+    every tiny bundle has new random weights."""
+    yield from _session_folder_in_env(tmp_path_factory, "PNEUMO_CACHE_DIR", "cache")
 
 
 @pytest.fixture(scope="session", autouse=True)
 def data_dir(tmp_path_factory) -> Path:
-    """Kept studies go to a per-session folder (inherited by the servers the tests
-    start), never to the user's ~/.local/share/pneumo."""
-    folder = tmp_path_factory.mktemp("data")
-    previous = os.environ.get("PNEUMO_DATA_DIR")
-    os.environ["PNEUMO_DATA_DIR"] = str(folder)
-    yield folder
-    if previous is None:
-        os.environ.pop("PNEUMO_DATA_DIR", None)
-    else:
-        os.environ["PNEUMO_DATA_DIR"] = previous
+    """Kept studies go to a per-session folder, never to the user's ~/.local/share/pneumo."""
+    yield from _session_folder_in_env(tmp_path_factory, "PNEUMO_DATA_DIR", "data")
 
 
 @pytest.fixture(scope="session")
