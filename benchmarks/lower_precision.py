@@ -29,13 +29,13 @@ import numpy as np
 def validation_split(bundle: Path, data: Path, card: dict):
     """The bundle's own training and validation samples, as training made them."""
     from pneumo.config import TrainConfig
-    from pneumo.train import _prepare_split
+    from pneumo.train import prepare_split
 
     fields = dict(card.get("training", {}).get("config", {}))
     config = TrainConfig(**{k: v for k, v in fields.items()
                             if k in TrainConfig.__dataclass_fields__})
     config.data_dir = str(data)
-    train, val, _ = _prepare_split(config)
+    train, val, _ = prepare_split(config)
     return train, val
 
 

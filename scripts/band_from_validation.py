@@ -27,7 +27,7 @@ from pneumo.config import TrainConfig
 from pneumo.data import load_images
 from pneumo.metrics import screening_metrics
 from pneumo.predictor import Predictor
-from pneumo.train import _prepare_split, _summary
+from pneumo.train import prepare_split, _summary
 
 
 def main() -> int:
@@ -41,7 +41,7 @@ def main() -> int:
     config = TrainConfig(**card["training"]["config"])
     if args.data:
         config.data_dir = args.data
-    _, val, _ = _prepare_split(config)
+    _, val, _ = prepare_split(config)
     recorded = card["training"]["data"]["validation"]
     if _summary(val) != recorded:
         print(f"the rebuilt validation split {_summary(val)} is not the card's {recorded}")

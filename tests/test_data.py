@@ -121,9 +121,9 @@ def test_block_split_holds_out_the_lowest_ids_of_each_family(tmp_path):
 
 def test_real_training_split_is_grouped_by_patient(train_data):
     from pneumo.config import TrainConfig
-    from pneumo.train import _prepare_split
+    from pneumo.train import prepare_split
 
-    train, val, n_duplicates = _prepare_split(TrainConfig(data_dir=str(train_data)))
+    train, val, n_duplicates = prepare_split(TrainConfig(data_dir=str(train_data)))
     assert n_duplicates >= 26  # the data README counts 26 extra copies
     assert {s.group for s in train}.isdisjoint({s.group for s in val})
     assert 0.15 < len(val) / (len(train) + len(val)) < 0.25

@@ -65,14 +65,14 @@ def test_real_validation_images_are_still_recognised(shipped, shipped_bundle, tr
 
     from pneumo.config import TrainConfig
     from pneumo.data import load_images
-    from pneumo.train import _prepare_split
+    from pneumo.train import prepare_split
 
     _, card = load_bundle(shipped_bundle)
     settings = card["training"]["config"]
     config = TrainConfig(data_dir=str(train_data), seed=settings["seed"],
                          validation_design=settings["validation_design"],
                          val_fraction=settings["val_fraction"])
-    _, val, _ = _prepare_split(config)
+    _, val, _ = prepare_split(config)
     rng = np.random.default_rng(0)
     sample = [val[i] for i in sorted(rng.choice(len(val), size=min(160, len(val)), replace=False))]
     sample, images = load_images(sample, shipped.image_size, use_cache=False, progress=False)

@@ -1,4 +1,4 @@
-"""The ``pneumo`` command: train | evaluate | calibrate | predict | serve | bench.
+"""The ``pneumo`` command: train | evaluate | calibrate | refit-gate | predict | serve | bench.
 
 Every error a user can cause ends in one line on stderr and exit status 2,
 never a traceback.
@@ -100,6 +100,24 @@ def build_parser() -> argparse.ArgumentParser:
                                 "images (e.g. 0.95) instead of Youden's J")
     _add_model_option(calibrate)
 
+    refit = commands.add_parser(
+        "refit-gate", help="fit a bundle's input gate to a folder of X-rays",
+        description="Split DATA_DIR as pneumo train does (the card's seed, validation "
+                    "fraction and design), describe the first part's backbone features by PCA "
+                    "and set the warn and refuse cut-offs at percentiles of the second part's "
+                    "scores. Writes a copy of the bundle to --out with the new gate.npz and "
+                    "card entry; the network and calibration are untouched. From the model's "
+                    "own training folder it gives back training's split.")
+    refit.add_argument("data_dir", metavar="DATA_DIR", help="folder of labelled X-rays")
+    refit.add_argument("--out", required=True, metavar="BUNDLE", help="new bundle folder")
+    refit.add_argument("--components", type=int, default=None, metavar="K",
+                       help="principal components kept (default: 128)")
+    refit.add_argument("--reject-percentile", type=float, default=None, metavar="P",
+                       help="refuse above this percentile of validation scores (default: 99.5)")
+    refit.add_argument("--warn-percentile", type=float, default=None, metavar="P",
+                       help="warn above this percentile of validation scores (default: 97)")
+    _add_model_option(refit)
+
     predict = commands.add_parser(
         "predict", help="predict files and folders",
         description="One row per file: path, probability (calibrated P(pneumonia)), label, "
@@ -191,6 +209,20 @@ def _calibrate(args) -> int:
     return 0
 
 
+def _refit_gate(args) -> int:
+    from . import gate
+    from .refit_gate import refit_gate, summary
+
+    entry = refit_gate(
+        args.data_dir, args.out, args.model,
+        n_components=args.components or gate.N_COMPONENTS,
+        reject_percentile=args.reject_percentile or gate.REJECT_PERCENTILE,
+        warn_percentile=args.warn_percentile or gate.WARN_PERCENTILE)
+    print(summary(entry))
+    print(f"bundle with the refitted gate: {args.out}")
+    return 0
+
+
 def _predict(args) -> int:
     from .batch import RunStats, expand_paths, predict_paths, write_rows
     from .predictor import Predictor
@@ -248,7 +280,7 @@ def main(argv: list[str] | None = None) -> int:
     from .models import BackboneWeightsError
 
     handlers = {"train": _train, "evaluate": _evaluate, "calibrate": _calibrate,
-                "predict": _predict, "export-feedback": _export_feedback, "serve": _serve,
+                "refit-gate": _refit_gate, "predict": _predict, "export-feedback": _export_feedback, "serve": _serve,
                 "bench": _bench}
     try:
         return handlers[args.command](args)

@@ -28,7 +28,7 @@ from .calibration import calibrate, choose_inconclusive_band, choose_threshold, 
 from .config import CLASS_NAMES, TrainConfig
 from .data import DataError, discover, limit_per_class, load_images, make_dataset, \
     merge_duplicates, split_by_block, split_by_patient
-from .gate import GATE_FILE, FeatureGate
+from .gate import GATE_FILE, fit_gate
 from .metrics import screening_metrics
 from .models import build_model, head_only, resolve_backbone_weights, set_trainable_blocks, training_model
 from .preprocessing import PREPROCESSING_DESCRIPTION, PREPROCESSING_VERSION
@@ -46,7 +46,9 @@ def _class_weights(labels: np.ndarray) -> dict[int, float]:
     return {c: float(len(labels) / (2 * counts[c])) for c in range(2)}
 
 
-def _prepare_split(config: TrainConfig):
+def prepare_split(config: TrainConfig):
+    """``(train, val, n_duplicates)``: the samples of ``config.data_dir`` as training splits
+    them (duplicates merged, a trustworthy val/ kept, else by patient or block, seeded)."""
     train, val = discover(config.data_dir, for_training=True)
     val_paths = {s.path for s in val}
     everything, n_duplicates = merge_duplicates(train + val)
@@ -164,19 +166,6 @@ def _fine_tune(model, run_dir: Path, data: dict, weights: dict, config: TrainCon
     return _history_rows(history, "fine-tune")
 
 
-def _fit_gate(f_train: np.ndarray, f_val: np.ndarray, run_dir: Path) -> dict:
-    """The input gate's statistics, saved for the bundle; returns the card's summary."""
-    gate = FeatureGate.fit(f_train, f_val)
-    gate.save(run_dir / GATE_FILE)
-    return {
-        "method": "PCA distance of pooled backbone features from the training X-rays",
-        "n_components": int(len(gate.components)),
-        "warn_above": gate.warn_above, "reject_above": gate.reject_above,
-        "false_rejection_validation": float(np.mean(gate.score(f_val) > gate.reject_above)),
-        "false_rejection_train": float(np.mean(gate.score(f_train) > gate.reject_above)),
-    }
-
-
 def _calibrate_on_validation(logits: np.ndarray, y_val: np.ndarray, run_dir: Path,
                              config: TrainConfig) -> dict:
     """Calibration, operating point and validation metrics, with their plots."""
@@ -238,7 +227,7 @@ def run_training(config: TrainConfig, command: str = "") -> Path:
     started = time.monotonic()
     resolve_backbone_weights(config.backbone_weights)  # fail before any slow work
     keras.utils.set_random_seed(config.seed)
-    train, val, n_duplicates = _prepare_split(config)  # before any folder is made
+    train, val, n_duplicates = prepare_split(config)  # before any folder is made
     run_name = config.run_name or dt.datetime.now().strftime("%Y%m%d-%H%M%S")
     run_dir = Path(config.out_dir) / run_name
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -269,7 +258,7 @@ def run_training(config: TrainConfig, command: str = "") -> Path:
     pooled_and_logit = keras.Model(model.input, [model.get_layer("pool").output, model.output])
     f_val, logits = pooled_and_logit.predict(x_val, batch_size=config.batch_size, verbose=0)
     f_train, _ = pooled_and_logit.predict(x_train, batch_size=config.batch_size, verbose=0)
-    gate = _fit_gate(f_train, f_val, run_dir)
+    gate = fit_gate(f_train, f_val, run_dir / GATE_FILE)
     metrics = _calibrate_on_validation(logits.reshape(-1), data["y_val"], run_dir, config)
     timings["calibration_and_gate_seconds"] = round(time.monotonic() - t0, 1)
     timings["total_seconds"] = round(time.monotonic() - started, 1)

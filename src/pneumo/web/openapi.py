@@ -50,9 +50,10 @@ def _input_check(statuses: list[str], description: str) -> dict:
                 "description": "Distance of the image's backbone features from the training "
                                "X-rays, in standard deviations of the training scores; the "
                                "cut-offs are the model card's `input_gate.warn_above` and "
-                               "`input_gate.reject_above` (97th and 99th percentiles on "
-                               "validation X-rays). Null when the image was refused before "
-                               "the network ran, or the model has no feature gate."},
+                               "`input_gate.reject_above` (percentiles of the same score "
+                               "on validation X-rays, given beside them). Null when the "
+                               "image was refused before the network ran, or the model has "
+                               "no feature gate."},
         },
     }
 
