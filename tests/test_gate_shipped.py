@@ -73,12 +73,15 @@ def _model_line(shipped: Predictor, figures) -> None:
     if figures.sections.get(FIGURES):
         return
     gate = shipped.card.get("input_gate", {})
+    warn, reject = gate.get("warn_percentile", 97), gate.get("reject_percentile", 99)
     figures.note(FIGURES, "How the gate decides: image checks (colour photograph, almost "
                  "blank, random noise, resolution, shape) run before the network; then the "
                  "distance of the image's pooled backbone features from those of the training "
-                 "X-rays (PCA: whitened distance inside the top components, residual outside) "
-                 "is compared with cut-offs that are the 97th (warn) and 99th (refuse) "
-                 "percentiles of the same score on validation X-rays. Nothing was tuned on the "
+                 f"X-rays (PCA with {gate.get('n_components', '?')} components: whitened "
+                 "distance inside them, residual outside) is compared with cut-offs that are "
+                 f"the {warn:g}th (warn) and {reject:g}th (refuse) percentiles of the same score "
+                 "on validation X-rays. The design (components, percentiles) was chosen on a "
+                 "separate development set of non-X-rays (src/pneumo/gate.py), never on the "
                  "images below. Refused: 422 `not_a_chest_xray`, no label; warned: the "
                  "prediction with the reasons.")
     figures.add(FIGURES, "model", f"{shipped.name} {shipped.version}")
