@@ -163,3 +163,11 @@ def test_the_heatmap_png_is_the_colour_map_with_its_alpha():
         expected = np.round(colormaps["jet"](heat) * 255).astype(np.int32)
         expected[..., 3] = np.round(np.clip(heat * 1.25, 0, 1) * 255)
         assert np.abs(shown - expected).max() <= 1
+
+
+def test_a_predictor_holds_numpy_blas_to_one_thread(tiny_predictor):
+    """OpenBLAS threads spinning beside the engine's cost a third of its speed."""
+    from threadpoolctl import threadpool_info
+
+    blas = [pool for pool in threadpool_info() if pool["user_api"] == "blas"]
+    assert blas and all(pool["num_threads"] == 1 for pool in blas)

@@ -45,6 +45,28 @@ ONNX_FILE = "model.onnx"
 HEAD_FILE = "head.json"
 
 
+_BLAS_HELD = False
+
+
+def hold_blas_to_one_thread() -> None:
+    """Keep numpy's BLAS (OpenBLAS) to one thread in this process, from now on.
+
+    Around the network the predictor does a few small matrix products (the
+    class activation maps, the input gate's PCA). OpenBLAS spreads them over
+    every core, and its threads then spin, waiting for more, on the cores the
+    engine's own threads need: on the 2-core machine of docs/performance.md a
+    batch of 4 took 130 ms through the predictor against 92 ms for the engine
+    alone, and 92 ms with BLAS held to one thread. Training does not load a
+    ``Predictor`` and keeps every thread."""
+    global _BLAS_HELD
+    if _BLAS_HELD:
+        return
+    from threadpoolctl import threadpool_limits
+
+    threadpool_limits(limits=1, user_api="blas")
+    _BLAS_HELD = True
+
+
 class TensorFlowEngine:
     """The bundle's Keras model, re-wired to return its features, inside ``tf.function``."""
 

@@ -20,7 +20,7 @@ from .config import CLASS_NAMES, default_bundle_path
 from .explain import class_activation_maps, evidence_map
 from .gate import GATE_FILE, Assessment, FeatureGate, image_checks
 from .imaging import DecodedImage, load_image
-from .preprocessing import to_model_input
+from .preprocessing import decode_side, to_model_input
 
 
 @dataclasses.dataclass
@@ -54,9 +54,10 @@ class Predictor:
         self.bias = float(card["calibration"].get("bias", 0.0))
         # probabilities where validation accuracy was clearly lower; None: no band
         self.inconclusive_band = card.get("inconclusive")
-        if not hasattr(engine, "logit_weights"):
-            from .engine import TensorFlowEngine
+        from .engine import TensorFlowEngine, hold_blas_to_one_thread
 
+        hold_blas_to_one_thread()
+        if not hasattr(engine, "logit_weights"):
             engine = TensorFlowEngine(engine)
         self.engine = engine
         self._logit_weights = engine.logit_weights
@@ -86,10 +87,15 @@ class Predictor:
         """Calibrated P(PNEUMONIA) for raw logits, with the card's calibration."""
         return calibrate(logits, self.temperature, self.bias)
 
+    def decode(self, source: str | Path | bytes, at_least: int | None = None) -> DecodedImage:
+        """A file or upload decoded for this model: large JPEGs at a reduced scale, but
+        never below ``at_least`` pixels a side (e.g. for showing the image back)."""
+        return load_image(source, reduce_to=max(decode_side(self.image_size), at_least or 0))
+
     def prepare(self, image: DecodedImage | np.ndarray | str | Path | bytes) -> np.ndarray:
         """Any accepted input -> the model's uint8 ``(S, S, 1)`` array."""
         if isinstance(image, (str, Path, bytes, bytearray)):
-            image = load_image(image)
+            image = self.decode(image)
         pixels = image.pixels if isinstance(image, DecodedImage) else image
         return to_model_input(pixels, self.image_size)
 
