@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import io
+
 import numpy as np
 import pytest
+from PIL import Image
 
 from pneumo.gate import Assessment, FeatureGate, image_checks
 from pneumo.imaging import DecodedImage, load_image
@@ -100,3 +103,14 @@ def test_assessment_summary_and_json():
     assert result.to_dict()["feature_score"] == 1.235
     result.add("rejected", "almost blank")
     assert result.summary() == "rejected: low resolution (150x150 pixels); almost blank"
+
+
+def test_shape_and_resolution_are_judged_on_the_image_as_sent_not_as_decoded():
+    wide = Image.fromarray(synthetic_xray(2, size=(700, 2100)))
+    buffer = io.BytesIO()
+    wide.save(buffer, "JPEG", quality=90)
+    decoded = load_image(buffer.getvalue(), reduce_to=200)
+    assert decoded.pixels.shape == (350, 1050)  # decoded at half scale
+    result = image_checks(decoded)
+    assert result.status == "warning"
+    assert result.reasons == ["unusual shape for a chest film (2100x700)"]

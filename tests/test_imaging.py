@@ -508,3 +508,31 @@ def test_raster_error_messages_are_plain_sentences(png, jpeg):
         with pytest.raises(ImageError) as caught:
             load_image(data)
         assert_plain(caught.value)
+
+
+# -- decoding for the model: large JPEGs at a reduced DCT scale ---------------------------
+
+@pytest.mark.parametrize("orientation", [1, 6, 8])
+def test_reduce_to_decodes_a_large_jpeg_smaller_but_never_below_it(orientation):
+    upright = synthetic_xray(7, (1200, 900))  # (height, width)
+    stored = Image.fromarray(upright)
+    if orientation != 1:
+        stored = stored.transpose(_INVERSE[orientation])
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    data = _save(stored, "JPEG", quality=92, exif=exif)
+    full, reduced = load_image(data), load_image(data, reduce_to=300)
+    assert full.pixels.shape == (1200, 900) and full.size == (900, 1200)
+    assert reduced.size == (900, 1200)  # the size as sent, upright
+    # the largest DCT scale (1/2, 1/4, 1/8) keeping both sides at least 300: 1/2
+    assert reduced.pixels.shape == (600, 450)
+    # the same picture: the full decode, shrunk, is within a few grey levels of it
+    shrunk = np.asarray(Image.fromarray(full.pixels).resize((450, 600), Image.BILINEAR))
+    assert np.abs(shrunk.astype(int) - reduced.pixels).mean() < 3
+
+
+def test_reduce_to_leaves_small_jpegs_and_other_formats_alone(xray):
+    png = encode(synthetic_xray(3, (1024, 1024)))
+    assert load_image(png, reduce_to=224).pixels.shape == (1024, 1024)
+    small = _save(Image.fromarray(xray), "JPEG", quality=95)
+    assert load_image(small, reduce_to=224).pixels.shape == xray.shape

@@ -33,7 +33,7 @@ import numpy as np
 
 from .data import IMAGE_SUFFIXES
 from .gate import image_checks
-from .imaging import ImageError, load_image
+from .imaging import ImageError
 from .predictor import Predictor
 
 COLUMNS = ["path", "probability", "label", "inconclusive", "status"]
@@ -137,15 +137,16 @@ def predict_paths(predictor: Predictor, paths: list[Path], batch_size: int | Non
     def decode(path: Path):
         """(model input or None, image checks or None, status for a refused file)."""
         try:
-            decoded = load_image(path)
+            decoded = predictor.decode(path)
         except ImageError as exc:
             return None, None, str(exc)
         except OSError as exc:
             return None, None, f"cannot read file: {exc}"
-        checks = image_checks(decoded)
+        model_input = predictor.prepare(decoded)
+        checks = image_checks(decoded, model_input)
         if checks.status == "rejected":
             return None, checks, checks.summary()
-        return predictor.prepare(decoded), checks, "ok"
+        return model_input, checks, "ok"
 
     depth = 2 * max(batch_size or 0, *CANDIDATE_BATCH_SIZES)
     with ThreadPoolExecutor(max_workers=DECODE_THREADS) as pool, \

@@ -19,7 +19,7 @@ import numpy as np
 
 from .config import CLASS_NAMES, cache_dir
 from .imaging import ImageError, load_image
-from .preprocessing import PREPROCESSING_VERSION, to_model_input
+from .preprocessing import PREPROCESSING_VERSION, decode_side, to_model_input
 
 log = logging.getLogger(__name__)
 
@@ -255,7 +255,7 @@ def limit_per_class(samples: list[Sample], limit: int | None, seed: int) -> list
 
 def decode_for_model(path: Path, size: int) -> np.ndarray:
     """One file -> the model's uint8 ``(size, size, 1)`` input, via the shared path."""
-    return to_model_input(load_image(path).pixels, size)
+    return to_model_input(load_image(path, reduce_to=decode_side(size)).pixels, size)
 
 
 def load_images(samples: list[Sample], size: int, *, use_cache: bool = True,

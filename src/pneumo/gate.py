@@ -31,6 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from .imaging import DecodedImage
+from .preprocessing import to_model_input
 
 GATE_FILE = "gate.npz"
 #: Feature-gate defaults (see the module docstring for how they were chosen).
@@ -38,7 +39,9 @@ N_COMPONENTS = 128
 REJECT_PERCENTILE = 99.5
 WARN_PERCENTILE = 97.0
 
-#: Image-statistics cut-offs. Training X-rays are 224x224 8-bit grayscale.
+#: Image-statistics cut-offs. Training X-rays are 224x224 8-bit grayscale; contrast and
+#: smoothness are measured at that size whatever the upload's.
+CHECK_SIDE = 224
 MAX_COLORFULNESS = 12.0  # mean chroma (0-255); grayscale saved as RGB JPEG is ~0-2
 MIN_CONTRAST = 10.0  # standard deviation of pixel values
 MIN_SIDE_REJECT = 64
@@ -76,23 +79,32 @@ class Assessment:
 
 
 def neighbour_correlation(pixels: np.ndarray) -> float:
-    """Correlation of each pixel with its right-hand neighbour, on at most ~256 rows."""
-    rows = pixels[:: max(1, pixels.shape[0] // 256)].astype(np.float64)
-    left, right = rows[:, :-1].ravel(), rows[:, 1:].ravel()
+    """Correlation of each pixel with its right-hand neighbour."""
+    pixels = pixels.astype(np.float64)
+    left, right = pixels[:, :-1].ravel(), pixels[:, 1:].ravel()
     if left.size < 2 or left.std() == 0 or right.std() == 0:
         return 1.0
     return float(np.corrcoef(left, right)[0, 1])
 
 
-def image_checks(image: DecodedImage) -> Assessment:
-    """What the pixels alone say, before the network runs."""
+def image_checks(image: DecodedImage, model_input: np.ndarray | None = None) -> Assessment:
+    """What the pixels alone say, before the network runs.
+
+    Contrast and smoothness are measured at ``CHECK_SIDE`` pixels a side, the
+    training X-rays' own size, where the cut-offs were set; ``model_input`` (the
+    image as ``to_model_input`` made it), when of that size, saves the resize.
+    Resolution and shape are judged on the image as sent."""
     result = Assessment()
-    height, width = image.pixels.shape
+    width, height = image.size
+    if model_input is not None and model_input.shape[:2] == (CHECK_SIDE, CHECK_SIDE):
+        pixels = model_input.reshape(CHECK_SIDE, CHECK_SIDE)
+    else:
+        pixels = to_model_input(image.pixels, CHECK_SIDE)[:, :, 0]
     if image.colorfulness > MAX_COLORFULNESS:
         result.add("rejected", "looks like a colour photograph, not a radiograph")
-    if float(image.pixels.std()) < MIN_CONTRAST:
+    if float(pixels.std()) < MIN_CONTRAST:
         result.add("rejected", "almost blank: the image has no visible structure")
-    elif neighbour_correlation(image.pixels) < MIN_NEIGHBOUR_CORRELATION:
+    elif neighbour_correlation(pixels) < MIN_NEIGHBOUR_CORRELATION:
         result.add("rejected", "looks like random noise, not a radiograph")
     if min(height, width) < MIN_SIDE_REJECT:
         result.add("rejected", f"very low resolution ({width}x{height} pixels)")
