@@ -8,7 +8,9 @@ import io
 import sqlite3
 from contextlib import closing
 
+import numpy as np
 import pytest
+from PIL import Image
 
 from pneumo import studies
 from pneumo.bundle import read_card
@@ -124,6 +126,10 @@ def test_predictions_are_kept_and_found_through_the_api(app, tmp_path):
         "total"] == 0
     thumbnail = client.get(f"/api/v1/studies/{body['study_id']}/thumbnail.png")
     assert thumbnail.mimetype == "image/png" and thumbnail.data.startswith(b"\x89PNG")
+    # the image as the model saw it, kept losslessly (encoded while the network ran)
+    kept = StudyStore(tmp_path / "data").image(body["study_id"], "model_input")
+    seen = app.extensions["pneumo.predictor"].prepare(encode(synthetic_xray(2, (300, 260))))
+    assert np.array_equal(np.asarray(Image.open(io.BytesIO(kept))), seen[:, :, 0])
     # the upload's name never reaches the database
     stored = (tmp_path / "data" / studies.DATABASE_FILE).read_bytes()
     assert b"Doe" not in stored and b"1970" not in stored

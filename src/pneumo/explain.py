@@ -64,7 +64,7 @@ def heatmap_png(heatmap: np.ndarray, size: tuple[int, int], colormap: str = "jet
     image = Image.frombytes("P", (levels.shape[1], levels.shape[0]), levels.tobytes())
     image.putpalette(colours)
     buffer = io.BytesIO()
-    image.save(buffer, "PNG", transparency=alpha)
+    image.save(buffer, "PNG", transparency=alpha, compress_level=1)  # smooth: level 1 suffices
     return buffer.getvalue()
 
 

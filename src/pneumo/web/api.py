@@ -24,7 +24,8 @@ from PIL import Image
 
 from ..explain import heatmap_png
 from ..gate import Assessment, image_checks
-from ..imaging import DecodedImage, ImageError, load_image
+from ..imaging import DecodedImage, ImageError
+from ..studies import study_images
 from . import history, openapi
 from .errors import ApiError, error_body
 from .model import get_holder, get_predictor, unavailable_message
@@ -74,9 +75,9 @@ def _flag(name: str, default: bool) -> bool:
                    f"query parameter '{name}' must be true or false, not {raw[:20]!r}")
 
 
-def _decode(data: bytes) -> DecodedImage:
+def _decode(predictor, data: bytes, at_least: int | None = None) -> DecodedImage:
     try:
-        return load_image(data)
+        return predictor.decode(data, at_least)
     except ImageError as exc:
         raise ApiError(exc.status, exc.code, str(exc)) from None
 
@@ -112,9 +113,9 @@ def _refusal(assessment: Assessment) -> ApiError:
                     extra={"input_check": assessment.to_dict()})
 
 
-def _checked(decoded: DecodedImage) -> Assessment:
+def _checked(decoded: DecodedImage, model_input: np.ndarray) -> Assessment:
     """The image checks, before any inference; ApiError 422 if they reject the input."""
-    checks = image_checks(decoded)
+    checks = image_checks(decoded, model_input)
     if checks.status == "rejected":
         raise _refusal(checks)
     return checks
@@ -123,7 +124,7 @@ def _checked(decoded: DecodedImage) -> Assessment:
 def _fields(prediction, decoded: DecodedImage, assessment: Assessment, *,
             with_image: bool) -> dict:
     """The JSON for one prediction, heatmap sized to the image's aspect ratio."""
-    height, width = decoded.pixels.shape
+    width, height = decoded.size
     body = {
         **prediction.to_dict(),
         "input_check": assessment.to_dict(),
@@ -143,8 +144,8 @@ def _fields(prediction, decoded: DecodedImage, assessment: Assessment, *,
     return body
 
 
-def _infer(predictor, batch: np.ndarray, heatmaps: bool):
-    return get_holder().predict(batch, heatmaps,
+def _infer(predictor, batch: np.ndarray, heatmaps: bool, meanwhile=None):
+    return get_holder().predict(batch, heatmaps, meanwhile=meanwhile,
                                 timeout=float(current_app.config["PNEUMO_INFERENCE_TIMEOUT"]))
 
 
@@ -159,14 +160,19 @@ def predict():
         raise ApiError(400, "bad_request",
                        f"{len(files)} files were sent; send one, or use /api/v1/predict/batch")
     upload = read_upload(files[0])
-    decoded = _decode(upload.data)
-    checks = _checked(decoded)
+    decoded = _decode(predictor, upload.data,
+                      current_app.config["PNEUMO_IMAGE_SIDE"] if with_image else None)
     model_input = predictor.prepare(decoded)
-    prediction = _infer(predictor, model_input[None], heatmaps)[0]
+    checks = _checked(decoded, model_input)
+    images = []
+    meanwhile = (lambda: images.append(study_images(model_input))) \
+        if history.will_keep(wanted) else None
+    prediction = _infer(predictor, model_input[None], heatmaps, meanwhile)[0]
     assessment = predictor.assess(decoded, prediction, checks=checks)
     if assessment.status == "rejected":
         raise _refusal(assessment)
-    study_id = history.keep(prediction, model_input, assessment, predictor, wanted)
+    study_id = history.keep(prediction, model_input, assessment, predictor, wanted,
+                            images=images[0] if images else None)
     return jsonify({"filename": upload.name,
                     **_fields(prediction, decoded, assessment, with_image=with_image),
                     "model": model_info(predictor), "study_id": study_id})
@@ -188,12 +194,13 @@ def predict_batch():
         entry = {"index": index, "filename": clean_name(storage.filename) or None, "ok": False}
         entries.append(entry)
         try:
-            decoded = _decode(read_upload(storage).data)
-            checks = _checked(decoded)
+            decoded = _decode(predictor, read_upload(storage).data)
+            model_input = predictor.prepare(decoded)
+            checks = _checked(decoded, model_input)
         except ApiError as exc:
             _fail(entry, exc)
             continue
-        accepted.append((index, decoded, checks, predictor.prepare(decoded)))
+        accepted.append((index, decoded, checks, model_input))
     succeeded = 0
     if accepted:
         predictions = _infer(predictor, np.stack([item[3] for item in accepted]), heatmaps)

@@ -57,14 +57,22 @@ def get_store() -> StudyStore | None:
     return current_app.extensions.get(_EXTENSION)
 
 
-def keep(prediction, model_input, assessment, predictor, wanted: bool = True) -> str | None:
-    """Keep a prediction as a study unless studies are off or the client did not want it
-    (``?keep=false``); returns its id or None."""
-    store = get_store()
-    if store is None or not wanted or not auth.authenticated():
-        return None  # a client without the token may screen, but not write the history
-    return store.add(prediction, model_input, input_status=assessment.status,
-                     model_name=predictor.name, model_version=predictor.version)
+def will_keep(wanted: bool = True) -> bool:
+    """Whether this request's prediction becomes a study: studies on, the client did not
+    say ``?keep=false``, and it may write the history (a client without the token may
+    screen, but not write it)."""
+    return get_store() is not None and wanted and auth.authenticated()
+
+
+def keep(prediction, model_input, assessment, predictor, wanted: bool = True,
+         images: tuple[bytes, bytes] | None = None) -> str | None:
+    """Keep a prediction as a study if ``will_keep(wanted)``; returns its id or None.
+    ``images``: ``study_images(model_input)``, if already encoded."""
+    if not will_keep(wanted):
+        return None
+    return get_store().add(prediction, model_input, input_status=assessment.status,
+                           model_name=predictor.name, model_version=predictor.version,
+                           images=images)
 
 
 def _store_or_404(api: bool) -> StudyStore:

@@ -137,11 +137,15 @@ class ModelHolder:
         """``function(*args)`` on the inference thread; ApiError 504 after ``timeout`` s."""
         return self._submit(_Job(concurrent.futures.Future(), function, args), timeout)
 
-    def predict(self, batch: np.ndarray, heatmaps: bool, *, timeout: float) -> list:
+    def predict(self, batch: np.ndarray, heatmaps: bool, *, timeout: float,
+                meanwhile=None) -> list:
         """``predictor.predict_batch(batch, heatmaps)`` on the inference thread, merged
-        with other requests waiting at the same time; ApiError 504 after ``timeout`` s."""
+        with other requests waiting at the same time; ApiError 504 after ``timeout`` s.
+
+        ``meanwhile``: work of this request's own that does not need the result
+        (encoding the study's images), done while the network runs."""
         return self._submit(_Job(concurrent.futures.Future(), batch=batch,
-                                 heatmaps=bool(heatmaps)), timeout)
+                                 heatmaps=bool(heatmaps)), timeout, meanwhile)
 
     def arriving(self) -> None:
         """A prediction request has started: the batcher may wait a little for it."""
@@ -154,14 +158,19 @@ class ModelHolder:
             self._arriving = max(0, self._arriving - 1)
             self._condition.notify_all()
 
-    def _submit(self, job: _Job, timeout: float):
+    def _submit(self, job: _Job, timeout: float, meanwhile=None):
         deadline = time.monotonic() + timeout
+        counted = _counted(self)
         with self._condition:
+            if counted:  # queued and no longer arriving, in one step for the batcher
+                self._arriving = max(0, self._arriving - 1)
             if self._stopped:
+                self._condition.notify_all()
                 raise ApiError(503, "model_unavailable", "the server is shutting down")
             self._queue.append(job)
             self._condition.notify_all()
-        _mark_arrived(self)
+        if meanwhile is not None:
+            meanwhile()
         try:
             result = job.future.result(timeout=timeout)
         except concurrent.futures.TimeoutError:
@@ -255,14 +264,21 @@ def _settle(future: concurrent.futures.Future, function, *args) -> None:
         future.set_result(result)
 
 
-def _mark_arrived(holder: ModelHolder) -> None:
-    """Within a counted request, tell the batcher once that it need not wait for it."""
+def _counted(holder: ModelHolder) -> bool:
+    """Whether this request counted itself in as arriving and still is; if so it is
+    no longer, and the caller must take it off ``holder``'s count."""
     try:
         counted = g.get("pneumo_arriving") is holder
     except RuntimeError:  # outside a request (tests, scripts)
-        return
+        return False
     if counted:
         g.pneumo_arriving = None
+    return counted
+
+
+def _mark_arrived(holder: ModelHolder) -> None:
+    """Within a counted request, tell the batcher once that it need not wait for it."""
+    if _counted(holder):
         holder.arrived()
 
 
