@@ -67,7 +67,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--images", type=int, default=500,
                         help="images in the folder given to pneumo predict")
     parser.add_argument("--image-side", type=int, default=1024,
-                        help="side of the PNG uploads, in pixels")
+                        help="side of the uploads, in pixels")
+    parser.add_argument("--upload-format", choices=("jpeg", "png"), default="jpeg",
+                        help="format of the uploads: JPEG (quality 90, what phones, "
+                             "telemedicine and the training collection use) or 8-bit PNG")
     parser.add_argument("--images-from", metavar="DIR", default=None,
                         help="make the uploads from the X-rays in DIR (resized to "
                              "--image-side, with a little noise) instead of drawing them: a "
@@ -136,8 +139,9 @@ def synthetic_xray(seed: int, side: int) -> np.ndarray:
     return np.clip(image, 0, 255).astype(np.uint8)
 
 
-def write_images(folder: Path, count: int, side: int, source: str | None = None) -> list[Path]:
-    """``count`` PNG uploads of ``side`` x ``side`` pixels: drawn, or made from the
+def write_images(folder: Path, count: int, side: int, source: str | None = None,
+                 fmt: str = "png") -> list[Path]:
+    """``count`` PNG or JPEG uploads of ``side`` x ``side`` pixels: drawn, or made from the
     X-rays under ``source`` (resized, with detector-like noise so that no two are
     the same file)."""
     from PIL import Image
@@ -162,8 +166,11 @@ def write_images(folder: Path, count: int, side: int, source: str | None = None)
             pixels = np.clip(resized + noise, 0, 255).astype(np.uint8)
         else:
             pixels = synthetic_xray(i, side)
-        path = folder / f"xray-{i:05d}.png"
-        Image.fromarray(pixels).save(path, compress_level=1)
+        path = folder / f"xray-{i:05d}.{'jpg' if fmt == 'jpeg' else 'png'}"
+        if fmt == "jpeg":
+            Image.fromarray(pixels).save(path, quality=90)
+        else:
+            Image.fromarray(pixels).save(path, compress_level=1)
         paths.append(path)
     return paths
 
@@ -316,8 +323,9 @@ def free_port() -> int:
 
 def multipart(name: str, data: bytes) -> tuple[str, bytes]:
     boundary = "pneumoBench" + os.urandom(8).hex()
+    kind = "image/jpeg" if name.endswith(".jpg") else "image/png"
     body = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; "
-            f"filename=\"{name}\"\r\nContent-Type: image/png\r\n\r\n").encode() + data + \
+            f"filename=\"{name}\"\r\nContent-Type: {kind}\r\n\r\n").encode() + data + \
         f"\r\n--{boundary}--\r\n".encode()
     return f"multipart/form-data; boundary={boundary}", body
 
@@ -454,7 +462,8 @@ def serve_and_measure(report: Report, bundle: Path, bodies: list, args, work: Pa
         times, statuses, heatmaps = sequential_requests(server.port, bodies, args.requests)
         found["p50"], found["p95"] = _percentile(times, 50), _percentile(times, 95)
         detail = (f"{args.requests} sequential requests, {args.image_side}x{args.image_side} "
-                  f"PNG uploads, {heatmaps} with heatmap{_statuses(statuses)}")
+                  f"{args.upload_format.upper()} uploads, {heatmaps} with heatmap"
+                  f"{_statuses(statuses)}")
         report.add("API request with heatmap, p50", 1000 * found["p50"], "ms", detail)
         report.add("API request with heatmap, p95", 1000 * found["p95"], "ms", detail)
         wall, latencies, statuses = concurrent_requests(server.port, bodies, args.clients,
@@ -552,13 +561,15 @@ def run(args) -> Report:
     with tempfile.TemporaryDirectory(prefix="pneumo-bench-") as temp:
         work = Path(temp)
         origin = f"made from the X-rays in {args.images_from}" if args.images_from else "drawn"
-        print(f"writing {args.images} {args.image_side}px PNG uploads ({origin})",
+        kind = args.upload_format.upper()
+        print(f"writing {args.images} {args.image_side}px {kind} uploads ({origin})",
               file=sys.stderr)
-        paths = write_images(work / "images", args.images, args.image_side, args.images_from)
-        report.notes.append(f"Uploads: {args.images} PNGs of {args.image_side}x"
+        paths = write_images(work / "images", args.images, args.image_side, args.images_from,
+                             args.upload_format)
+        report.notes.append(f"Uploads: {args.images} {kind}s of {args.image_side}x"
                             f"{args.image_side} pixels, {origin}.")
         uploads = [path.read_bytes() for path in paths[:64]]
-        bodies = [multipart(f"xray-{i}.png", data) for i, data in enumerate(uploads)]
+        bodies = [multipart(path.name, data) for path, data in zip(paths, uploads)]
         size = int(card["input"]["size"])
         inputs = np.stack([to_model_input(load_image(data).pixels, size)
                            for data in uploads[:16]])
