@@ -16,10 +16,12 @@ name, never DICOM header fields.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import io
 import os
 import sqlite3
+import threading
 import uuid
 from contextlib import closing
 from dataclasses import dataclass
@@ -140,23 +142,41 @@ def _study(row) -> Study:
 
 
 class StudyStore:
-    """The database at ``data_dir / pneumo.sqlite3``; one short connection per call, so
-    it is safe from any request thread."""
+    """The database at ``data_dir / pneumo.sqlite3``, safe from any request thread: each
+    thread keeps its own connection.
+
+    The database is in write-ahead-log mode with ``synchronous = FULL``: every
+    committed study is on disk before the request answers, as before, but a commit
+    appends to one file instead of journalling and rewriting pages, and a kept
+    connection skips opening the file each time. Keeping a study fell from 0.83 ms
+    to 0.27 ms of database time on the machine of docs/performance.md. Back the
+    file up with SQLite's own ``.backup`` (it includes the log), not by copying it.
+    """
 
     def __init__(self, data_dir: str | Path):
         self.data_dir = Path(data_dir)
         self.path = self.data_dir / DATABASE_FILE
         self.data_dir.mkdir(parents=True, exist_ok=True)
+        self._local = threading.local()
         self.migrate()
 
     def _connect(self) -> sqlite3.Connection:
         db = sqlite3.connect(self.path, timeout=30, isolation_level=None)
         db.execute("PRAGMA foreign_keys = ON")
+        db.execute("PRAGMA synchronous = FULL")
         return db
+
+    @contextlib.contextmanager
+    def _db(self):
+        """This thread's connection (opened on first use, kept)."""
+        db = getattr(self._local, "db", None)
+        if db is None:
+            db = self._local.db = self._connect()
+        yield db
 
     @property
     def schema_version(self) -> int:
-        with closing(self._connect()) as db:
+        with self._db() as db:
             return db.execute("PRAGMA user_version").fetchone()[0]
 
     def migrate(self) -> int:
@@ -178,6 +198,7 @@ class StudyStore:
                 except BaseException:
                     db.execute("ROLLBACK")
                     raise
+            db.execute("PRAGMA journal_mode = WAL")  # kept in the file; see the class
             return len(MIGRATIONS)
 
     def add(self, prediction, model_input: np.ndarray | None, *, input_status: str,
@@ -188,7 +209,7 @@ class StudyStore:
         thumbnail, full = images if images is not None else study_images(model_input)
         study_id = uuid.uuid4().hex
         created = (now or dt.datetime.now(dt.timezone.utc)).astimezone(dt.timezone.utc)
-        with closing(self._connect()) as db, db:
+        with self._db() as db, db:
             db.execute("BEGIN")
             db.execute("INSERT INTO studies VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", (
                 study_id, created.isoformat(timespec="seconds"), prediction.label,
@@ -198,7 +219,7 @@ class StudyStore:
         return study_id
 
     def get(self, study_id: str) -> Study:
-        with closing(self._connect()) as db:
+        with self._db() as db:
             row = db.execute(_SELECT + " WHERE s.id = ?", (study_id,)).fetchone()
         if row is None:
             raise StudyNotFound(study_id)
@@ -208,7 +229,7 @@ class StudyStore:
         """The study's PNG: ``thumbnail`` or ``model_input``."""
         if kind not in ("thumbnail", "model_input"):
             raise ValueError(kind)
-        with closing(self._connect()) as db:
+        with self._db() as db:
             row = db.execute(f"SELECT {kind} FROM studies WHERE id = ?", (study_id,)).fetchone()
         if row is None:
             raise StudyNotFound(study_id)
@@ -231,7 +252,7 @@ class StudyStore:
             values.append(label)
         clause = (" WHERE " + " AND ".join(where)) if where else ""
         page = max(1, int(page))
-        with closing(self._connect()) as db:
+        with self._db() as db:
             total = db.execute("SELECT COUNT(*) FROM studies s" + clause, values).fetchone()[0]
             rows = db.execute(_SELECT + clause + " ORDER BY s.created DESC, s.rowid DESC "
                               "LIMIT ? OFFSET ?", [*values, page_size, (page - 1) * page_size]
@@ -247,7 +268,7 @@ class StudyStore:
         if len(comment) > 2000:
             raise ValueError("the comment is longer than 2000 characters")
         updated = (now or dt.datetime.now(dt.timezone.utc)).isoformat(timespec="seconds")
-        with closing(self._connect()) as db, db:
+        with self._db() as db, db:
             db.execute("BEGIN")
             if db.execute("SELECT 1 FROM studies WHERE id = ?", (study_id,)).fetchone() is None:
                 raise StudyNotFound(study_id)
@@ -258,7 +279,7 @@ class StudyStore:
 
     def reviewed(self) -> list[Study]:
         """Every study with feedback, oldest first."""
-        with closing(self._connect()) as db:
+        with self._db() as db:
             rows = db.execute(_SELECT + " WHERE f.verdict IS NOT NULL ORDER BY s.created").fetchall()
         return [_study(row) for row in rows]
 
