@@ -79,12 +79,13 @@ class Assessment:
 
 
 def neighbour_correlation(pixels: np.ndarray) -> float:
-    """Correlation of each pixel with its right-hand neighbour."""
-    pixels = pixels.astype(np.float64)
+    """Correlation of each pixel with its right-hand neighbour (Pearson's r; float32 is
+    ample for a cut-off of 0.5 and twice as fast)."""
+    pixels = pixels.astype(np.float32)
     left, right = pixels[:, :-1].ravel(), pixels[:, 1:].ravel()
-    if left.size < 2 or left.std() == 0 or right.std() == 0:
-        return 1.0
-    return float(np.corrcoef(left, right)[0, 1])
+    left, right = left - left.mean(), right - right.mean()
+    norm = float(np.sqrt(left @ left * (right @ right)))
+    return float(left @ right) / norm if left.size >= 2 and norm > 0 else 1.0
 
 
 def image_checks(image: DecodedImage, model_input: np.ndarray | None = None) -> Assessment:
