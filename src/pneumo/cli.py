@@ -19,6 +19,12 @@ from .config import BACKBONE_WEIGHTS_ENV, IMAGE_SIZE, MODEL_ENV, TrainConfig
 log = logging.getLogger("pneumo")
 
 
+def _add_site_arguments(parser: argparse.ArgumentParser) -> None:
+    """DATA_DIR and --out BUNDLE, for the commands that make a new bundle from a folder."""
+    parser.add_argument("data_dir", metavar="DATA_DIR", help="folder of labelled X-rays")
+    parser.add_argument("--out", required=True, metavar="BUNDLE", help="new bundle folder")
+
+
 def _add_model_option(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", metavar="BUNDLE", default=None,
                         help=f"model bundle folder (default: ${MODEL_ENV} or the shipped "
@@ -93,8 +99,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "new bundle holds metrics.json with 95%% bootstrap intervals, the images "
                     "needed for +/- 5 point intervals, warnings when the sample is too small, "
                     "and the plots.")
-    calibrate.add_argument("data_dir", metavar="DATA_DIR", help="folder of labelled X-rays")
-    calibrate.add_argument("--out", required=True, metavar="BUNDLE", help="new bundle folder")
+    _add_site_arguments(calibrate)
     calibrate.add_argument("--target-sensitivity", type=float, default=None, metavar="S",
                            help="choose the threshold reaching this sensitivity on the site's "
                                 "images (e.g. 0.95) instead of Youden's J")
@@ -108,8 +113,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "scores. Writes a copy of the bundle to --out with the new gate.npz and "
                     "card entry; the network and calibration are untouched. From the model's "
                     "own training folder it gives back training's split.")
-    refit.add_argument("data_dir", metavar="DATA_DIR", help="folder of labelled X-rays")
-    refit.add_argument("--out", required=True, metavar="BUNDLE", help="new bundle folder")
+    _add_site_arguments(refit)
     refit.add_argument("--components", type=int, default=None, metavar="K",
                        help="principal components kept (default: 128)")
     refit.add_argument("--reject-percentile", type=float, default=None, metavar="P",
