@@ -164,7 +164,7 @@ def predict():
                       current_app.config["PNEUMO_IMAGE_SIDE"] if with_image else None)
     model_input = predictor.prepare(decoded)
     checks = _checked(decoded, model_input)
-    images = []
+    images = []  # the study's PNGs, encoded on this thread while the network runs
     meanwhile = (lambda: images.append(study_images(model_input))) \
         if history.will_keep(wanted) else None
     prediction = _infer(predictor, model_input[None], heatmaps, meanwhile)[0]
