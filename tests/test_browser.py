@@ -7,25 +7,17 @@ Screenshots land in ``test-artifacts/`` (git-ignored) for a person to look at.
 from __future__ import annotations
 
 import base64
-import threading
 from pathlib import Path
 
 import pytest
 
+from browsing import CHROMIUM, CHROMIUM_ARGS, MARKS, served
 from conftest import encode, synthetic_xray
 from pneumo.web import create_app
-from pneumo.web.server import Server
 
-CHROMIUM = Path("/usr/bin/chromium")
 ARTIFACTS = Path(__file__).resolve().parents[1] / "test-artifacts"
-CHROMIUM_ARGS = ["--no-sandbox", "--headless", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--no-first-run"]
 
-pytestmark = [
-    pytest.mark.browser,
-    pytest.mark.skipif(not CHROMIUM.exists(),
-                       reason="Debian's chromium is not installed (apt-get install chromium)"),
-]
+pytestmark = MARKS
 sync_api = pytest.importorskip("playwright.sync_api",
                                reason="playwright is not installed (pip install -e '.[test]')")
 expect = sync_api.expect
@@ -33,14 +25,8 @@ expect = sync_api.expect
 
 @pytest.fixture(scope="module")
 def live_server(tiny_predictor):
-    app = create_app({"PNEUMO_PREDICTOR": tiny_predictor})
-    server = Server(app, host="127.0.0.1", port=0, threads=4)
-    thread = threading.Thread(target=server.run, name="test-waitress", daemon=True)
-    thread.start()
-    yield server.url
-    server.stop()
-    assert server.wait_stopped(30)
-    thread.join(10)
+    with served(create_app({"PNEUMO_PREDICTOR": tiny_predictor})) as url:
+        yield url
 
 
 @pytest.fixture(scope="module")

@@ -5,19 +5,14 @@ history, download its report."""
 from __future__ import annotations
 
 import io
-import threading
 
 import pytest
 
+from browsing import CHROMIUM, CHROMIUM_ARGS, MARKS, served
 from pneumo.web import create_app
-from pneumo.web.server import Server
-from test_browser import CHROMIUM, CHROMIUM_ARGS, screenshot, xray_file
+from test_browser import screenshot, xray_file
 
-pytestmark = [
-    pytest.mark.browser,
-    pytest.mark.skipif(not CHROMIUM.exists(),
-                       reason="Debian's chromium is not installed (apt-get install chromium)"),
-]
+pytestmark = MARKS
 sync_api = pytest.importorskip("playwright.sync_api",
                                reason="playwright is not installed (pip install -e '.[test]')")
 
@@ -26,13 +21,8 @@ sync_api = pytest.importorskip("playwright.sync_api",
 def live_server(tiny_predictor, tmp_path_factory):
     app = create_app({"PNEUMO_PREDICTOR": tiny_predictor,
                       "PNEUMO_DATA_DIR": str(tmp_path_factory.mktemp("history"))})
-    server = Server(app, host="127.0.0.1", port=0, threads=4)
-    thread = threading.Thread(target=server.run, name="test-waitress", daemon=True)
-    thread.start()
-    yield server.url
-    server.stop()
-    assert server.wait_stopped(30)
-    thread.join(10)
+    with served(app) as url:
+        yield url
 
 
 @pytest.fixture
