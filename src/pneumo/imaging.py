@@ -119,14 +119,6 @@ class DecodedImage:
         if self.size is None:
             self.size = (int(self.pixels.shape[1]), int(self.pixels.shape[0]))
 
-    @property
-    def width(self) -> int:
-        return self.size[0]
-
-    @property
-    def height(self) -> int:
-        return self.size[1]
-
 
 def sniff_format(head: bytes) -> str | None:
     """The format named by a file's first bytes (at least 132 for DICOM), or None.
