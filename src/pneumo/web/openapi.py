@@ -197,6 +197,12 @@ def _json(schema_name: str, description: str) -> dict:
                 "schema": {"$ref": f"#/components/schemas/{schema_name}"}}}}
 
 
+def _file(media_type: str, description: str) -> dict:
+    """A response whose body is a file (an image, a PDF)."""
+    return {"description": description, "content": {media_type: {"schema": {
+        "type": "string", "format": "binary"}}}}
+
+
 def _errors(*statuses: int) -> dict:
     descriptions = {
         400: "Bad request: no file part, no file name, or a bad query parameter.",
@@ -331,10 +337,7 @@ def spec(server_url: str = "") -> dict:
                 "operationId": "studyThumbnail",
                 "summary": "The study's thumbnail",
                 "parameters": [_STUDY_ID],
-                "responses": {"200": {"description": "PNG.",
-                                      "content": {"image/png": {"schema": {
-                                          "type": "string", "format": "binary"}}}},
-                              **_errors(401, 404, 405)},
+                "responses": {"200": _file("image/png", "PNG."), **_errors(401, 404, 405)},
                 "security": _TOKEN,
             }},
             "/api/v1/studies/{study_id}/report.pdf": {"get": {
@@ -348,9 +351,7 @@ def spec(server_url: str = "") -> dict:
                                {"name": "notes", "in": "query",
                                 "schema": {"type": "string", "maxLength": 2000},
                                 "description": "The reader's notes, printed on the report."}],
-                "responses": {"200": {"description": "PDF.",
-                                      "content": {"application/pdf": {"schema": {
-                                          "type": "string", "format": "binary"}}}},
+                "responses": {"200": _file("application/pdf", "PDF."),
                               **_errors(400, 401, 404, 405, 503, 504)},
                 "security": _TOKEN,
             }},
