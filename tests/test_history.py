@@ -38,26 +38,57 @@ def test_a_new_database_gets_the_whole_schema(tmp_path):
     assert store.path.parent == tmp_path
 
 
-def test_an_old_database_is_migrated_keeping_its_studies(tmp_path, monkeypatch):
-    monkeypatch.setattr(studies, "MIGRATIONS", studies.MIGRATIONS[:1])
-    old = StudyStore(tmp_path)
-    assert old.schema_version == 1
-    kept = add(old)
-    monkeypatch.undo()
+def _version_1_database(folder) -> tuple[str, bytes]:
+    """A database as pneumo's first schema wrote it (a stored thumbnail beside the
+    model input); returns the study's id and its model-input PNG."""
+    image_png = studies.input_png(synthetic_xray(1, (224, 224)))
+    with closing(sqlite3.connect(folder / studies.DATABASE_FILE)) as db, db:
+        db.executescript(studies.MIGRATIONS[0])
+        db.execute("INSERT INTO studies VALUES ('abc', '2026-01-02T03:04:05+00:00', "
+                   "'PNEUMONIA', 0.8, 0.5, 0, 'ok', 'm', '1', ?, ?)",
+                   (b"an old thumbnail", image_png))
+        db.execute("PRAGMA user_version = 1")
+    return "abc", image_png
+
+
+def test_an_old_database_is_migrated_keeping_its_studies(tmp_path):
+    kept, image_png = _version_1_database(tmp_path)
     store = StudyStore(tmp_path)
-    assert store.schema_version == 2
+    assert store.schema_version == len(studies.MIGRATIONS) == 3
     assert store.get(kept).label == "PNEUMONIA"
     assert store.set_feedback(kept, "NORMAL").verdict == "NORMAL"
+    # the stored thumbnail is gone; the image as the model saw it is kept byte for byte
+    assert store.image(kept, "model_input") == image_png
+    with Image.open(io.BytesIO(store.image(kept))) as thumbnail:
+        assert max(thumbnail.size) == studies.THUMBNAIL_SIDE
+    with closing(sqlite3.connect(store.path)) as db:
+        columns = {row[1] for row in db.execute("PRAGMA table_info(studies)")}
+    assert "thumbnail" not in columns and "model_input" in columns
+    assert add(store) in {s.id for s in store.search()[0]}
+
+
+def test_the_kept_image_is_lossless_and_its_thumbnail_is_drawn_from_it(tmp_path):
+    store = StudyStore(tmp_path)
+    pixels = synthetic_xray(3, (224, 224))
+    kept = store.add(Prediction(0.3, "NORMAL", 0.5, -1.0), pixels[:, :, None],
+                     input_status="ok", model_name="m", model_version="1")
+    with Image.open(io.BytesIO(store.image(kept, "model_input"))) as image:
+        assert np.array_equal(np.asarray(image), pixels)
+    with Image.open(io.BytesIO(store.image(kept, "thumbnail"))) as thumbnail:
+        expected = Image.fromarray(pixels)
+        expected.thumbnail((studies.THUMBNAIL_SIDE,) * 2, Image.BILINEAR)
+        assert np.array_equal(np.asarray(thumbnail), np.asarray(expected))
 
 
 def test_a_failed_migration_changes_nothing(tmp_path, monkeypatch):
     StudyStore(tmp_path)
+    current = len(studies.MIGRATIONS)
     broken = "CREATE TABLE extra (x INTEGER); INSERT INTO no_such_table VALUES (1)"
     monkeypatch.setattr(studies, "MIGRATIONS", [*studies.MIGRATIONS, broken])
     with pytest.raises(sqlite3.OperationalError):
         StudyStore(tmp_path)
     with closing(sqlite3.connect(tmp_path / studies.DATABASE_FILE)) as db:
-        assert db.execute("PRAGMA user_version").fetchone()[0] == 2
+        assert db.execute("PRAGMA user_version").fetchone()[0] == current
         tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master")}
     assert "extra" not in tables
 

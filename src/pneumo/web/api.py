@@ -25,7 +25,7 @@ from PIL import Image
 from ..explain import heatmap_png
 from ..gate import Assessment, image_checks
 from ..imaging import DecodedImage, ImageError
-from ..studies import study_images
+from ..studies import input_png
 from . import history, openapi
 from .errors import ApiError, error_body
 from .model import get_holder, get_predictor, unavailable_message
@@ -164,15 +164,15 @@ def predict():
                       current_app.config["PNEUMO_IMAGE_SIDE"] if with_image else None)
     model_input = predictor.prepare(decoded)
     checks = _checked(decoded, model_input)
-    images = []  # the study's PNGs, encoded on this thread while the network runs
-    meanwhile = (lambda: images.append(study_images(model_input))) \
+    images = []  # the study's PNG, encoded on this thread while the network runs
+    meanwhile = (lambda: images.append(input_png(model_input))) \
         if history.will_keep(wanted) else None
     prediction = _infer(predictor, model_input[None], heatmaps, meanwhile)[0]
     assessment = predictor.assess(decoded, prediction, checks=checks)
     if assessment.status == "rejected":
         raise _refusal(assessment)
     study_id = history.keep(prediction, model_input, assessment, predictor, wanted,
-                            images=images[0] if images else None)
+                            image_png=images[0] if images else None)
     return jsonify({"filename": upload.name,
                     **_fields(prediction, decoded, assessment, with_image=with_image),
                     "model": model_info(predictor), "study_id": study_id})

@@ -65,14 +65,14 @@ def will_keep(wanted: bool = True) -> bool:
 
 
 def keep(prediction, model_input, assessment, predictor, wanted: bool = True,
-         images: tuple[bytes, bytes] | None = None) -> str | None:
+         image_png: bytes | None = None) -> str | None:
     """Keep a prediction as a study if ``will_keep(wanted)``; returns its id or None.
-    ``images``: ``study_images(model_input)``, if already encoded."""
+    ``image_png``: ``studies.input_png(model_input)``, if already encoded."""
     if not will_keep(wanted):
         return None
     return get_store().add(prediction, model_input, input_status=assessment.status,
                            model_name=predictor.name, model_version=predictor.version,
-                           images=images)
+                           image_png=image_png)
 
 
 def _store_or_404(api: bool) -> StudyStore:

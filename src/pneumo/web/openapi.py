@@ -335,7 +335,8 @@ def spec(server_url: str = "") -> dict:
             }},
             "/api/v1/studies/{study_id}/thumbnail.png": {"get": {
                 "operationId": "studyThumbnail",
-                "summary": "The study's thumbnail",
+                "summary": "The study's thumbnail (the image as the model saw it, "
+                           "at most 160 pixels a side)",
                 "parameters": [_STUDY_ID],
                 "responses": {"200": _file("image/png", "PNG."), **_errors(401, 404, 405)},
                 "security": _TOKEN,
