@@ -88,17 +88,19 @@ def test_heatmap_is_the_predictors_map_at_the_images_aspect_ratio(client, tiny_p
     body = post(client, {"file": (io.BytesIO(png), "x.png")}).get_json()
     heatmap = decode_data_url(body["heatmap"])
     assert heatmap.mode == "P" and "transparency" in heatmap.info  # palette + alpha
-    assert heatmap.size == (171, 256)  # the long side capped at PNEUMO_HEATMAP_SIDE
-    expected = heatmap_png(tiny_predictor.predict(png).heatmap, (171, 256))
+    assert client.application.config["PNEUMO_HEATMAP_SIDE"] == 128
+    assert heatmap.size == (85, 128)  # 200x300 scaled to a long side of PNEUMO_HEATMAP_SIDE
+    expected = heatmap_png(tiny_predictor.predict(png).heatmap, (85, 128))
     assert base64.b64decode(body["heatmap"].split(",", 1)[1]) == expected
 
 
 def test_heatmap_of_a_large_image_is_capped(client):
-    """A 7x7 map needs no more than 256 pixels a side; browsers scale it smoothly."""
+    """A 7x7 map needs no more than 128 pixels a side: upsampled bilinearly, 18 pixels
+    per cell, it is as smooth as the browser's own scaling of it."""
     big = encode(synthetic_xray(1, (768, 1024)))
     body = post(client, {"file": (io.BytesIO(big), "big.png")}).get_json()
     assert body["input"]["width"] == 1024 and body["input"]["height"] == 768
-    assert decode_data_url(body["heatmap"]).size == (256, 192)
+    assert decode_data_url(body["heatmap"]).size == (128, 96)
 
 
 @pytest.mark.parametrize("value", ["false", "0", "no", "FALSE"])
@@ -272,7 +274,7 @@ def test_batch_gives_one_entry_per_file_in_order(client, tiny_predictor):
         assert entry["label"] == expected.label
         assert entry["probability"] == pytest.approx(expected.probability, abs=1e-6)
         assert entry["threshold"] == tiny_predictor.threshold
-        assert decode_data_url(entry["heatmap"]).size == (128, 160)
+        assert decode_data_url(entry["heatmap"]).size == (102, 128)  # 128x160, long side 128
 
 
 def test_batch_without_heatmaps_and_with_nothing_usable(client):
