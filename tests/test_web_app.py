@@ -165,6 +165,18 @@ def test_threshold_on_the_page_comes_from_the_bundle(tiny_bundle, tmp_path):
     assert body["label"] == "NORMAL"  # a random tiny model scores about 0.5
 
 
+def test_about_page_states_the_inconclusive_band_when_the_card_has_one(tiny_bundle, tmp_path):
+    band = {"lower": 0.703, "upper": 0.916, "n": 1044, "n_inside": 46,
+            "accuracy_inside": 0.587, "accuracy_outside": 0.964}
+    bundle = variant_bundle(tiny_bundle, tmp_path / "variant", inconclusive=band)
+    html = create_app({"TESTING": True, "PNEUMO_MODEL": str(bundle)}).test_client() \
+        .get("/about").get_data(as_text=True)
+    text = " ".join(html.split())
+    assert "from <strong>70.3%</strong> to <strong>91.6%</strong> are marked" in text
+    assert "46 of 1044 images fell there, and 58.7% of them were labelled correctly, " \
+        "against 96.4% of the rest" in text
+
+
 def test_about_page_renders_the_card_without_plots(client, tiny_predictor):
     response = client.get("/about")
     assert response.status_code == 200
@@ -177,6 +189,7 @@ def test_about_page_renders_the_card_without_plots(client, tiny_predictor):
     assert "ROC AUC" in html and "0.500" in html  # the tiny card's only metric
     assert "Validation plots" not in html and "/about/plots/" not in html
     assert client.get("/about/plots/roc.png").status_code == 404
+    assert ("about-band" in html) == ("inconclusive" in card)  # no band, no sentence
 
 
 @pytest.mark.reliability(6)

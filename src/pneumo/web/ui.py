@@ -123,7 +123,21 @@ def operating_point(card: dict) -> dict:
         "specificity": _number(validation.get("specificity")),
         "specificity_ci": _interval(validation, "specificity"),
         "n": validation.get("n"),
+        "band": inconclusive_band(card),
     }
+
+
+def inconclusive_band(card: dict) -> dict | None:
+    """The card's inconclusive band and what was measured inside and outside it, for
+    readers deciding how much a result there is worth; None when the card has none."""
+    band = card.get("inconclusive")
+    if not isinstance(band, dict) or _number(band.get("lower")) is None \
+            or _number(band.get("upper")) is None:
+        return None
+    return {"lower": _number(band["lower"]), "upper": _number(band["upper"]),
+            "n": band.get("n"), "n_inside": band.get("n_inside"),
+            "accuracy_inside": _number(band.get("accuracy_inside")),
+            "accuracy_outside": _number(band.get("accuracy_outside"))}
 
 
 def card_view(card: dict, plots: list) -> dict:
