@@ -168,6 +168,29 @@ def test_predictions_are_kept_and_found_through_the_api(app, tmp_path):
     assert client.get("/api/v1/studies").get_json()["total"] == 1
 
 
+def test_batch_predictions_are_kept_as_studies_too(app, tmp_path):
+    client = app.test_client()
+    pixels = [synthetic_xray(seed, (300, 260)) for seed in (3, 4)]
+    files = [("file", (io.BytesIO(encode(p)), f"{i}.png")) for i, p in enumerate(pixels)]
+    files.insert(1, ("file", (io.BytesIO(b"not an image"), "junk.png")))
+    body = client.post("/api/v1/predict/batch?heatmap=false", data={"file": [
+        f[1] for f in files]}).get_json()
+    assert [r["ok"] for r in body["results"]] == [True, False, True]
+    kept = [r["study_id"] for r in body["results"] if r["ok"]]
+    assert all(kept) and len(set(kept)) == 2 and "study_id" not in body["results"][1]
+    store = StudyStore(tmp_path / "data")
+    predictor = app.extensions["pneumo.predictor"]
+    for study_id, entry, image in zip(kept, (body["results"][0], body["results"][2]), pixels):
+        assert store.get(study_id).probability == entry["probability"]
+        stored = np.asarray(Image.open(io.BytesIO(store.image(study_id, "model_input"))))
+        assert np.array_equal(stored, predictor.prepare(encode(image))[:, :, 0])
+    assert client.get("/api/v1/studies").get_json()["total"] == 2
+    again = client.post("/api/v1/predict/batch?keep=false", data={"file": [
+        (io.BytesIO(encode(pixels[0])), "a.png")]}).get_json()
+    assert again["results"][0]["study_id"] is None
+    assert client.get("/api/v1/studies").get_json()["total"] == 2
+
+
 def test_feedback_round_trip_through_the_api(app):
     client = app.test_client()
     study_id = predict(client)["study_id"]

@@ -180,8 +180,9 @@ def predict():
 
 @bp.post("/predict/batch")
 def predict_batch():
-    """Several X-rays (repeated field ``file``) -> one result or error entry per file."""
-    heatmaps = _flag("heatmap", True)
+    """Several X-rays (repeated field ``file``) -> one result or error entry per file;
+    each prediction is kept as a study, as a single one would be."""
+    heatmaps, wanted = _flag("heatmap", True), _flag("keep", True)
     predictor = get_predictor()
     files = uploaded_files()
     limit = int(current_app.config["PNEUMO_MAX_BATCH_FILES"])
@@ -203,15 +204,23 @@ def predict_batch():
         accepted.append((index, decoded, checks, model_input))
     succeeded = 0
     if accepted:
-        predictions = _infer(predictor, np.stack([item[3] for item in accepted]), heatmaps)
-        for (index, decoded, checks, _), prediction in zip(accepted, predictions):
+        inputs = [item[3] for item in accepted]
+        images = []  # the studies' PNGs, encoded on this thread while the network runs
+        meanwhile = (lambda: images.extend(input_png(model_input) for model_input in inputs)) \
+            if history.will_keep(wanted) else None
+        predictions = _infer(predictor, np.stack(inputs), heatmaps, meanwhile)
+        for number, ((index, decoded, checks, model_input), prediction) in enumerate(
+                zip(accepted, predictions)):
             assessment = predictor.assess(decoded, prediction, checks=checks)
             if assessment.status == "rejected":
                 _fail(entries[index], _refusal(assessment))
                 continue
             succeeded += 1
+            study_id = history.keep(prediction, model_input, assessment, predictor, wanted,
+                                    image_png=images[number] if images else None)
             entries[index].update(ok=True, status=200,
-                                  **_fields(prediction, decoded, assessment, with_image=False))
+                                  **_fields(prediction, decoded, assessment, with_image=False),
+                                  study_id=study_id)
     return jsonify({"model": model_info(predictor), "count": len(entries),
                     "succeeded": succeeded, "results": entries})
 

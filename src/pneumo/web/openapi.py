@@ -164,7 +164,8 @@ _STUDY_ID = {"name": "study_id", "in": "path", "required": True, "schema": {"typ
 _BATCH_OK = {
     "type": "object",
     "required": ["index", "filename", "ok", "status", "label", "probability", "threshold",
-                 "inconclusive", "input_check", "input", "heatmap", "heatmap_shows", "disclaimer"],
+                 "inconclusive", "input_check", "input", "heatmap", "heatmap_shows", "disclaimer",
+                 "study_id"],
     "additionalProperties": False,
     "properties": {
         "index": {"type": "integer", "minimum": 0},
@@ -172,6 +173,9 @@ _BATCH_OK = {
         "ok": {"const": True},
         "status": {"const": 200},
         **_PREDICTION_FIELDS,
+        "study_id": {"type": ["string", "null"],
+                     "description": "The study this prediction was kept as, as for one "
+                                    "file; null when no studies are kept."},
     },
 }
 
@@ -287,7 +291,11 @@ def spec(server_url: str = "") -> dict:
                                "(`not_a_chest_xray`, with `input_check`), gets an error "
                                "entry and the others are still predicted.",
                 "parameters": [{"name": "heatmap", "in": "query",
-                                "schema": {**flag, "default": True}}],
+                                "schema": {**flag, "default": True}},
+                               {"name": "keep", "in": "query",
+                                "schema": {**flag, "default": True},
+                                "description": "Keep each prediction as a study when the "
+                                               "server keeps studies (false: do not)."}],
                 "requestBody": {"required": True, "content": {"multipart/form-data": {
                     "schema": {"type": "object", "required": ["file"], "properties": {
                         "file": {"type": "array",
