@@ -8,7 +8,7 @@ import io
 import pytest
 
 from pneumo.cli import main
-from pneumo.web import create_app
+from pneumo.web import auth, create_app
 from synthetic import encode, synthetic_xray
 
 TOKEN = "correct-horse-battery-staple-42"
@@ -96,6 +96,73 @@ def test_the_pages_need_a_login(app):
     assert "Log out" in client.get("/").get_data(as_text=True)
     client.post("/logout")
     assert client.get("/history").status_code == 302
+
+
+class Clock:
+    """A clock the test moves by hand, for the failed-attempt window."""
+
+    def __init__(self):
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_wrong_bearer_tokens_from_one_address_are_slowed_down(app):
+    clock = Clock()
+    app.extensions["pneumo.auth.failures"].clock = clock
+    client = app.test_client()
+    for _ in range(auth.MAX_FAILURES - 1):
+        assert client.get("/api/v1/studies", headers=bearer("a-wrong-guess-xxxx")
+                          ).status_code == 401
+    refused = client.get("/api/v1/studies", headers=bearer("a-wrong-guess-yyyy"))
+    assert refused.status_code == 429
+    assert refused.get_json()["error"]["code"] == "too_many_attempts"
+    assert refused.headers["Retry-After"] == str(int(auth.FAILURE_WINDOW))
+    # while it waits, even the right token is not compared; screening still works
+    assert client.get("/api/v1/studies", headers=bearer()).status_code == 429
+    assert predict(client, bearer())["study_id"] is None
+    other = app.test_client()
+    other.environ_base["REMOTE_ADDR"] = "192.0.2.7"
+    assert other.get("/api/v1/studies", headers=bearer()).status_code == 200
+    clock.now += auth.FAILURE_WINDOW / 2
+    assert int(client.get("/api/v1/studies", headers=bearer()).headers["Retry-After"]) \
+        == auth.FAILURE_WINDOW / 2
+    clock.now += auth.FAILURE_WINDOW / 2 + 1
+    assert client.get("/api/v1/studies", headers=bearer()).status_code == 200
+    assert predict(client, bearer())["study_id"]
+
+
+def test_wrong_logins_from_one_address_are_slowed_down(app):
+    clock = Clock()
+    app.extensions["pneumo.auth.failures"].clock = clock
+    client = app.test_client()
+    for _ in range(auth.MAX_FAILURES - 1):
+        assert client.post("/login", data={"token": "nope"}).status_code == 401
+    last = client.post("/login", data={"token": "nope"})
+    assert last.status_code == 429 and last.headers["Retry-After"] == "600"
+    assert "try again in 10 minutes" in last.get_data(as_text=True)
+    right = client.post("/login", data={"token": TOKEN})
+    assert right.status_code == 429 and "Set-Cookie" not in right.headers
+    assert client.get("/history").status_code == 302
+    clock.now += auth.FAILURE_WINDOW + 1
+    assert client.post("/login", data={"token": TOKEN}).status_code == 303
+    assert client.get("/history").status_code == 200
+
+
+def test_failed_attempts_forget_old_failures_and_old_addresses():
+    clock = Clock()
+    attempts = auth.FailedAttempts(limit=2, window=60, clock=clock, max_addresses=3)
+    for address in ("a", "b", "c", "d"):
+        attempts.failed(address)
+        attempts.failed(address)
+    assert attempts.wait("a") == 0  # forgotten: only the 3 most recent addresses are kept
+    assert attempts.wait("d") == 60
+    clock.now += 30
+    attempts.succeeded("c")
+    assert attempts.wait("c") == 0 and attempts.wait("b") == 30
+    clock.now += 31
+    assert attempts.wait("b") == attempts.wait("d") == 0
 
 
 def test_login_never_redirects_off_site(app):

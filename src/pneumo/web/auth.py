@@ -9,26 +9,82 @@ logs everyone out). Comparisons are constant-time (``hmac.compare_digest``).
 Forms, the login included, are also covered by the same-origin rule for posts
 in ``security.py``.
 
+Guessing is slowed down: after ``MAX_FAILURES`` wrong tokens from one client
+address within ``FAILURE_WINDOW`` seconds, that address's tokens are not even
+compared until its oldest failure has aged out (429 with ``Retry-After``). The
+address is the one the server sees: behind a reverse proxy every client shares
+the proxy's, so one client's guesses would lock out the others for a while;
+the token's length (16+ random characters) is the real protection.
+
 A server listening beyond loopback that keeps studies refuses to start without
 a token (``history.init_app``).
 """
 
 from __future__ import annotations
 
+import collections
 import hashlib
 import hmac
+import math
 import secrets
+import threading
+import time
 from urllib.parse import urlsplit
 
-from flask import (Blueprint, Flask, abort, current_app, jsonify, redirect, render_template,
-                   request, session, url_for)
+from flask import (Blueprint, Flask, abort, current_app, g, jsonify, redirect,
+                   render_template, request, session, url_for)
 
 from .errors import error_body
 
 bp = Blueprint("auth", __name__)
 
 MIN_TOKEN_LENGTH = 16
+#: Wrong tokens accepted from one client address per window before it must wait.
+MAX_FAILURES = 10
+FAILURE_WINDOW = 600.0  # seconds
 _EXTENSION = "pneumo.auth"
+_FAILURES = "pneumo.auth.failures"
+
+
+class FailedAttempts:
+    """Recent wrong tokens per client address. Thread-safe; remembers at most
+    ``max_addresses`` addresses (the least recently seen are forgotten first)."""
+
+    def __init__(self, limit: int = MAX_FAILURES, window: float = FAILURE_WINDOW,
+                 clock=time.monotonic, max_addresses: int = 10_000):
+        self.limit, self.window, self.clock = int(limit), float(window), clock
+        self.max_addresses = int(max_addresses)
+        self._times: dict[str, collections.deque] = {}
+        self._lock = threading.Lock()
+
+    def wait(self, address: str) -> float:
+        """Seconds before ``address`` may present a token again; 0 if it may now."""
+        with self._lock:
+            times = self._recent(address)
+            return max(0.0, times[0] + self.window - self.clock()) \
+                if len(times) >= self.limit else 0.0
+
+    def failed(self, address: str) -> None:
+        with self._lock:
+            times = self._recent(address)
+            times.append(self.clock())
+            self._times[address] = times
+            while len(self._times) > self.max_addresses:
+                del self._times[next(iter(self._times))]
+
+    def succeeded(self, address: str) -> None:
+        with self._lock:
+            self._times.pop(address, None)
+
+    def _recent(self, address: str) -> collections.deque:
+        """``address``'s failures within the window, moved to the most recent end."""
+        times = self._times.pop(address, None) or collections.deque()
+        oldest = self.clock() - self.window
+        while times and times[0] <= oldest:
+            times.popleft()
+        if times:
+            self._times[address] = times
+        return times
 
 
 def init_app(app: Flask) -> None:
@@ -43,6 +99,7 @@ def init_app(app: Flask) -> None:
         app.config.update(SESSION_COOKIE_HTTPONLY=True, SESSION_COOKIE_SAMESITE="Strict",
                           SESSION_COOKIE_NAME="pneumo_session")
     app.extensions[_EXTENSION] = token
+    app.extensions[_FAILURES] = FailedAttempts()
     app.register_blueprint(bp)
 
     @app.context_processor
@@ -71,14 +128,37 @@ def _session_ok(token: str) -> bool:
 
 
 def authenticated() -> bool:
-    """True when no token is configured, or the request carries it (header or session)."""
+    """True when no token is configured, or the request carries it (header or session).
+    A wrong bearer token counts as a failed attempt, once per request."""
     token = current_app.extensions.get(_EXTENSION)
     if token is None:
         return True
-    header = request.headers.get("Authorization", "")
-    if header[:7].lower() == "bearer ":
-        return _same(header[7:].strip(), token)
-    return _session_ok(token)
+    if "pneumo_authenticated" not in g:
+        header = request.headers.get("Authorization", "")
+        g.pneumo_authenticated = _presented(header[7:].strip(), token) \
+            if header[:7].lower() == "bearer " else _session_ok(token)
+    return g.pneumo_authenticated
+
+
+def _address() -> str:
+    return request.remote_addr or "unknown"
+
+
+def _presented(given: str, token: str) -> bool:
+    """Compare a token a client presented, unless its address has guessed too often."""
+    attempts: FailedAttempts = current_app.extensions[_FAILURES]
+    if attempts.wait(_address()) > 0:
+        return False
+    if _same(given, token):
+        attempts.succeeded(_address())
+        return True
+    attempts.failed(_address())
+    return False
+
+
+def _throttled() -> int:
+    """Whole seconds this client must wait before presenting a token again (0: none)."""
+    return math.ceil(current_app.extensions[_FAILURES].wait(_address()))
 
 
 def require(api: bool):
@@ -87,6 +167,14 @@ def require(api: bool):
     if authenticated():
         return None
     if api:
+        wait = _throttled()
+        if wait:
+            response = jsonify(error_body(
+                "too_many_attempts", f"too many wrong tokens from this address; try again "
+                                     f"in {wait} s"))
+            response.status_code = 429
+            response.headers["Retry-After"] = str(wait)
+            return response
         response = jsonify(error_body("unauthorized", "this needs the API token: send "
                                                       "Authorization: Bearer <token>"))
         response.status_code = 401
@@ -109,14 +197,17 @@ def login():
     token = current_app.extensions.get(_EXTENSION)
     if token is None:
         abort(404, "this server needs no login")
-    failed = False
+    failed, wait = False, 0
     if request.method == "POST":
-        if _same(request.form.get("token", ""), token):
+        if _presented(request.form.get("token", ""), token):
             session.clear()
             session["auth"] = _fingerprint(token)
             return redirect(_safe_next(request.form.get("next")), code=303)
-        failed = True
-    page = render_template("login.html", failed=failed, next=request.values.get("next", ""))
+        failed, wait = True, _throttled()
+    page = render_template("login.html", failed=failed, wait_minutes=math.ceil(wait / 60),
+                           next=request.values.get("next", ""))
+    if wait:
+        return page, 429, {"Retry-After": str(wait)}
     return page, (401 if failed else 200)
 
 

@@ -214,6 +214,8 @@ def _errors(*statuses: int) -> dict:
         401: "This server has an API token and the request did not carry it "
              "(`Authorization: Bearer <token>`).",
         404: "No such study, or this server keeps no studies (`history_off`).",
+        429: "Too many wrong tokens from this client address (`too_many_attempts`): "
+             "tokens from it are not compared until `Retry-After` seconds have passed.",
         405: "Method not allowed.",
         413: "Body larger than the upload limit, too many parts or files.",
         415: "Not a PNG, JPEG or DICOM radiograph (by content), or a refused extension.",
@@ -331,14 +333,15 @@ def spec(server_url: str = "") -> dict:
                     {"name": "page", "in": "query", "schema": {"type": "integer", "minimum": 1}},
                 ],
                 "responses": {"200": _json("StudyList", "A page of studies."),
-                              **_errors(400, 401, 404, 405)},
+                              **_errors(400, 401, 404, 405, 429)},
                 "security": _TOKEN,
             }},
             "/api/v1/studies/{study_id}": {"get": {
                 "operationId": "study",
                 "summary": "One study and its feedback",
                 "parameters": [_STUDY_ID],
-                "responses": {"200": _json("Study", "The study."), **_errors(401, 404, 405)},
+                "responses": {"200": _json("Study", "The study."),
+                              **_errors(401, 404, 405, 429)},
                 "security": _TOKEN,
             }},
             "/api/v1/studies/{study_id}/thumbnail.png": {"get": {
@@ -346,7 +349,8 @@ def spec(server_url: str = "") -> dict:
                 "summary": "The study's thumbnail (the image as the model saw it, "
                            "at most 160 pixels a side)",
                 "parameters": [_STUDY_ID],
-                "responses": {"200": _file("image/png", "PNG."), **_errors(401, 404, 405)},
+                "responses": {"200": _file("image/png", "PNG."),
+                              **_errors(401, 404, 405, 429)},
                 "security": _TOKEN,
             }},
             "/api/v1/studies/{study_id}/report.pdf": {"get": {
@@ -361,7 +365,7 @@ def spec(server_url: str = "") -> dict:
                                 "schema": {"type": "string", "maxLength": 2000},
                                 "description": "The reader's notes, printed on the report."}],
                 "responses": {"200": _file("application/pdf", "PDF."),
-                              **_errors(400, 401, 404, 405, 503, 504)},
+                              **_errors(400, 401, 404, 405, 429, 503, 504)},
                 "security": _TOKEN,
             }},
             "/api/v1/studies/{study_id}/feedback": {"post": {
@@ -375,7 +379,7 @@ def spec(server_url: str = "") -> dict:
                                     "description": "agree with the label, or correct it"},
                         "comment": {"type": "string", "maxLength": 2000}}}}}},
                 "responses": {"200": _json("Study", "The study with its feedback."),
-                              **_errors(400, 401, 403, 404, 405)},
+                              **_errors(400, 401, 403, 404, 405, 429)},
                 "security": _TOKEN,
             }},
             "/api/v1/openapi.json": {"get": {
