@@ -144,6 +144,16 @@ def _fields(prediction, decoded: DecodedImage, assessment: Assessment, *,
     return body
 
 
+def _study_pngs(inputs: list[np.ndarray], wanted: bool):
+    """``(pngs, meanwhile)``: ``meanwhile()`` fills ``pngs`` with the studies' PNGs of
+    ``inputs``, for this thread to run while the network does; ``(pngs, None)`` when
+    these predictions will not be kept."""
+    pngs: list[bytes] = []
+    if not history.will_keep(wanted):
+        return pngs, None
+    return pngs, lambda: pngs.extend(input_png(model_input) for model_input in inputs)
+
+
 def _infer(predictor, batch: np.ndarray, heatmaps: bool, meanwhile=None):
     return get_holder().predict(batch, heatmaps, meanwhile=meanwhile,
                                 timeout=float(current_app.config["PNEUMO_INFERENCE_TIMEOUT"]))
@@ -164,15 +174,13 @@ def predict():
                       current_app.config["PNEUMO_IMAGE_SIDE"] if with_image else None)
     model_input = predictor.prepare(decoded)
     checks = _checked(decoded, model_input)
-    images = []  # the study's PNG, encoded on this thread while the network runs
-    meanwhile = (lambda: images.append(input_png(model_input))) \
-        if history.will_keep(wanted) else None
+    pngs, meanwhile = _study_pngs([model_input], wanted)
     prediction = _infer(predictor, model_input[None], heatmaps, meanwhile)[0]
     assessment = predictor.assess(decoded, prediction, checks=checks)
     if assessment.status == "rejected":
         raise _refusal(assessment)
     study_id = history.keep(prediction, model_input, assessment, predictor, wanted,
-                            image_png=images[0] if images else None)
+                            image_png=pngs[0] if pngs else None)
     return jsonify({"filename": upload.name,
                     **_fields(prediction, decoded, assessment, with_image=with_image),
                     "model": model_info(predictor), "study_id": study_id})
@@ -205,9 +213,7 @@ def predict_batch():
     succeeded = 0
     if accepted:
         inputs = [item[3] for item in accepted]
-        images = []  # the studies' PNGs, encoded on this thread while the network runs
-        meanwhile = (lambda: images.extend(input_png(model_input) for model_input in inputs)) \
-            if history.will_keep(wanted) else None
+        pngs, meanwhile = _study_pngs(inputs, wanted)
         predictions = _infer(predictor, np.stack(inputs), heatmaps, meanwhile)
         for number, ((index, decoded, checks, model_input), prediction) in enumerate(
                 zip(accepted, predictions)):
@@ -217,7 +223,7 @@ def predict_batch():
                 continue
             succeeded += 1
             study_id = history.keep(prediction, model_input, assessment, predictor, wanted,
-                                    image_png=images[number] if images else None)
+                                    image_png=pngs[number] if pngs else None)
             entries[index].update(ok=True, status=200,
                                   **_fields(prediction, decoded, assessment, with_image=False),
                                   study_id=study_id)
