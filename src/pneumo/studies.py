@@ -66,7 +66,8 @@ MIGRATIONS = [
         updated TEXT NOT NULL
     );
     """,
-    # 3: no stored thumbnails; they are drawn from model_input, the same pixels, on request
+    # 3: no stored thumbnails; they are drawn from model_input, the same pixels, on request.
+    # SQLite rewrites the table once for this; the pages it frees hold later studies.
     """
     ALTER TABLE studies DROP COLUMN thumbnail;
     """,
