@@ -143,7 +143,7 @@ class ModelHolder:
         with other requests waiting at the same time; ApiError 504 after ``timeout`` s.
 
         ``meanwhile``: work of this request's own that does not need the result
-        (encoding the study's images), done while the network runs."""
+        (encoding the studies' PNGs), done while the network runs."""
         return self._submit(_Job(concurrent.futures.Future(), batch=batch,
                                  heatmaps=bool(heatmaps)), timeout, meanwhile)
 
