@@ -54,3 +54,36 @@ def test_scaling_lives_in_the_model(tiny_bundle):
     scale = model.get_layer("scale")
     assert scale.scale == pytest.approx(1 / 127.5) and scale.offset == pytest.approx(-1.0)
     assert model.input.dtype == "uint8"
+
+
+def test_clahe_evens_out_exposure_and_keeps_the_shape():
+    dark = (synthetic_xray(4).astype(np.float32) * 0.35).astype(np.uint8)  # an underexposed film
+    out = to_model_input(dark, 71, "clahe")
+    assert out.shape == (71, 71, 1) and out.dtype == np.uint8
+    plain = to_model_input(dark, 71)
+    assert out.std() > 1.5 * plain.std()  # contrast stretched
+    equalized = to_model_input(dark, 71, "equalize")
+    assert equalized.max() == 255 and plain.max() < 128
+    with pytest.raises(ValueError, match="unknown intensity normalisation"):
+        to_model_input(dark, 71, "gamma")
+
+
+def test_the_cards_normalisation_is_applied_in_serving_as_in_training(tmp_path, tiny_bundle):
+    import json
+    import shutil
+
+    from pneumo.predictor import Predictor
+
+    bundle = tmp_path / "clahe-bundle"
+    shutil.copytree(tiny_bundle, bundle)
+    card = json.loads((bundle / "card.json").read_text())
+    card["input"]["normalization"] = "clahe"
+    (bundle / "card.json").write_text(json.dumps(card))
+    predictor = Predictor.from_bundle(bundle)
+    make_dataset(tmp_path / "data", n_per_class=2, size=(300, 200))
+    samples, _ = discover(tmp_path / "data")
+    kept, training_inputs = load_images(samples, predictor.image_size, normalization="clahe",
+                                        use_cache=False, progress=False)
+    for sample, training_input in zip(kept, training_inputs):
+        np.testing.assert_array_equal(predictor.prepare(sample.path.read_bytes()), training_input)
+        assert not np.array_equal(training_input, decode_for_model(sample.path, predictor.image_size))

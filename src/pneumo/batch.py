@@ -32,9 +32,8 @@ from typing import Iterable, Iterator
 import numpy as np
 
 from .data import IMAGE_SUFFIXES
-from .gate import image_checks
 from .imaging import ImageError
-from .predictor import Predictor
+from .predictor import Prediction, Predictor
 
 COLUMNS = ["path", "probability", "label", "inconclusive", "status"]
 
@@ -122,12 +121,28 @@ def expand_paths(paths: Iterable[str | Path]) -> Iterator[Path]:
             yield path
 
 
-def predict_paths(predictor: Predictor, paths: list[Path], batch_size: int | None = None,
-                  progress: bool = True, stats: RunStats | None = None) -> Iterator[dict]:
-    """Rows in input order; decoding of later files overlaps inference of earlier ones.
+@dataclasses.dataclass
+class Screened:
+    """One file through the screening flow: ``prediction`` is None when the file could
+    not be read or the image checks refused it before the network; ``status`` is the
+    row's status text."""
+
+    path: Path
+    prediction: Prediction | None
+    status: str
+
+    @property
+    def refused(self) -> bool:
+        return self.prediction is None or self.status.startswith("rejected")
+
+
+def screen_paths(predictor: Predictor, paths: list[Path], batch_size: int | None = None,
+                 progress: bool = True, stats: RunStats | None = None) -> Iterator[Screened]:
+    """Every file through decode -> image checks -> network -> feature gate, in input
+    order; decoding of later files overlaps inference of earlier ones.
 
     ``batch_size``: None chooses it on the run (``BatchSizer``). ``stats``, if
-    given, is filled in as the rows are produced."""
+    given, is filled in as the results are produced."""
     from tqdm.auto import tqdm
 
     stats = stats if stats is not None else RunStats()
@@ -143,7 +158,7 @@ def predict_paths(predictor: Predictor, paths: list[Path], batch_size: int | Non
         except OSError as exc:
             return None, None, f"cannot read file: {exc}"
         model_input = predictor.prepare(decoded)
-        checks = image_checks(decoded, model_input)
+        checks = predictor.check_input(decoded, model_input)
         if checks.status == "rejected":
             return None, checks, checks.summary()
         return model_input, checks, "ok"
@@ -165,14 +180,7 @@ def predict_paths(predictor: Predictor, paths: list[Path], batch_size: int | Non
             stats.batch_size = sizer.size
             for (path, _, checks), result in zip(pending, results):
                 assessment = predictor.assess(None, result, checks=checks)
-                if assessment.status == "rejected":
-                    yield {"path": str(path), "probability": "", "label": "",
-                           "inconclusive": "", "status": assessment.summary()}
-                else:
-                    yield {"path": str(path), "probability": f"{result.probability:.6f}",
-                           "label": result.label,
-                           "inconclusive": "yes" if result.inconclusive else "no",
-                           "status": assessment.summary()}
+                yield Screened(path, result, assessment.summary())
             bar.update(len(pending))
             pending.clear()
             stats.seconds = time.perf_counter() - started
@@ -182,8 +190,7 @@ def predict_paths(predictor: Predictor, paths: list[Path], batch_size: int | Non
                 if pending:
                     yield from flush()
                 bar.update(1)
-                yield {"path": str(path), "probability": "", "label": "", "inconclusive": "",
-                       "status": status}
+                yield Screened(path, None, status)
                 continue
             pending.append((path, array, checks))
             if len(pending) >= sizer.size:
@@ -191,6 +198,20 @@ def predict_paths(predictor: Predictor, paths: list[Path], batch_size: int | Non
         if pending:
             yield from flush()
         stats.seconds = time.perf_counter() - started
+
+
+def predict_paths(predictor: Predictor, paths: list[Path], batch_size: int | None = None,
+                  progress: bool = True, stats: RunStats | None = None) -> Iterator[dict]:
+    """``pneumo predict``'s rows (``COLUMNS``), in input order (see ``screen_paths``)."""
+    for screened in screen_paths(predictor, paths, batch_size, progress, stats):
+        result = screened.prediction
+        if screened.refused:
+            yield {"path": str(screened.path), "probability": "", "label": "",
+                   "inconclusive": "", "status": screened.status}
+        else:
+            yield {"path": str(screened.path), "probability": f"{result.probability:.6f}",
+                   "label": result.label, "inconclusive": "yes" if result.inconclusive else "no",
+                   "status": screened.status}
 
 
 def write_rows(rows: Iterable[dict], output: str | Path | None, fmt: str) -> int:

@@ -49,6 +49,8 @@ class Predictor:
         self.card = card
         self.bundle_path = bundle_path
         self.image_size = int(card["input"]["size"])
+        # intensity normalisation after the resize; cards written before it had none
+        self.normalization = card["input"].get("normalization", "none")
         self.threshold = float(card["threshold"])
         self.temperature = float(card["calibration"]["temperature"])
         self.bias = float(card["calibration"].get("bias", 0.0))
@@ -97,7 +99,14 @@ class Predictor:
         if isinstance(image, (str, Path, bytes, bytearray)):
             image = self.decode(image)
         pixels = image.pixels if isinstance(image, DecodedImage) else image
-        return to_model_input(pixels, self.image_size)
+        return to_model_input(pixels, self.image_size, self.normalization)
+
+    def check_input(self, image: DecodedImage, model_input: np.ndarray | None = None) -> Assessment:
+        """The input gate's image checks, before the network. ``model_input`` (from
+        ``prepare``) saves a resize when it holds the plain resized pixels the checks'
+        cut-offs were set on, i.e. when the card asks for no intensity normalisation."""
+        plain = model_input if self.normalization == "none" else None
+        return image_checks(image, plain)
 
     def predict_batch(self, batch: np.ndarray, heatmaps: bool = True) -> list[Prediction]:
         """Predictions for prepared inputs ``(N, S, S, 1)`` uint8."""

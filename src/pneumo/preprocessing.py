@@ -1,6 +1,7 @@
 """The one preprocessing path shared by training and serving.
 
-Outside the network: decoded grayscale -> resized uint8 ``(S, S, 1)``.
+Outside the network: decoded grayscale -> resized uint8 ``(S, S, 1)`` -> the
+card's intensity normalisation (none, or CLAHE).
 Inside the network (``input_layers``): uint8 -> [-1, 1] -> three channels, the
 scaling the ImageNet Xception weights expect. Because the scaling lives in the
 saved model, no caller can re-type it differently.
@@ -32,12 +33,36 @@ def decode_side(size: int) -> int:
     return 2 * int(size)
 
 
-def to_model_input(gray: np.ndarray, size: int) -> np.ndarray:
-    """Resize a 2-D uint8 grayscale image to the model's ``(size, size, 1)`` input."""
+#: Intensity normalisations a card may name (``input.normalization``). Applied to the
+#: resized image, so a 224-pixel training JPEG and a 3000-pixel upload are equalised at
+#: the same scale. "clahe": contrast-limited adaptive histogram equalisation (OpenCV,
+#: clip limit 2, 8x8 tiles), which evens out exposure and detector differences between
+#: hospitals; "equalize": global histogram equalisation.
+NORMALIZATIONS = ("none", "clahe", "equalize")
+
+
+def normalize_intensity(gray: np.ndarray, normalization: str) -> np.ndarray:
+    """``gray`` (2-D uint8) with ``normalization`` applied; a new array unless "none"."""
+    if normalization == "none":
+        return gray
+    import cv2
+
+    if normalization == "clahe":
+        return cv2.createCLAHE(clipLimit=2.0, tileGridSize=(8, 8)).apply(gray)
+    if normalization == "equalize":
+        return cv2.equalizeHist(gray)
+    raise ValueError(f"unknown intensity normalisation {normalization!r}; "
+                     f"expected one of {', '.join(NORMALIZATIONS)}")
+
+
+def to_model_input(gray: np.ndarray, size: int, normalization: str = "none") -> np.ndarray:
+    """A 2-D uint8 grayscale image -> the model's ``(size, size, 1)`` input: resized,
+    then normalised as the card says."""
     if gray.ndim != 2 or gray.dtype != np.uint8:
         raise ValueError(f"expected a 2-D uint8 grayscale array, got {gray.dtype} {gray.shape}")
     if gray.shape != (size, size):
         gray = np.asarray(Image.fromarray(gray).resize((size, size), Image.BILINEAR))
+    gray = normalize_intensity(np.ascontiguousarray(gray), normalization)
     return gray[:, :, None]
 
 

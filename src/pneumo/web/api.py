@@ -23,7 +23,7 @@ from flask.json.provider import DefaultJSONProvider
 from PIL import Image
 
 from ..explain import heatmap_png
-from ..gate import Assessment, image_checks
+from ..gate import Assessment
 from ..imaging import DecodedImage, ImageError
 from ..studies import input_png
 from . import history, openapi
@@ -113,9 +113,9 @@ def _refusal(assessment: Assessment) -> ApiError:
                     extra={"input_check": assessment.to_dict()})
 
 
-def _checked(decoded: DecodedImage, model_input: np.ndarray) -> Assessment:
+def _checked(predictor, decoded: DecodedImage, model_input: np.ndarray) -> Assessment:
     """The image checks, before any inference; ApiError 422 if they reject the input."""
-    checks = image_checks(decoded, model_input)
+    checks = predictor.check_input(decoded, model_input)
     if checks.status == "rejected":
         raise _refusal(checks)
     return checks
@@ -173,7 +173,7 @@ def predict():
     decoded = _decode(predictor, upload.data,
                       current_app.config["PNEUMO_IMAGE_SIDE"] if with_image else None)
     model_input = predictor.prepare(decoded)
-    checks = _checked(decoded, model_input)
+    checks = _checked(predictor, decoded, model_input)
     pngs, meanwhile = _study_pngs([model_input], wanted)
     prediction = _infer(predictor, model_input[None], heatmaps, meanwhile)[0]
     assessment = predictor.assess(decoded, prediction, checks=checks)
@@ -205,7 +205,7 @@ def predict_batch():
         try:
             decoded = _decode(predictor, read_upload(storage).data)
             model_input = predictor.prepare(decoded)
-            checks = _checked(decoded, model_input)
+            checks = _checked(predictor, decoded, model_input)
         except ApiError as exc:
             _fail(entry, exc)
             continue
