@@ -102,8 +102,10 @@ def main(argv=None) -> int:
 
     predictor = Predictor.from_bundle(args.model)
     train, val, _ = prepare_split(split_config(predictor.card, args.data))
-    _, x_train = load_images(train, predictor.image_size, use_cache=False, progress=False)
-    _, x_val = load_images(val, predictor.image_size, use_cache=False, progress=False)
+    _, x_train = load_images(train, predictor.image_size, normalization=predictor.normalization,
+                             use_cache=False, progress=False)
+    _, x_val = load_images(val, predictor.image_size, normalization=predictor.normalization,
+                           use_cache=False, progress=False)
     f_train = pooled_features(predictor, x_train).astype(np.float64)
     f_val = pooled_features(predictor, x_val).astype(np.float64)
 

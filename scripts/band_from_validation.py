@@ -47,7 +47,8 @@ def main() -> int:
         print(f"the rebuilt validation split {_summary(val)} is not the card's {recorded}")
         return 1
     predictor = Predictor.from_bundle(bundle)
-    val, images = load_images(val, predictor.image_size, use_cache=False, progress=False)
+    val, images = load_images(val, predictor.image_size, use_cache=False, progress=False,
+                              normalization=predictor.normalization)
     y = np.array([s.label for s in val])
     logits = np.concatenate([[r.logit for r in predictor.predict_batch(images[i:i + 32],
                                                                        heatmaps=False)]

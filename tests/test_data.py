@@ -141,3 +141,82 @@ def test_cache_round_trip_returns_identical_arrays(tmp_path, monkeypatch):
 
 def test_generated_png_encodes(tmp_path):
     assert encode(synthetic_xray(0)).startswith(b"\x89PNG")
+
+
+def _with_manifest(root: Path, rows: list[str] | None = None) -> Path:
+    """A generated folder with a manifest.csv giving each file a patient, age and view."""
+    make_dataset(root, n_per_class=6)
+    files = sorted(p.relative_to(root) for p in root.rglob("*.png"))
+    if rows is None:
+        rows = [f"{f},{f.parts[0]},{i // 2},{10 + 10 * i},,{'PA' if i % 2 else 'AP'},x"
+                for i, f in enumerate(files)]
+    (root / "manifest.csv").write_text(
+        "file,label,patient_id,age,sex,view,nih_finding_labels\n" + "\n".join(rows) + "\n")
+    return root
+
+
+def test_manifest_gives_patient_view_and_age_not_file_names(tmp_path):
+    root = _with_manifest(tmp_path / "adults")
+    samples, _ = discover(root)
+    assert len(samples) == 12
+    assert {s.source for s in samples} == {"adults"}
+    assert len({s.group for s in samples}) == 6  # two files per manifest patient
+    assert all(s.group.startswith("patient:") for s in samples)
+    assert {s.view for s in samples} == {"PA", "AP"}
+    assert sorted(s.age for s in samples)[:2] == [10, 20]
+
+
+@pytest.mark.parametrize("broken, message", [
+    (lambda rows: rows[1:], "is not listed in"),
+    (lambda rows: [rows[0].replace(",NORMAL,", ",PNEUMONIA,")] + rows[1:], "the manifest says"),
+])
+def test_manifest_that_disagrees_with_the_folder_is_refused(tmp_path, broken, message):
+    root = _with_manifest(tmp_path / "adults")
+    lines = (root / "manifest.csv").read_text().splitlines()
+    (root / "manifest.csv").write_text("\n".join([lines[0], *broken(lines[1:])]) + "\n")
+    with pytest.raises(DataError, match=message):
+        discover(root)
+
+
+def test_source_name_skips_split_folders(tmp_path):
+    from pneumo.data import source_name
+
+    assert source_name(tmp_path / "chest_xray" / "train") == "chest_xray"
+    assert source_name(tmp_path / "nih-dev") == "nih-dev"
+
+
+def test_each_source_is_split_on_its_own(tmp_path):
+    from pneumo.config import TrainConfig
+    from pneumo.train import prepare_split
+
+    kids = make_dataset(tmp_path / "kids", n_per_class=10)
+    adults = _with_manifest(tmp_path / "adults")
+    config = TrainConfig(data_dir=str(kids), extra_sources=[str(adults)], val_fraction=0.34)
+    train, val, _ = prepare_split(config)
+    alone, alone_val, _ = prepare_split(TrainConfig(data_dir=str(kids), val_fraction=0.34))
+    # the first source splits exactly as it does alone; every source has a validation part
+    assert [s.path for s in val if s.source == "kids"] == [s.path for s in alone_val]
+    assert {s.source for s in val} == {"kids", "adults"}
+    for source in ("kids", "adults"):
+        assert {s.group for s in train if s.source == source}.isdisjoint(
+            {s.group for s in val if s.source == source})
+    with pytest.raises(DataError, match="share the name"):
+        prepare_split(TrainConfig(data_dir=str(kids), extra_sources=[str(kids)]))
+
+
+def test_sample_weights_balance_sources_and_classes():
+    from pneumo.data import Sample
+    from pneumo.train import sample_weights
+
+    samples = ([Sample(Path("a"), 0, "g", "kids")] * 10 + [Sample(Path("b"), 1, "g", "kids")] * 30
+               + [Sample(Path("c"), 0, "g", "adults")] * 4 + [Sample(Path("d"), 1, "g", "adults")] * 6)
+    weights = sample_weights(samples, "source")
+    labels = np.array([s.label for s in samples])
+    sources = np.array([s.source for s in samples])
+    cells = [weights[(labels == y) & (sources == s)].sum() for y in (0, 1) for s in ("kids", "adults")]
+    np.testing.assert_allclose(cells, [len(samples) / 4] * 4, rtol=1e-5)
+    by_class = sample_weights(samples, "class")
+    np.testing.assert_allclose([by_class[labels == y].sum() for y in (0, 1)], [len(samples) / 2] * 2,
+                               rtol=1e-5)
+    with pytest.raises(ValueError, match="unknown balance"):
+        sample_weights(samples, "patient")

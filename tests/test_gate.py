@@ -114,3 +114,21 @@ def test_shape_and_resolution_are_judged_on_the_image_as_sent_not_as_decoded():
     result = image_checks(decoded)
     assert result.status == "warning"
     assert result.reasons == ["unusual shape for a chest film (2100x700)"]
+
+
+def test_cut_offs_hold_for_every_source_not_just_the_largest():
+    """A small source whose X-rays sit further from the pooled training features (adults
+    beside children) must not be refused more often than the percentile says."""
+    rng = np.random.default_rng(3)
+    train = np.concatenate([rng.normal(0, 1, (900, 16)), rng.normal(1.5, 1, (100, 16))])
+    large, small = rng.normal(0, 1, (900, 16)), rng.normal(1.5, 1.3, (100, 16))
+    val = np.concatenate([large, small])
+    sources = np.array(["kids"] * 900 + ["adults"] * 100)
+    pooled = FeatureGate.fit(train, val, n_components=8, reject_percentile=99.0)
+    per_source = FeatureGate.fit(train, val, n_components=8, reject_percentile=99.0,
+                                 val_sources=sources)
+    assert np.mean(pooled.score(small) > pooled.reject_above) > 0.01
+    for part in (large, small):
+        assert np.mean(per_source.score(part) > per_source.reject_above) <= 0.01
+    assert per_source.reject_above == pytest.approx(max(
+        np.percentile(per_source.score(part), 99.0) for part in (large, small)))

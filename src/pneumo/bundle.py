@@ -24,13 +24,13 @@ INTENDED_USE = (
     "to treat or to rule out disease."
 )
 LIMITATIONS = [
-    "Trained on pediatric (ages 1-5) anterior-posterior chest X-rays from a single "
-    "hospital (Guangzhou Women and Children's Medical Center); adults, other views and "
-    "other sites may behave differently.",
+    "Measured only on the populations, views and hospitals of its training sources (the "
+    "card lists them); others may behave differently.",
     "Two classes only: NORMAL vs PNEUMONIA (bacterial and viral pooled). Other findings "
     "(effusion, mass, devices, tuberculosis, COVID-19) are outside its scope.",
-    "Probabilities are calibrated on the validation split of the same collection; a "
-    "new site should re-check the operating point on its own labelled images.",
+    "Probabilities are calibrated on the images the card names (validation parts and "
+    "calibration sets); a new site should re-check the operating point on its own labelled "
+    "images (pneumo calibrate).",
     "The heatmap shows where the evidence for the score lies, not the extent of disease.",
 ]
 

@@ -18,15 +18,19 @@ def sigmoid(z: np.ndarray) -> np.ndarray:
     return 1.0 / (1.0 + np.exp(-np.asarray(z, dtype=np.float64)))
 
 
-def log_loss(y: np.ndarray, p: np.ndarray) -> float:
-    """Mean binary cross-entropy, clipped so that a confident miss costs ~34, not inf."""
+def log_loss(y: np.ndarray, p: np.ndarray, weights: np.ndarray | None = None) -> float:
+    """Mean (or ``weights``-weighted mean) binary cross-entropy, clipped so that a
+    confident miss costs ~34, not inf."""
     p = np.clip(np.asarray(p, dtype=np.float64), 1e-15, 1 - 1e-15)
     y = np.asarray(y, dtype=np.float64)
-    return float(-np.mean(y * np.log(p) + (1 - y) * np.log(1 - p)))
+    return float(-np.average(y * np.log(p) + (1 - y) * np.log(1 - p), weights=weights))
 
 
-def fit_calibration(logits: np.ndarray, y: np.ndarray) -> tuple[float, float]:
-    """``(T, b)`` minimising the log loss of ``sigmoid(logits / T + b)``, T > 0."""
+def fit_calibration(logits: np.ndarray, y: np.ndarray,
+                    weights: np.ndarray | None = None) -> tuple[float, float]:
+    """``(T, b)`` minimising the (weighted) log loss of ``sigmoid(logits / T + b)``, T > 0.
+
+    ``weights`` let several calibration sets count equally whatever their sizes."""
     logits = np.asarray(logits, dtype=np.float64).ravel()
     y = np.asarray(y, dtype=np.float64).ravel()
     if len(np.unique(y)) < 2:
@@ -34,7 +38,7 @@ def fit_calibration(logits: np.ndarray, y: np.ndarray) -> tuple[float, float]:
 
     def loss(params):
         log_t, bias = params
-        return log_loss(y, sigmoid(logits / np.exp(log_t) + bias))
+        return log_loss(y, sigmoid(logits / np.exp(log_t) + bias), weights)
 
     result = minimize(loss, x0=[0.0, 0.0], method="L-BFGS-B",
                       bounds=[(np.log(0.05), np.log(20.0)), (-10.0, 10.0)])
@@ -46,15 +50,15 @@ def calibrate(logits: np.ndarray, temperature: float, bias: float = 0.0) -> np.n
     return sigmoid(np.asarray(logits, dtype=np.float64) / temperature + bias)
 
 
-def choose_threshold(y: np.ndarray, p: np.ndarray,
-                     target_sensitivity: float | None = None) -> tuple[float, str]:
-    """The operating threshold on ``p`` read off the ROC curve.
+def choose_threshold(y: np.ndarray, p: np.ndarray, target_sensitivity: float | None = None,
+                     weights: np.ndarray | None = None) -> tuple[float, str]:
+    """The operating threshold on ``p`` read off the (``weights``-weighted) ROC curve.
 
     Youden's J (sensitivity + specificity - 1, maximised) by default; with a
     target sensitivity, the highest threshold that still reaches it, which is
     the most specific such point.
     """
-    fpr, tpr, thresholds = roc_curve(y, p)
+    fpr, tpr, thresholds = roc_curve(y, p, sample_weight=weights)
     finite = np.isfinite(thresholds)
     fpr, tpr, thresholds = fpr[finite], tpr[finite], thresholds[finite]
     if target_sensitivity is None:

@@ -51,15 +51,25 @@ class TrainConfig:
     card, so a run can be repeated from its own outputs.
     """
 
-    data_dir: str
+    data_dir: str  # the first (or only) labelled training folder
+    # More labelled folders, each a source of its own: split by patient on its own,
+    # reported on its own, and weighted by ``balance``.
+    extra_sources: list[str] = dataclasses.field(default_factory=list)
+    # Labelled folders never trained on whose images, with every source's validation
+    # part, choose the calibration and the threshold (each set counting equally).
+    calibrate_on: list[str] = dataclasses.field(default_factory=list)
     out_dir: str = "runs"
     run_name: str | None = None
     backbone_weights: str | None = None
     image_size: int = IMAGE_SIZE
+    normalization: str = "none"  # intensity normalisation, see preprocessing.NORMALIZATIONS
     seed: int = 1337
     validation_design: str = "patient"  # "patient" or "block"
     val_fraction: float = 0.2
     batch_size: int = 32
+    # "source": every (source, class) cell weighs the same in the loss; "class": every class.
+    balance: str = "source"
+    label_smoothing: float = 0.0
     # Phase 1: the head alone, on cached features of the frozen backbone.
     head_epochs: int = 40
     head_learning_rate: float = 1e-3
@@ -73,6 +83,11 @@ class TrainConfig:
     # Operating point: Youden's J unless a target sensitivity is given.
     target_sensitivity: float | None = None
     limit_per_class: int | None = None  # for smoke runs only
+
+    @property
+    def sources(self) -> list[str]:
+        """Every training folder, the first one first."""
+        return [self.data_dir, *self.extra_sources]
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

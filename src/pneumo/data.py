@@ -3,10 +3,14 @@ the ``tf.data`` input pipeline.
 
 File names are read for one purpose only: the patient id that keeps one
 child's images on one side of the split. Nothing else may learn from them.
+A data folder may carry a ``manifest.csv`` (``file,label,patient_id`` and
+optionally ``age``, ``view``): the patient id then comes from it, and the age
+and view are kept for reporting by subgroup, never shown to the network.
 """
 
 from __future__ import annotations
 
+import csv
 import dataclasses
 import hashlib
 import logging
@@ -24,6 +28,9 @@ from .preprocessing import PREPROCESSING_VERSION, decode_side, to_model_input
 log = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".dcm", ".dicom"}
+MANIFEST_FILE = "manifest.csv"
+#: Ages below this count as children in reports by age group.
+ADULT_AGE = 18
 _PATIENT_PATTERNS = (
     re.compile(r"^(person\d+)_"),  # person1000_bacteria_2931.jpeg
     re.compile(r"^(NORMAL2-IM-\d+)-"),  # NORMAL2-IM-1427-0001.jpeg
@@ -40,6 +47,55 @@ class Sample:
     path: Path
     label: int  # index into CLASS_NAMES
     group: str  # patient id; duplicates are merged into one group
+    source: str = ""  # the data folder it came from (see ``source_name``)
+    view: str | None = None  # "PA", "AP"... from a manifest, for reports only
+    age: int | None = None  # years, from a manifest, for reports only
+
+
+def source_name(data_dir: str | Path) -> str:
+    """A short name for a data folder: its own name, or its parent's when it is a split
+    folder (``chest_xray/train`` -> ``chest_xray``)."""
+    path = Path(data_dir).resolve()
+    if path.name.lower() in ("train", "val", "test") and path.parent.name:
+        return path.parent.name
+    return path.name
+
+
+def read_manifest(root: Path) -> dict[Path, dict] | None:
+    """``manifest.csv`` rows by resolved file path, or None when the folder has none."""
+    manifest = root / MANIFEST_FILE
+    if not manifest.is_file():
+        return None
+    rows = {}
+    with open(manifest, newline="") as handle:
+        reader = csv.DictReader(handle)
+        missing = {"file", "patient_id"} - set(reader.fieldnames or ())
+        if missing:
+            raise DataError(f"{manifest} lacks the column(s) {', '.join(sorted(missing))}")
+        for row in reader:
+            rows[(root / row["file"]).resolve()] = row
+    return rows
+
+
+def _apply_manifest(samples: list[Sample], manifest: dict[Path, dict] | None,
+                    root: Path) -> list[Sample]:
+    if manifest is None:
+        return samples
+    kept = []
+    for sample in samples:
+        row = manifest.get(sample.path.resolve())
+        if row is None:
+            raise DataError(f"{sample.path.relative_to(root)} is not listed in "
+                            f"{root / MANIFEST_FILE}: every image needs its patient id there")
+        label = (row.get("label") or "").upper()
+        if label and label != CLASS_NAMES[sample.label]:
+            raise DataError(f"{sample.path.relative_to(root)} lies in "
+                            f"{CLASS_NAMES[sample.label]}/ but the manifest says {label}")
+        age = (row.get("age") or "").strip()
+        kept.append(dataclasses.replace(
+            sample, group=f"patient:{row['patient_id']}", view=(row.get("view") or None),
+            age=int(float(age)) if age else None))
+    return kept
 
 
 def patient_id(path: Path) -> str:
@@ -116,12 +172,16 @@ def discover(data_dir: str | Path, *, for_training: bool = True) -> tuple[list[S
     For evaluation, every split found is used.
     """
     found = find_class_folders(Path(data_dir))
+    root, name = Path(data_dir), source_name(data_dir)
+    manifest = read_manifest(root)
     train, val, skipped = [], [], 0
     for split, folders in found.items():
         if for_training and split == "test":
             log.info("ignoring %s: the test split is never used for training", folders)
             continue
         samples, n_skipped = list_samples(folders)
+        samples = [dataclasses.replace(s, source=name)
+                   for s in _apply_manifest(samples, manifest, root)]
         skipped += n_skipped
         (val if split == "val" else train).extend(samples)
     if for_training and 0 < len(val) < 100:
@@ -240,6 +300,25 @@ def split_by_block(samples: list[Sample], val_fraction: float, seed: int) -> tup
     return train_idx, val_idx
 
 
+#: A subgroup gets its own report row only with at least this many images of each class.
+MIN_SUBGROUP_PER_CLASS = 10
+
+
+def subgroups(name: str, samples: list[Sample]) -> dict[str, list[Sample]]:
+    """``{row name: samples}`` by view and by age group, for sets whose manifest gives
+    them; only groups with ``MIN_SUBGROUP_PER_CLASS`` images of each class."""
+    groups: dict[str, list[Sample]] = {}
+    for view in sorted({s.view for s in samples if s.view}):
+        groups[f"{name}, {view} view"] = [s for s in samples if s.view == view]
+    if any(s.age is not None for s in samples):
+        groups[f"{name}, under {ADULT_AGE}"] = [s for s in samples
+                                                if s.age is not None and s.age < ADULT_AGE]
+        groups[f"{name}, {ADULT_AGE} and over"] = [s for s in samples
+                                                    if s.age is not None and s.age >= ADULT_AGE]
+    return {group: members for group, members in groups.items()
+            if min(sum(s.label == c for s in members) for c in (0, 1)) >= MIN_SUBGROUP_PER_CLASS}
+
+
 def limit_per_class(samples: list[Sample], limit: int | None, seed: int) -> list[Sample]:
     """A reproducible subset of at most ``limit`` images per class (smoke runs)."""
     if not limit:
@@ -253,13 +332,15 @@ def limit_per_class(samples: list[Sample], limit: int | None, seed: int) -> list
     return kept
 
 
-def decode_for_model(path: Path, size: int) -> np.ndarray:
+def decode_for_model(path: Path, size: int, normalization: str = "none") -> np.ndarray:
     """One file -> the model's uint8 ``(size, size, 1)`` input, via the shared path."""
-    return to_model_input(load_image(path, reduce_to=decode_side(size)).pixels, size)
+    return to_model_input(load_image(path, reduce_to=decode_side(size)).pixels, size,
+                          normalization)
 
 
-def load_images(samples: list[Sample], size: int, *, use_cache: bool = True,
-                progress: bool = True, desc: str = "decoding") -> tuple[list[Sample], np.ndarray]:
+def load_images(samples: list[Sample], size: int, *, normalization: str = "none",
+                use_cache: bool = True, progress: bool = True,
+                desc: str = "decoding") -> tuple[list[Sample], np.ndarray]:
     """Decode every sample in parallel threads; unreadable files are skipped with a warning.
 
     The decoded array is cached (keyed by paths, sizes, mtimes, input size and
@@ -267,7 +348,7 @@ def load_images(samples: list[Sample], size: int, *, use_cache: bool = True,
     """
     from tqdm.auto import tqdm
 
-    key = hashlib.sha256(repr((PREPROCESSING_VERSION, size, [
+    key = hashlib.sha256(repr((PREPROCESSING_VERSION, size, normalization, [
         (str(s.path.resolve()), s.path.stat().st_size, s.path.stat().st_mtime_ns) for s in samples
     ])).encode()).hexdigest()[:24]
     cache_file = cache_dir() / f"images-{key}.npz"
@@ -286,7 +367,7 @@ def load_images(samples: list[Sample], size: int, *, use_cache: bool = True,
 
     def work(index: int) -> None:
         try:
-            images[index] = decode_for_model(samples[index].path, size)
+            images[index] = decode_for_model(samples[index].path, size, normalization)
         except ImageError as exc:
             keep[index] = False
             failures[str(exc).split(":")[0]] += 1

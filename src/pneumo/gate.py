@@ -34,6 +34,13 @@ from .imaging import DecodedImage
 from .preprocessing import to_model_input
 
 GATE_FILE = "gate.npz"
+#: What the feature gate says. Far beyond every training source's X-rays, the features
+#: say the image is not a chest radiograph at all; between the warn and the refuse
+#: cut-offs it is one, but unlike the X-rays the model learnt from.
+REJECT_REASON = ("does not look like a chest X-ray: its features are far from every X-ray "
+                 "the model was trained on")
+WARN_REASON = ("unlike most X-rays the model was trained on (another kind of detector, "
+               "view or patient?): read the result with care")
 #: Feature-gate defaults (see the module docstring for how they were chosen).
 N_COMPONENTS = 128
 REJECT_PERCENTILE = 99.5
@@ -130,7 +137,13 @@ class FeatureGate:
     @classmethod
     def fit(cls, train_features: np.ndarray, val_features: np.ndarray,
             n_components: int = N_COMPONENTS, reject_percentile: float = REJECT_PERCENTILE,
-            warn_percentile: float = WARN_PERCENTILE) -> FeatureGate:
+            warn_percentile: float = WARN_PERCENTILE,
+            val_sources: np.ndarray | None = None) -> FeatureGate:
+        """PCA of the training features; cut-offs at percentiles of the validation scores.
+
+        With ``val_sources`` (one name per validation row) each cut-off is the highest
+        of the sources' own percentiles, so that no source -- a smaller hospital, the
+        adults -- is refused more often than the percentile says."""
         train_features = np.asarray(train_features, dtype=np.float64)
         mean = train_features.mean(axis=0)
         centred = train_features - mean
@@ -143,8 +156,10 @@ class FeatureGate:
         raw = gate._statistics(train_features)
         gate.standardise = np.stack([raw.mean(axis=0), raw.std(axis=0).clip(min=1e-12)], axis=1)
         scores = gate.score(val_features)
-        gate.warn_above = float(np.percentile(scores, warn_percentile))
-        gate.reject_above = float(np.percentile(scores, reject_percentile))
+        groups = [scores] if val_sources is None else \
+            [scores[np.asarray(val_sources) == name] for name in np.unique(val_sources)]
+        gate.warn_above = max(float(np.percentile(g, warn_percentile)) for g in groups)
+        gate.reject_above = max(float(np.percentile(g, reject_percentile)) for g in groups)
         return gate
 
     def _statistics(self, features: np.ndarray) -> np.ndarray:
@@ -165,10 +180,9 @@ class FeatureGate:
         """Add the verdict for one feature score to ``result`` and return it."""
         result.feature_score = float(score)
         if score > self.reject_above:
-            result.add("rejected", "does not look like a frontal chest X-ray like those the "
-                                   "model was trained on")
+            result.add("rejected", REJECT_REASON)
         elif score > self.warn_above:
-            result.add("warning", "unlike most training X-rays: read the result with care")
+            result.add("warning", WARN_REASON)
         return result
 
     def save(self, path: Path) -> None:
@@ -188,13 +202,22 @@ class FeatureGate:
 
 def fit_gate(train_features: np.ndarray, val_features: np.ndarray, path: Path, *,
              n_components: int = N_COMPONENTS, reject_percentile: float = REJECT_PERCENTILE,
-             warn_percentile: float = WARN_PERCENTILE) -> dict:
+             warn_percentile: float = WARN_PERCENTILE,
+             val_sources: np.ndarray | None = None) -> dict:
     """Fit the feature gate on pooled features, save it to ``path`` (a bundle's
-    ``gate.npz``) and return the card's ``input_gate`` entry with its measured rates."""
+    ``gate.npz``) and return the card's ``input_gate`` entry with its measured rates
+    (per source too, given ``val_sources``)."""
     gate = FeatureGate.fit(train_features, val_features, n_components=n_components,
-                           reject_percentile=reject_percentile, warn_percentile=warn_percentile)
+                           reject_percentile=reject_percentile, warn_percentile=warn_percentile,
+                           val_sources=val_sources)
     gate.save(path)
-    return {
+    by_source = {}
+    if val_sources is not None:
+        scores, val_sources = gate.score(val_features), np.asarray(val_sources)
+        by_source = {"false_rejection_validation_by_source": {
+            str(name): float(np.mean(scores[val_sources == name] > gate.reject_above))
+            for name in np.unique(val_sources)}}
+    return {**by_source,
         "method": "PCA distance of pooled backbone features from the training X-rays",
         "n_components": len(gate.components),
         "warn_percentile": float(warn_percentile),

@@ -43,38 +43,46 @@ def pooled_features(predictor: Predictor, images: np.ndarray, batch_size: int = 
     return np.concatenate(parts) if parts else np.zeros((0, 0), np.float32)
 
 
-def split_config(card: dict, data_dir: str | Path) -> TrainConfig:
+def split_config(card: dict, data_dir: str | Path,
+                 extra_sources: list[str | Path] = ()) -> TrainConfig:
     """The card's training configuration (seed, validation fraction and design) for
-    ``data_dir``; defaults where the card has none."""
+    ``data_dir`` and ``extra_sources``; defaults where the card has none."""
     fields = dict(card.get("training", {}).get("config", {}))
-    known = {k: v for k, v in fields.items()
-             if k in TrainConfig.__dataclass_fields__ and k != "data_dir"}
-    return TrainConfig(data_dir=str(data_dir), **known)
+    known = {k: v for k, v in fields.items() if k in TrainConfig.__dataclass_fields__
+             and k not in ("data_dir", "extra_sources", "calibrate_on")}
+    return TrainConfig(data_dir=str(data_dir), extra_sources=[str(f) for f in extra_sources],
+                       **known)
 
 
-def refit_gate(data_dir: str | Path, out: str | Path, model: str | Path | None = None, *,
+def refit_gate(data_dirs: list[str | Path] | str | Path, out: str | Path,
+               model: str | Path | None = None, *,
                n_components: int = N_COMPONENTS, reject_percentile: float = REJECT_PERCENTILE,
                warn_percentile: float = WARN_PERCENTILE) -> dict:
     """Write a copy of the bundle ``model`` to ``out`` with its input gate fitted on the
-    X-rays under ``data_dir``; returns the card's new ``input_gate`` entry."""
+    X-rays under ``data_dirs`` (each a source whose validation part must stay within
+    the percentiles); returns the card's new ``input_gate`` entry."""
+    if isinstance(data_dirs, (str, Path)):
+        data_dirs = [data_dirs]
     if not 0 < warn_percentile <= reject_percentile < 100:
         raise ValueError("percentiles must satisfy 0 < warn <= reject < 100")
     source = Path(model) if model else default_bundle_path()
     check_destination(Path(out))
     predictor = Predictor.from_bundle(source)
-    config = split_config(predictor.card, data_dir)
+    config = split_config(predictor.card, data_dirs[0], data_dirs[1:])
     train, val, _ = prepare_split(config)
     log.info("gate split: %d images to describe, %d to set the cut-offs", len(train), len(val))
     train, x_train = load_images(train, predictor.image_size, use_cache=False,
-                                 desc="decoding (gate fit)")
+                                 normalization=predictor.normalization, desc="decoding (gate fit)")
     val, x_val = load_images(val, predictor.image_size, use_cache=False,
+                             normalization=predictor.normalization,
                              desc="decoding (gate cut-offs)")
     f_train = pooled_features(predictor, x_train, desc="features (gate fit)")
     f_val = pooled_features(predictor, x_val, desc="features (gate cut-offs)")
     with tempfile.TemporaryDirectory(prefix="pneumo-gate-") as scratch:
         gate_file = Path(scratch) / GATE_FILE
         entry = fit_gate(f_train, f_val, gate_file, n_components=n_components,
-                         reject_percentile=reject_percentile, warn_percentile=warn_percentile)
+                         reject_percentile=reject_percentile, warn_percentile=warn_percentile,
+                         val_sources=np.array([s.source for s in val]))
         entry["fitted"] = {"date": datetime.date.today().isoformat(),
                            "by": "pneumo refit-gate", "engine": predictor.engine.name}
         card = {**predictor.card, "input_gate": entry}

@@ -45,7 +45,8 @@ def site_logits(predictor: Predictor, data_dir: str | Path,
     if len({s.label for s in samples}) < 2:
         raise DataError(f"calibration needs both NORMAL and PNEUMONIA images under {data_dir}")
     samples, images = load_images(samples, predictor.image_size, use_cache=False,
-                                  progress=False, desc="decoding")
+                                  normalization=predictor.normalization, progress=False,
+                                  desc="decoding")
     y = np.array([s.label for s in samples], dtype=int)
     if len(np.unique(y)) < 2:
         raise DataError(f"calibration needs readable NORMAL and PNEUMONIA images under {data_dir}")

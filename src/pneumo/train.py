@@ -6,7 +6,8 @@ pass over the data instead of one per epoch, which is what makes the default
 run fit in 90 minutes on two CPU cores). Phase 2 fine-tunes the top Xception
 blocks at a low learning rate, with augmentation, BatchNorm in inference mode,
 a backup every epoch (an interrupted run resumes) and early stopping that
-restores the best epoch by validation AUC.
+restores the best epoch by the validation loss, weighted like the training loss so
+that every source counts.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import json
 import logging
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -27,7 +29,7 @@ from .calibration import calibrate, choose_inconclusive_band, choose_threshold, 
     expected_calibration_error, fit_calibration, log_loss, sigmoid
 from .config import CLASS_NAMES, TrainConfig
 from .data import DataError, discover, limit_per_class, load_images, make_dataset, \
-    merge_duplicates, split_by_block, split_by_patient
+    merge_duplicates, source_name, split_by_block, split_by_patient, subgroups
 from .gate import GATE_FILE, fit_gate
 from .metrics import screening_metrics
 from .models import build_model, head_only, resolve_backbone_weights, set_trainable_blocks, training_model
@@ -40,16 +42,21 @@ PLOT_FILES = ("learning_curves.png", "roc.png", "precision_recall.png", "confusi
               "reliability.png")
 
 
-def _class_weights(labels: np.ndarray) -> dict[int, float]:
-    """Balanced weights: each class contributes equally to the loss (1,341 vs 3,875)."""
-    counts = np.bincount(labels, minlength=2)
-    return {c: float(len(labels) / (2 * counts[c])) for c in range(2)}
+def sample_weights(samples, balance: str) -> np.ndarray:
+    """Loss weights that make every class (``"class"``) or every (source, class) cell
+    (``"source"``) count equally, however many images each holds. With one source both
+    are the balanced class weights (NORMAL 1.94, PNEUMONIA 0.67 on the collection)."""
+    if balance not in ("source", "class"):
+        raise ValueError(f"unknown balance {balance!r}: expected 'source' or 'class'")
+    keys = [(s.source, s.label) if balance == "source" else s.label for s in samples]
+    counts = Counter(keys)
+    return np.array([len(keys) / (len(counts) * counts[key]) for key in keys], dtype=np.float32)
 
 
-def prepare_split(config: TrainConfig):
-    """``(train, val, n_duplicates)``: the samples of ``config.data_dir`` as training splits
-    them (duplicates merged, a trustworthy val/ kept, else by patient or block, seeded)."""
-    train, val = discover(config.data_dir, for_training=True)
+def _split_source(data_dir: str, config: TrainConfig):
+    """One training folder split as ``pneumo train`` splits it: duplicates merged, a
+    trustworthy val/ kept, else by patient or block, seeded."""
+    train, val = discover(data_dir, for_training=True)
     val_paths = {s.path for s in val}
     everything, n_duplicates = merge_duplicates(train + val)
     val = [s for s in everything if s.path in val_paths]
@@ -63,10 +70,26 @@ def prepare_split(config: TrainConfig):
         train, val = [train[i] for i in train_idx], [train[i] for i in val_idx]
     for name, part in (("training", train), ("validation", val)):
         if len({s.label for s in part}) < 2:
-            raise DataError(f"the {name} split lacks one class; add images or change --val-fraction")
+            raise DataError(f"the {name} split of {data_dir} lacks one class; add images or "
+                            "change --val-fraction")
     shared = {s.group for s in train} & {s.group for s in val}
     if shared:
         raise DataError(f"{len(shared)} patients on both sides of the split")  # a bug, never data
+    return train, val, n_duplicates
+
+
+def prepare_split(config: TrainConfig):
+    """``(train, val, n_duplicates)`` over every training source, each split on its own so
+    that each has a patient-grouped validation part (the first source's split is the one
+    a single-folder run makes)."""
+    names = [source_name(d) for d in config.sources]
+    if len(set(names)) < len(names):
+        raise DataError(f"two training folders share the name {Counter(names).most_common(1)[0][0]!r}:"
+                        " each source needs a name of its own")
+    train, val, n_duplicates = [], [], 0
+    for data_dir in config.sources:
+        part_train, part_val, n = _split_source(data_dir, config)
+        train, val, n_duplicates = train + part_train, val + part_val, n_duplicates + n
     return train, val, n_duplicates
 
 
@@ -100,16 +123,17 @@ def _write_history(rows: list[dict], path: Path) -> None:
             writer.writerow({"epoch": epoch, **row})
 
 
-def _compile(model, learning_rate: float) -> None:
+def _compile(model, learning_rate: float, label_smoothing: float = 0.0) -> None:
     import keras
 
     model.compile(optimizer=keras.optimizers.Adam(learning_rate),
-                  loss=keras.losses.BinaryCrossentropy(from_logits=True),
+                  loss=keras.losses.BinaryCrossentropy(from_logits=True,
+                                                       label_smoothing=label_smoothing),
                   metrics=[keras.metrics.BinaryAccuracy(threshold=0.0),
                            keras.metrics.AUC(from_logits=True, name="auc")])
 
 
-def _train_head(model, run_dir: Path, data: dict, weights: dict, config: TrainConfig) -> list[dict]:
+def _train_head(model, run_dir: Path, data: dict, config: TrainConfig) -> list[dict]:
     """Phase 1: the head on pooled features of the frozen backbone, extracted once.
 
     Kept in the run folder, so a resumed run skips it."""
@@ -126,11 +150,11 @@ def _train_head(model, run_dir: Path, data: dict, weights: dict, config: TrainCo
     verbose = "auto" if sys.stderr.isatty() else 0
     f_train = pooled.predict(data["x_train"], batch_size=config.batch_size, verbose=verbose)
     f_val = pooled.predict(data["x_val"], batch_size=config.batch_size, verbose=verbose)
-    _compile(head, config.head_learning_rate)
+    _compile(head, config.head_learning_rate, config.label_smoothing)
     history = head.fit(
-        f_train, data["y_train"].astype("float32"),
-        validation_data=(f_val, data["y_val"].astype("float32")),
-        epochs=config.head_epochs, batch_size=config.batch_size, class_weight=weights, verbose=2,
+        f_train, data["y_train"].astype("float32"), sample_weight=data["w_train"],
+        validation_data=(f_val, data["y_val"].astype("float32"), data["w_val"]),
+        epochs=config.head_epochs, batch_size=config.batch_size, verbose=2,
         callbacks=[keras.callbacks.EarlyStopping(monitor="val_loss", patience=5,
                                                  restore_best_weights=True)])
     rows = _history_rows(history, "head")
@@ -139,8 +163,9 @@ def _train_head(model, run_dir: Path, data: dict, weights: dict, config: TrainCo
     return rows
 
 
-def _fine_tune(model, run_dir: Path, data: dict, weights: dict, config: TrainConfig) -> list[dict]:
-    """Phase 2: the top blocks with augmentation, resumable, best epoch by validation AUC."""
+def _fine_tune(model, run_dir: Path, data: dict, config: TrainConfig) -> list[dict]:
+    """Phase 2: the top blocks with augmentation, resumable, best epoch by the weighted
+    validation loss (the pooled AUC would be the largest source's alone)."""
     import keras
 
     if config.fine_tune_blocks <= 0 or config.fine_tune_epochs <= 0:
@@ -149,72 +174,134 @@ def _fine_tune(model, run_dir: Path, data: dict, weights: dict, config: TrainCon
     log.info("phase 2: fine-tuning the top %d blocks (%d backbone weights)",
              config.fine_tune_blocks, n_trainable)
     trainer = training_model(model, config.seed) if config.augment else model
-    _compile(trainer, config.fine_tune_learning_rate)
+    _compile(trainer, config.fine_tune_learning_rate, config.label_smoothing)
     history = trainer.fit(
         make_dataset(data["x_train"], data["y_train"], batch_size=config.batch_size,
-                     shuffle=True, seed=config.seed),
+                     shuffle=True, seed=config.seed, sample_weights=data["w_train"]),
         validation_data=make_dataset(data["x_val"], data["y_val"], batch_size=config.batch_size,
-                                     shuffle=False, seed=config.seed),
-        epochs=config.fine_tune_epochs, class_weight=weights, verbose=2, shuffle=False,
+                                     shuffle=False, seed=config.seed,
+                                     sample_weights=data["w_val"]),
+        epochs=config.fine_tune_epochs, verbose=2, shuffle=False,
         callbacks=[
             keras.callbacks.BackupAndRestore(str(run_dir / "backup")),
             keras.callbacks.ModelCheckpoint(str(run_dir / "last.weights.h5"),
                                             save_weights_only=True),
-            keras.callbacks.EarlyStopping(monitor="val_auc", mode="max", patience=config.patience,
+            keras.callbacks.EarlyStopping(monitor="val_loss", mode="min", patience=config.patience,
                                           restore_best_weights=True),
         ])
     return _history_rows(history, "fine-tune")
 
 
-def _calibrate_on_validation(logits: np.ndarray, y_val: np.ndarray, run_dir: Path,
-                             config: TrainConfig) -> dict:
-    """Calibration, operating point and validation metrics, with their plots."""
-    temperature, bias = fit_calibration(logits, y_val)
-    p_raw, p = sigmoid(logits), calibrate(logits, temperature, bias)
-    threshold, method = choose_threshold(y_val, p, config.target_sensitivity)
+def _equal_set_weights(set_names: np.ndarray) -> np.ndarray:
+    """Weights under which every set counts as much as any other, whatever its size."""
+    counts = Counter(set_names.tolist())
+    return np.array([len(set_names) / (len(counts) * counts[name]) for name in set_names])
+
+
+def _calibrate(val_logits: np.ndarray, val: list, extra: dict[str, tuple[np.ndarray, list]],
+               run_dir: Path, config: TrainConfig) -> dict:
+    """Calibration and operating point, fitted on every source's validation part and the
+    ``--calibrate-on`` sets, each set counting equally; then the metrics of the pooled
+    validation (with its plots), of each validation part and calibration set, and of
+    their subgroups by view and age where a manifest gives them."""
+    samples = [*val, *(s for _, part in extra.values() for s in part)]
+    logits = np.concatenate([val_logits, *(lg for lg, _ in extra.values())])
+    y = np.array([s.label for s in samples])
+    sets = np.array([s.source for s in val] + [name for name, (_, part) in extra.items()
+                                                for _ in part])
+    y_val = y[:len(val)]
+    weights = _equal_set_weights(sets) if len(set(sets.tolist())) > 1 else None
+    temperature, bias = fit_calibration(logits, y, weights)
+    threshold, method = choose_threshold(y, calibrate(logits, temperature, bias),
+                                         config.target_sensitivity, weights)
+    p_raw, p = sigmoid(val_logits), calibrate(val_logits, temperature, bias)
     metrics = screening_metrics(y_val, p, threshold, seed=config.seed)
     metrics.update(threshold_method=method, ece_uncalibrated=expected_calibration_error(y_val, p_raw),
                    loss_uncalibrated=log_loss(y_val, p_raw), temperature=temperature,
-                   calibration_bias=bias)
-    # None when validation shows no region of clearly lower accuracy near the threshold
-    metrics["inconclusive"] = choose_inconclusive_band(y_val, p, threshold)
+                   calibration_bias=bias,
+                   calibrated_on={name: int(n) for name, n in Counter(sets.tolist()).items()})
+    # None when the sets show no region of clearly lower accuracy near the threshold
+    metrics["inconclusive"] = choose_inconclusive_band(y, calibrate(logits, temperature, bias),
+                                                       threshold)
+    rows = {}
+    for name in dict.fromkeys(sets.tolist()):
+        members = [i for i, s in enumerate(sets) if s == name]
+        rows[name] = members
+        index = {id(samples[i]): i for i in members}
+        rows.update({group: [index[id(s)] for s in part] for group, part in
+                     subgroups(name, [samples[i] for i in members]).items()})
+    metrics["by_set"] = {
+        name: screening_metrics(y[members], calibrate(logits[members], temperature, bias),
+                                threshold, seed=config.seed)
+        for name, members in rows.items()}
     plots.all_evaluation_plots(y_val, p, metrics, run_dir, p_uncalibrated=p_raw)
     return metrics
 
 
+def _calibration_sets(config: TrainConfig, logits_of) -> dict[str, tuple[np.ndarray, list]]:
+    """``{name: (logits, samples)}`` of every ``--calibrate-on`` folder."""
+    result = {}
+    for folder in config.calibrate_on:
+        name = source_name(folder)
+        if name in result or folder in config.sources:
+            raise DataError(f"{folder}: a calibration set must be new and not a training source")
+        train, val = discover(folder, for_training=False)
+        samples, images = load_images(train + val, config.image_size,
+                                      normalization=config.normalization,
+                                      desc=f"decoding {name}")
+        result[name] = (logits_of(images), samples)
+    return result
+
+
+def _data_summary(config: TrainConfig, train, val, n_duplicates: int) -> dict:
+    by_source = {}
+    for folder in config.sources:
+        name = source_name(folder)
+        by_source[name] = {"folder": str(folder),
+                           "train": _summary([s for s in train if s.source == name]),
+                           "validation": _summary([s for s in val if s.source == name])}
+    return {"sources": by_source, "train": _summary(train), "validation": _summary(val),
+            "byte_identical_duplicates": n_duplicates,
+            "split": f"{config.validation_design}-grouped, stratified, seed {config.seed}, "
+                     "each source on its own",
+            "balance": config.balance}
+
+
 def _model_card(config: TrainConfig, command: str, run_name: str, metrics: dict, gate: dict,
-                train, val, n_duplicates: int, weights: dict, timings: dict) -> dict:
+                data_summary: dict, timings: dict) -> dict:
+    metrics = dict(metrics)
+    validation_by_set = metrics.pop("by_set")
     return {
         "name": "pneumo-xception",
         "version": f"{__version__}+{run_name}",
         "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "description": "Xception (ImageNet) fine-tuned to tell NORMAL from PNEUMONIA on "
-                       "frontal pediatric chest X-rays.",
+                       "frontal chest X-rays (" + ", ".join(data_summary["sources"]) + ").",
         "class_names": list(CLASS_NAMES),
         "positive_class": CLASS_NAMES[1],
         "input": {"size": config.image_size, "channels": 1, "dtype": "uint8",
                   "value_range": [0, 255], "preprocessing": PREPROCESSING_DESCRIPTION,
-                  "preprocessing_version": PREPROCESSING_VERSION},
+                  "preprocessing_version": PREPROCESSING_VERSION,
+                  "normalization": config.normalization},
         "head": "global average pooling -> dropout -> dense(1) logit; heatmap = class activation map",
         "threshold": metrics["threshold"],
         "threshold_method": metrics["threshold_method"],
         "calibration": {"method": "temperature scaling with bias (Platt): "
                                   "p = sigmoid(logit / temperature + bias)",
                         "temperature": metrics["temperature"], "bias": metrics["calibration_bias"],
-                        "ece_before": metrics["ece_uncalibrated"], "ece_after": metrics["ece"]},
+                        "ece_before": metrics["ece_uncalibrated"], "ece_after": metrics["ece"],
+                        "fitted_on": metrics["calibrated_on"]},
         "training": {
             "command": command,
             "config": config.to_dict(),
-            "data": {"source": str(config.data_dir), "train": _summary(train),
-                     "validation": _summary(val), "byte_identical_duplicates": n_duplicates,
-                     "split": f"{config.validation_design}-grouped, stratified, seed {config.seed}"},
-            "class_weights": weights,
+            "data": data_summary,
             "augmentation": ("rotation +-10 deg, shift +-6%, zoom +-10%, brightness +-10%, "
                              "contrast +-15%; no flips (anatomy is not mirror-symmetric)")
             if config.augment else "none",
             "timings": timings,
         },
         "validation": metrics,
+        "validation_by_set": validation_by_set,
         "input_gate": gate,
         **({"inconclusive": metrics["inconclusive"]} if metrics.get("inconclusive") else {}),
     }
@@ -236,19 +323,22 @@ def run_training(config: TrainConfig, command: str = "") -> Path:
     log.info("split by %s: %d training images (%d patients), %d validation (%d patients)",
              config.validation_design, len(train), len({s.group for s in train}), len(val),
              len({s.group for s in val}))
-    train, x_train = load_images(train, config.image_size, desc="decoding training images")
-    val, x_val = load_images(val, config.image_size, desc="decoding validation images")
+    train, x_train = load_images(train, config.image_size, normalization=config.normalization,
+                                 desc="decoding training images")
+    val, x_val = load_images(val, config.image_size, normalization=config.normalization,
+                             desc="decoding validation images")
     data = {"x_train": x_train, "y_train": np.array([s.label for s in train]),
-            "x_val": x_val, "y_val": np.array([s.label for s in val])}
-    weights = _class_weights(data["y_train"])
+            "w_train": sample_weights(train, config.balance),
+            "x_val": x_val, "y_val": np.array([s.label for s in val]),
+            "w_val": sample_weights(val, config.balance)}
     model = build_model(config.image_size, config.backbone_weights, config.dropout)
 
     timings = {}
     t0 = time.monotonic()
-    rows = _train_head(model, run_dir, data, weights, config)
+    rows = _train_head(model, run_dir, data, config)
     timings["phase1_seconds"] = round(time.monotonic() - t0, 1)
     t0 = time.monotonic()
-    rows += _fine_tune(model, run_dir, data, weights, config)
+    rows += _fine_tune(model, run_dir, data, config)
     timings["phase2_seconds"] = round(time.monotonic() - t0, 1)
     _write_history(rows, run_dir / "history.csv")
     plots.learning_curves(rows, run_dir / "learning_curves.png")
@@ -258,15 +348,18 @@ def run_training(config: TrainConfig, command: str = "") -> Path:
     pooled_and_logit = keras.Model(model.input, [model.get_layer("pool").output, model.output])
     f_val, logits = pooled_and_logit.predict(x_val, batch_size=config.batch_size, verbose=0)
     f_train, _ = pooled_and_logit.predict(x_train, batch_size=config.batch_size, verbose=0)
-    gate = fit_gate(f_train, f_val, run_dir / GATE_FILE)
-    metrics = _calibrate_on_validation(logits.reshape(-1), data["y_val"], run_dir, config)
+    gate = fit_gate(f_train, f_val, run_dir / GATE_FILE,
+                    val_sources=np.array([s.source for s in val]))
+    extra = _calibration_sets(config, lambda images: model.predict(
+        images, batch_size=config.batch_size, verbose=0).reshape(-1))
+    metrics = _calibrate(logits.reshape(-1), val, extra, run_dir, config)
     timings["calibration_and_gate_seconds"] = round(time.monotonic() - t0, 1)
     timings["total_seconds"] = round(time.monotonic() - started, 1)
     metrics["timings"] = timings
     (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
 
-    card = _model_card(config, command, run_name, metrics, gate, train, val, n_duplicates,
-                       weights, timings)
+    card = _model_card(config, command, run_name, metrics, gate,
+                       _data_summary(config, train, val, n_duplicates), timings)
     extras = {f"plots/{name}": run_dir / name for name in PLOT_FILES}
     extras[GATE_FILE] = run_dir / GATE_FILE
     save_bundle(run_dir / "bundle", model, card, extras)
