@@ -87,17 +87,42 @@ def test_rerun_with_the_same_name_resumes(trained_run, caplog):
     assert "resuming: phase 1 already done" in caplog.text
 
 
-def test_evaluate_writes_metrics_and_plots(trained_run, tmp_path):
+def test_evaluate_writes_one_report_over_several_sets(trained_run, tmp_path):
     _, data, run_dir, _ = trained_run
+    other = make_dataset(tmp_path / "other", n_per_class=6)  # never trained on
     out = tmp_path / "eval"
-    assert main(["evaluate", str(data), "--model", str(run_dir / "bundle"), "--out", str(out)]) == 0
-    metrics = json.loads((out / "metrics.json").read_text())
-    assert metrics["n"] == 20
-    for key in METRIC_KEYS:
-        assert key in metrics, key
-    for name in ("roc.png", "precision_recall.png", "confusion_matrix.png", "reliability.png",
-                 "predictions.csv"):
-        assert (out / name).is_file()
+    assert main(["evaluate", str(data), str(other), "--model", str(run_dir / "bundle"),
+                 "--out", str(out)]) == 0
+    report = json.loads((out / "metrics.json").read_text())
+    card = json.loads((run_dir / "bundle" / "card.json").read_text())
+    sets = report["sets"]
+    # the training folder is measured on its validation part only
+    assert list(sets) == ["data (validation part)", "other"]
+    assert sets["data (validation part)"]["images"] == \
+        card["training"]["data"]["validation"]["images"]
+    assert sets["other"]["images"] == 12
+    for metrics in sets.values():
+        # refused images are counted, and the metrics cover exactly the rest
+        assert metrics.get("n", 0) + metrics["refused"] == metrics["images"]
+        if "roc_auc" in metrics:
+            for key in METRIC_KEYS:
+                assert key in metrics, key
+    with open(out / "predictions.csv") as handle:
+        rows = list(csv.DictReader(handle))
+    assert len(rows) == sum(m["images"] for m in sets.values())
+    refused = [r for r in rows if r["status"].startswith("rejected") or not r["probability"]]
+    assert len(refused) == sum(m["refused"] for m in sets.values())
+    table = (out / "report.md").read_text()
+    assert all(f"| {name} |" in table for name in sets)
+    assert (out / "roc_by_set.png").stat().st_size > 0
+    for name in ("roc.png", "precision_recall.png", "confusion_matrix.png", "reliability.png"):
+        assert (out / "other" / name).is_file()
+
+
+def test_evaluate_needs_something_to_measure(trained_run, tmp_path, capsys):
+    _, _, run_dir, _ = trained_run
+    assert main(["evaluate", "--model", str(run_dir / "bundle"), "--out", str(tmp_path)]) == 2
+    assert "at least one labelled folder" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("fmt", ["csv", "json"])
@@ -125,12 +150,13 @@ def test_predict_writes_one_row_per_file_and_survives_bad_files(trained_run, tmp
         "could not be decoded" in by_name["broken.png"]["status"]
     assert "not a PNG, JPEG or DICOM" in by_name["notes.jpg"]["status"]
     # 96x96 images: the input gate warns about the resolution (or, for an outlier of
-    # this 20-image gate, rejects); every readable file gets one of its three verdicts.
+    # this 20-image gate of a random network, rejects); every readable file gets one of
+    # its three verdicts, and most get a label.
     readable = [r for r in rows if r["path"].rsplit("/", 1)[-1] not in ("broken.png", "notes.jpg")]
     assert all(r["status"] == "ok" or r["status"].startswith(("warning: ", "rejected: "))
                for r in readable)
     good = [r for r in readable if not r["status"].startswith("rejected")]
-    assert len(good) >= 15
+    assert len(good) >= 12
     assert all("low resolution (96x96 pixels)" in r["status"] for r in readable)
     assert all(r["label"] in ("NORMAL", "PNEUMONIA") and 0 <= float(r["probability"]) <= 1
                for r in good)
@@ -162,3 +188,52 @@ def test_every_subcommand_explains_its_options():
                                 capture_output=True, text=True, timeout=120)
         assert result.returncode == 0
         assert "--model" in result.stdout or "--backbone-weights" in result.stdout
+
+
+@pytest.fixture(scope="module")
+def multi_source_run(tmp_path_factory):
+    """Two training sources (the second with a manifest of patients and views) and a
+    calibration set never trained on."""
+    root = tmp_path_factory.mktemp("multi")
+    kids = make_dataset(root / "kids", n_per_class=10)
+    adults = make_dataset(root / "adults", n_per_class=10, size=(128, 128))
+    files = sorted(p.relative_to(adults) for p in adults.rglob("*.png"))
+    (adults / "manifest.csv").write_text("file,label,patient_id,age,view\n" + "".join(
+        f"{f},{f.parts[0]},{i},{30 + i},{'PA' if i % 2 else 'AP'}\n" for i, f in enumerate(files)))
+    calibration = make_dataset(root / "shift", n_per_class=6)
+    assert main(["train", str(kids), str(adults), "--calibrate-on", str(calibration),
+                 "--out", str(root / "runs"), "--run-name", "multi", "--backbone-weights",
+                 "random", "--image-size", "71", "--head-epochs", "1", "--fine-tune-blocks", "0",
+                 "--batch-size", "8", "--val-fraction", "0.3", "--normalization", "clahe"]) == 0
+    return root, root / "runs" / "multi"
+
+
+def test_card_records_every_source_and_what_chose_the_threshold(multi_source_run):
+    root, run_dir = multi_source_run
+    card = json.loads((run_dir / "bundle" / "card.json").read_text())
+    sources = card["training"]["data"]["sources"]
+    assert list(sources) == ["kids", "adults"]
+    for source in sources.values():
+        assert source["train"]["images"] + source["validation"]["images"] == 20
+        assert source["validation"]["normal"] > 0 and source["validation"]["pneumonia"] > 0
+    text = json.dumps(card)
+    assert not [f.name for f in (root / "adults").rglob("*.png") if f.name in text]  # no file names
+    assert card["calibration"]["fitted_on"] == {
+        "kids": sources["kids"]["validation"]["images"],
+        "adults": sources["adults"]["validation"]["images"], "shift": 12}
+    assert list(card["validation_by_set"]) == ["kids", "adults", "shift"]
+    assert set(card["input_gate"]["false_rejection_validation_by_source"]) == {"kids", "adults"}
+    assert card["input"]["normalization"] == "clahe"
+
+
+def test_evaluate_rebuilds_every_sources_validation_part(multi_source_run, tmp_path):
+    root, run_dir = multi_source_run
+    card = json.loads((run_dir / "bundle" / "card.json").read_text())
+    assert main(["evaluate", "--validation", str(root / "shift"), "--model",
+                 str(run_dir / "bundle"), "--out", str(tmp_path)]) == 0
+    sets = json.loads((tmp_path / "metrics.json").read_text())["sets"]
+    assert {name: m["images"] for name, m in sets.items()
+            if name.endswith("(validation part)") or name == "shift"} == {
+        "kids (validation part)": card["training"]["data"]["sources"]["kids"]["validation"]["images"],
+        "adults (validation part)": card["training"]["data"]["sources"]["adults"]["validation"]["images"],
+        "shift": 12}

@@ -41,12 +41,29 @@ def build_parser() -> argparse.ArgumentParser:
 
     defaults = TrainConfig(data_dir="")
     train = commands.add_parser(
-        "train", help="train a model bundle on a labelled folder",
-        description="Train an Xception classifier on DATA_DIR (DATA/{NORMAL,PNEUMONIA} or "
-                    "DATA/{train,val,test}/{NORMAL,PNEUMONIA}; test/ is never used). Writes a "
-                    "run folder with config, history, plots, metrics.json and bundle/.",
+        "train", help="train a model bundle on one or more labelled folders",
+        description="Train an Xception classifier on DATA_DIR... (each DATA/{NORMAL,PNEUMONIA} "
+                    "or DATA/{train,val,test}/{NORMAL,PNEUMONIA}; test/ is never used; a "
+                    "manifest.csv with file,patient_id gives patient ids). Each folder is a "
+                    "source with its own patient-grouped validation part, and sources and "
+                    "classes are balanced in the loss. Writes a run folder with config, "
+                    "history, plots, metrics.json and bundle/.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    train.add_argument("data_dir", metavar="DATA_DIR", help="folder of labelled X-rays")
+    train.add_argument("data_dirs", nargs="+", metavar="DATA_DIR",
+                       help="folders of labelled X-rays, one per source")
+    train.add_argument("--calibrate-on", nargs="+", default=[], metavar="DIR",
+                       help="labelled folders never trained on that, with every source's "
+                            "validation part, choose the calibration and the threshold "
+                            "(each set counting equally)")
+    from .preprocessing import NORMALIZATIONS
+
+    train.add_argument("--normalization", choices=NORMALIZATIONS, default=defaults.normalization,
+                       help="intensity normalisation after the resize, kept in the bundle "
+                            "for serving")
+    train.add_argument("--balance", choices=["source", "class"], default=defaults.balance,
+                       help="source: every (source, class) pair weighs the same in the loss; "
+                            "class: every class")
+    train.add_argument("--label-smoothing", type=float, default=defaults.label_smoothing)
     train.add_argument("--out", dest="out_dir", default=defaults.out_dir,
                        help="parent folder of run folders")
     train.add_argument("--run-name", default=None,
@@ -82,11 +99,19 @@ def build_parser() -> argparse.ArgumentParser:
                        help="use at most N images per class (quick trials)")
 
     evaluate = commands.add_parser(
-        "evaluate", help="measure a bundle on a labelled folder",
-        description="Write metrics.json (accuracy, loss, ROC AUC with 95%% bootstrap interval, "
-                    "sensitivity, specificity, PPV, NPV, F1, ECE, confusion matrix), "
-                    "predictions.csv and plots to --out.")
-    evaluate.add_argument("data_dir", metavar="DATA_DIR", help="folder of labelled X-rays")
+        "evaluate", help="measure a bundle on labelled folders, one report",
+        description="Run every image of each DATA_DIR through the screening flow (input "
+                    "checks, network, input gate) and write to --out: report.md (one table: "
+                    "images, refused, warned, ROC AUC, accuracy, sensitivity, specificity with "
+                    "95%% bootstrap intervals), metrics.json, roc_by_set.png, predictions.csv "
+                    "and a folder of plots per set. A folder the model was trained on is "
+                    "measured on its validation part only; a manifest.csv with view or age "
+                    "adds rows per view and age group.")
+    evaluate.add_argument("data_dirs", nargs="*", metavar="DATA_DIR",
+                          help="folders of labelled X-rays")
+    evaluate.add_argument("--validation", action="store_true",
+                          help="also measure the validation part of every training source, "
+                               "rebuilt from the model card")
     evaluate.add_argument("--out", required=True, metavar="DIR", help="output folder")
     _add_model_option(evaluate)
 
@@ -113,7 +138,10 @@ def build_parser() -> argparse.ArgumentParser:
                     "scores. Writes a copy of the bundle to --out with the new gate.npz and "
                     "card entry; the network and calibration are untouched. From the model's "
                     "own training folder it gives back training's split.")
-    _add_site_arguments(refit)
+    refit.add_argument("data_dirs", nargs="+", metavar="DATA_DIR",
+                       help="folders of labelled X-rays, one per source (the model's training "
+                            "folders give back training's split)")
+    refit.add_argument("--out", required=True, metavar="BUNDLE", help="new bundle folder")
     refit.add_argument("--components", type=int, default=None, metavar="K",
                        help="principal components kept (default: 128)")
     refit.add_argument("--reject-percentile", type=float, default=None, metavar="P",
@@ -184,7 +212,7 @@ def _train(args) -> int:
     from .train import run_training
 
     fields = {k: v for k, v in vars(args).items() if k in TrainConfig.__dataclass_fields__}
-    config = TrainConfig(**fields)
+    config = TrainConfig(data_dir=args.data_dirs[0], extra_sources=args.data_dirs[1:], **fields)
     command = "pneumo " + " ".join(shlex.quote(a) for a in args.argv)
     run_dir = run_training(config, command=command)
     print(f"run folder: {run_dir}\nbundle: {run_dir / 'bundle'}")
@@ -192,14 +220,13 @@ def _train(args) -> int:
 
 
 def _evaluate(args) -> int:
-    from .evaluate import evaluate
+    from .evaluate import evaluate, summary
 
-    metrics = evaluate(args.data_dir, args.out, args.model)
-    ci = metrics.get("roc_auc_ci95", [float("nan")] * 2)
-    print(f"n={metrics['n']}  accuracy={metrics['accuracy']:.4f}  "
-          f"roc_auc={metrics['roc_auc']:.4f} (95% CI {ci[0]:.4f}-{ci[1]:.4f})  "
-          f"sensitivity={metrics['sensitivity']:.4f}  specificity={metrics['specificity']:.4f}")
-    print(f"written to {args.out}")
+    if not args.data_dirs and not args.validation:
+        raise ValueError("give at least one labelled folder, or --validation")
+    report = evaluate(args.data_dirs, args.out, args.model, with_validation=args.validation)
+    print(summary(report))
+    print(f"report: {Path(args.out) / 'report.md'}")
     return 0
 
 
@@ -218,7 +245,7 @@ def _refit_gate(args) -> int:
     from .refit_gate import refit_gate, summary
 
     entry = refit_gate(
-        args.data_dir, args.out, args.model,
+        args.data_dirs, args.out, args.model,
         n_components=args.components or gate.N_COMPONENTS,
         reject_percentile=args.reject_percentile or gate.REJECT_PERCENTILE,
         warn_percentile=args.warn_percentile or gate.WARN_PERCENTILE)

@@ -132,3 +132,24 @@ def all_evaluation_plots(y, p, metrics: dict, out_dir: Path, p_uncalibrated=None
         confusion(metrics["confusion_matrix"], out_dir / "confusion_matrix.png"),
         reliability(y, p_uncalibrated, p, out_dir / "reliability.png"),
     ]
+
+
+def roc_by_set(curves: dict[str, tuple[np.ndarray, np.ndarray, float]], threshold: float,
+               path: Path) -> Path:
+    """Every set's ROC curve on one figure, each with its operating point, so that the
+    shift from one population to another is seen at a glance."""
+    with plt.rc_context(_STYLE):
+        fig, ax = plt.subplots(figsize=(6.5, 6))
+        colours = plt.cm.tab10(np.linspace(0, 1, 10))
+        for index, (name, (y, p, auc)) in enumerate(curves.items()):
+            colour = colours[index % 10]
+            fpr, tpr, _ = roc_curve(y, p)
+            ax.plot(fpr, tpr, lw=1.8, color=colour, label=f"{name}: AUC {auc:.3f} (n={len(y)})")
+            predicted = p >= threshold
+            ax.plot(predicted[y == 0].mean(), predicted[y == 1].mean(), "o", color=colour, ms=6)
+        ax.plot([0, 1], [0, 1], color="grey", ls=":", lw=1)
+        ax.set(title=f"ROC by set (dots: operating point, t={threshold:.3f})",
+               xlabel="1 - specificity", ylabel="sensitivity", xlim=(-0.01, 1.01),
+               ylim=(-0.01, 1.01))
+        ax.legend(loc="lower right", fontsize=7)
+        return _save(fig, path)
