@@ -294,3 +294,29 @@ def test_template_filters_handle_missing_values():
         "the highest threshold reaching 95% sensitivity"
     view = ui_module.card_view({"threshold": 0.4, "limitations": "one string"}, [])
     assert view["limitations"] == ["one string"] and view["metrics"] == []
+
+
+def test_about_page_gives_figures_per_population_and_what_calibrated(tiny_bundle, tmp_path):
+    sets = {"chest_xray (validation part)": {
+                "images": 1044, "refused": 3, "refused_rate": 3 / 1044, "roc_auc": 0.991,
+                "roc_auc_ci95": [0.988, 0.995], "sensitivity": 0.95, "specificity": 0.9},
+            "nih-dev (validation part), AP view": {
+                "images": 51, "refused": 0, "refused_rate": 0.0, "roc_auc": 0.812,
+                "roc_auc_ci95": [0.7, 0.9], "sensitivity": 0.7, "specificity": 0.8}}
+    bundle = variant_bundle(tiny_bundle, tmp_path / "variant", development_sets={
+        "measured": "2026-12-02", "by": "pneumo evaluate", "sets": sets},
+        calibration={"method": "Platt", "temperature": 1.0, "bias": 0.0,
+                     "fitted_on": {"chest_xray": 1044, "shift-dev": 295}})
+    html = create_app({"TESTING": True, "PNEUMO_MODEL": str(bundle)}).test_client() \
+        .get("/about").get_data(as_text=True)
+    text = " ".join(html.split())
+    assert 'data-testid="about-populations"' in html
+    assert "<th scope=\"row\">nih-dev (validation part), AP view</th>" in text
+    assert "0.812" in text and "0.700 – 0.900" in text and "3 (0.3%)" in text
+    assert 'class="subgroup"' in html  # the view row sits under its set
+    assert "chest_xray (1,044 images), shift-dev (295 images), each set counting equally" in text
+
+
+def test_about_page_without_population_figures_leaves_the_section_out(client):
+    html = client.get("/about").get_data(as_text=True)
+    assert 'data-testid="about-populations"' not in html

@@ -140,6 +140,29 @@ def inconclusive_band(card: dict) -> dict | None:
             "accuracy_outside": _number(band.get("accuracy_outside"))}
 
 
+def population_rows(card: dict) -> tuple[list[dict], str | None]:
+    """Figures per population (each training source's validation part, each calibration
+    or development set, each view and age group), and how they were measured: from
+    ``pneumo evaluate`` through the input gate when the card carries its report, else
+    from training's own pass over the sets."""
+    measured = card.get("development_sets")
+    if measured:
+        sets, how = measured.get("sets") or {}, measured.get("by")
+    else:
+        sets, how = card.get("validation_by_set") or {}, "at training, on every image"
+    rows = []
+    for name, m in sets.items():
+        rows.append({"name": name, "images": m.get("images", m.get("n")),
+                     "refused": m.get("refused"), "refused_rate": _number(m.get("refused_rate")),
+                     "auc": _number(m.get("roc_auc")), "auc_ci": _interval(m, "roc_auc"),
+                     "sensitivity": _number(m.get("sensitivity")),
+                     "sensitivity_ci": _interval(m, "sensitivity"),
+                     "specificity": _number(m.get("specificity")),
+                     "specificity_ci": _interval(m, "specificity"),
+                     "subgroup": ", " in name})
+    return rows, how if rows else None
+
+
 def card_view(card: dict, plots: list) -> dict:
     """What the About page shows, extracted from the card with every part optional."""
     validation = card.get("validation") or {}
@@ -151,6 +174,8 @@ def card_view(card: dict, plots: list) -> dict:
     limitations = card.get("limitations") or []
     if isinstance(limitations, str):
         limitations = [limitations]
+    populations, measured_by = population_rows(card)
+    fitted_on = (card.get("calibration") or {}).get("fitted_on") or {}
     return {
         "name": card.get("name", "pneumo model"),
         "version": card.get("version", "unknown"),
@@ -166,8 +191,13 @@ def card_view(card: dict, plots: list) -> dict:
         "confusion": validation.get("confusion_matrix"),
         "calibration": card.get("calibration") or {},
         "data": {"train": data.get("train"), "validation": data.get("validation"),
+                 "sources": data.get("sources") or {},
                  "split": data.get("split"),
                  "duplicates": data.get("byte_identical_duplicates")},
+        "populations": populations,
+        "populations_measured_by": measured_by,
+        "calibrated_on": ", ".join(f"{name} ({n:,} images)" for name, n in fitted_on.items())
+        if len(fitted_on) > 1 else None,
         "augmentation": training.get("augmentation"),
         "class_weights": training.get("class_weights"),
         "input": card.get("input") or {},
