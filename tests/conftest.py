@@ -20,6 +20,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared"
 TRAIN_DATA = SHARED / "data" / "chest_xray" / "train"
+ADULT_DATA = SHARED / "data" / "external" / "nih-dev"
 BACKBONE_WEIGHTS = SHARED / "weights" / "xception_imagenet_notop.weights.h5"
 SHIPPED_BUNDLE = ROOT / "models" / "pneumo-xception"
 TINY_SIZE = 71  # the smallest input Xception accepts
@@ -93,6 +94,14 @@ def train_data() -> Path:
     if not TRAIN_DATA.is_dir():
         pytest.skip(f"real training X-rays not found at {TRAIN_DATA} (../shared/data)")
     return TRAIN_DATA
+
+
+@pytest.fixture
+def adult_data() -> Path:
+    """The NIH development set (mostly adults, another hospital, with a manifest)."""
+    if not ADULT_DATA.is_dir():
+        pytest.skip(f"the NIH development X-rays were not found at {ADULT_DATA} (../shared/data)")
+    return ADULT_DATA
 
 
 @pytest.fixture(scope="session")

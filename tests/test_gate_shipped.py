@@ -133,6 +133,34 @@ def test_gate_on_the_training_xrays_measured_and_as_the_card_says(shipped, clien
     assert refused <= card + 3 * math.sqrt(card * (1 - card) / n) + 1 / n, (refused, card)
 
 
+def test_gate_on_adult_xrays_from_another_hospital(shipped, client, adult_data,
+                                                  reliability_figures):
+    """Frontal films of adults are chest X-rays: the gate must not refuse them wholesale
+    (issue 11: at most 10%; at most 1% on the validation part of each training source,
+    which the card measures at training time)."""
+    files = sorted(p for p in adult_data.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+    verdicts: collections.Counter = collections.Counter()
+    for start in range(0, len(files), 16):
+        chunk = files[start:start + 16]
+        response = upload(client, "/api/v1/predict/batch?heatmap=false",
+                          [(p.name, p.read_bytes()) for p in chunk])
+        assert response.status_code == 200
+        for entry in response.get_json()["results"]:
+            verdicts[entry.get("input_check", {}).get("status", "error")] += 1
+    n = sum(verdicts.values())
+    _model_line(shipped, reliability_figures)
+    reliability_figures.add(FIGURES, f"NIH development X-rays refused (all {n}, mostly adults; "
+                            "part of them trained on)", rate(verdicts["rejected"], n))
+    reliability_figures.add(FIGURES, "NIH development X-rays answered with a warning",
+                            rate(verdicts["warning"], n))
+    by_source = shipped.card["input_gate"].get("false_rejection_validation_by_source", {})
+    for source, share in by_source.items():
+        reliability_figures.add(FIGURES, f"card: validation part of {source} refused at training",
+                                f"{share * 100:.2f}%")
+    assert verdicts["error"] == 0
+    assert verdicts["rejected"] / n <= 0.10
+
+
 @pytest.mark.reliability(24)
 def test_row24_the_shipped_model_refuses_non_xrays(shipped, client, reliability_figures):
     samples = all_samples()
