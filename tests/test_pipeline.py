@@ -11,6 +11,7 @@ import json
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 from pneumo.cli import main
@@ -62,7 +63,9 @@ def test_card_records_command_threshold_and_data(trained_run):
     assert card["input"]["size"] == 71
     gate = card["input_gate"]
     assert gate["warn_above"] <= gate["reject_above"]
-    assert 0.0 <= gate["false_rejection_validation"] <= 1.0
+    # the cut-off is the 99.5th percentile of the validation scores: of so few images,
+    # at most the one with the highest score lies above it
+    assert gate["false_rejection_validation"] * gate["images"]["validation"] <= 1 + 1e-9
     assert set(card["files"]) >= {"model.keras", "gate.npz", "plots/roc.png"}
 
 
@@ -74,10 +77,15 @@ def test_trained_bundle_scores_inputs_with_its_gate(trained_run):
     predictor = Predictor.from_bundle(run_dir / "bundle")
     image = load_image(next((data / "NORMAL").iterdir()))
     prediction = predictor.predict(image)
-    assert prediction.feature_score is not None and prediction.feature_score >= 0
+    # standard deviations from typical training X-rays: any finite number, negative too
+    assert prediction.feature_score is not None and np.isfinite(prediction.feature_score)
     assessment = predictor.assess(image, prediction)
     assert assessment.feature_score == pytest.approx(prediction.feature_score)
-    assert assessment.status in ("ok", "warning", "rejected")
+    # a generated 96-pixel film is only warned about by the image checks: it is refused
+    # exactly when its features lie beyond the gate's cut-off
+    assert (assessment.status == "rejected") == \
+        (prediction.feature_score > predictor.gate.reject_above)
+    assert assessment.status != "ok"  # "low resolution (96x96 pixels)" at least
 
 
 def test_rerun_with_the_same_name_resumes(trained_run, caplog):
@@ -158,7 +166,8 @@ def test_predict_writes_one_row_per_file_and_survives_bad_files(trained_run, tmp
     good = [r for r in readable if not r["status"].startswith("rejected")]
     assert len(good) >= 12
     assert all("low resolution (96x96 pixels)" in r["status"] for r in readable)
-    assert all(r["label"] in ("NORMAL", "PNEUMONIA") and 0 <= float(r["probability"]) <= 1
+    threshold = json.loads((run_dir / "bundle" / "card.json").read_text())["threshold"]
+    assert all(r["label"] == ("PNEUMONIA" if float(r["probability"]) >= threshold else "NORMAL")
                for r in good)
     assert all(not r["label"] and not r["probability"] for r in readable if r not in good)
 
