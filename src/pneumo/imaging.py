@@ -56,6 +56,12 @@ log = logging.getLogger(__name__)
 MAX_PIXELS = 50_000_000
 #: Largest file accepted, in bytes; also the most a deflated DICOM may inflate to.
 MAX_FILE_BYTES = 64 * 1024 * 1024
+#: Most memory one decoded raster may take (Pillow keeps colour as 4 bytes a pixel): a
+#: 16-bit 7,000 x 7,000 grayscale image fits, a colour one up to 33.5 megapixels.
+MAX_DECODED_BYTES = 128 * 2**20
+#: Pixels converted at a time: intermediate arrays (float, colour) are this size, never
+#: the image's, so that a large image costs its decoded size plus a little.
+STRIP_PIXELS = 1 << 20
 #: Modalities that can hold a projection chest radiograph.
 RADIOGRAPHY_MODALITIES = {"CR", "DX", "DR", "RG"}
 #: DICOM header fields that are safe to show (no patient identifiers).
@@ -223,12 +229,14 @@ def _load_raster(data: bytes, fmt: str, reduce_to: int | None = None) -> Decoded
             sent = image.size
             if fmt == "JPEG" and reduce_to:
                 image.draft(image.mode, (int(reduce_to), int(reduce_to)))
+            _check_decoded_bytes(image)
             image.load()  # the first frame
             with _warnings(ignore=(UserWarning,)):
                 orientation = image.getexif().get(ExifTags.Base.Orientation, 1)
             method = _EXIF_TRANSPOSE.get(orientation) if isinstance(orientation, int) else None
-            upright = image.transpose(method) if method is not None else image
-            pixels, colorfulness = _to_gray(upright)
+            pixels, colorfulness = _to_gray(image)
+            if method is not None:  # on the 8-bit result: a copy of that, not of the raster
+                pixels = np.ascontiguousarray(_NUMPY_TRANSPOSE[method](pixels))
             if method in _SWAPS_AXES:
                 sent = sent[::-1]
     except ImageError:
@@ -242,6 +250,35 @@ def _load_raster(data: bytes, fmt: str, reduce_to: int | None = None) -> Decoded
     metadata = {"frames": frames} if frames > 1 else {}
     return DecodedImage(pixels=pixels, format=fmt, colorfulness=colorfulness, metadata=metadata,
                         size=(int(sent[0]), int(sent[1])))
+
+
+#: Pillow's transposes, done on a numpy array instead.
+_NUMPY_TRANSPOSE = {
+    Image.Transpose.FLIP_LEFT_RIGHT: lambda a: a[:, ::-1],
+    Image.Transpose.ROTATE_180: lambda a: a[::-1, ::-1],
+    Image.Transpose.FLIP_TOP_BOTTOM: lambda a: a[::-1],
+    Image.Transpose.TRANSPOSE: lambda a: a.T,
+    Image.Transpose.ROTATE_270: lambda a: np.rot90(a, -1),
+    Image.Transpose.TRANSVERSE: lambda a: a[::-1, ::-1].T,
+    Image.Transpose.ROTATE_90: lambda a: np.rot90(a, 1),
+}
+
+#: Bytes a pixel takes in Pillow's memory, by mode (colour modes are stored 4 bytes a pixel).
+_MODE_BYTES = {"1": 1, "L": 1, "P": 1, "I;16": 2, "I;16B": 2, "I;16L": 2, "LA": 4, "PA": 4,
+               "La": 4, "I": 4, "F": 4, "RGB": 4, "RGBA": 4, "RGBX": 4, "RGBa": 4, "CMYK": 4,
+               "YCbCr": 4, "LAB": 4, "HSV": 4}
+
+
+def _check_decoded_bytes(image: Image.Image) -> None:
+    """Refuse, before decoding, an image whose raster would exceed ``MAX_DECODED_BYTES``."""
+    per_pixel = _MODE_BYTES.get(image.mode, 4)
+    needed = image.width * image.height * per_pixel
+    if needed > MAX_DECODED_BYTES:
+        largest = MAX_DECODED_BYTES // per_pixel / 1e6
+        raise ImageTooLarge(f"The image is {image.width} x {image.height} pixels in "
+                            f"{'colour' if per_pixel == 4 else 'this pixel format'}, which takes "
+                            f"{needed / 2**20:.0f} MB to decode; the largest accepted such image "
+                            f"is {largest:.0f} megapixels.")
 
 
 def _raster_error(exc: Exception, data: bytes, fmt: str) -> ImageError:
@@ -268,27 +305,41 @@ def _to_gray(image: Image.Image) -> tuple[np.ndarray, float]:
     """Grayscale uint8 pixels and the mean chroma of colour inputs.
 
     16-bit images are stretched over their own range rather than truncated;
-    transparent pixels are composited on black.
+    transparent pixels are composited on black. The conversion runs on strips of
+    ``STRIP_PIXELS``, so no full-size float, int16 or RGBA copy is ever made.
     """
-    colorfulness = 0.0
-    if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
-        return _stretch_to_uint8(np.asarray(image, dtype=np.float64)), 0.0
-    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
-        image = image.convert("RGBA")
-        background = Image.new("RGBA", image.size, (0, 0, 0, 255))
-        image = Image.alpha_composite(background, image)
-    if image.mode not in ("L", "1"):
-        rgb = np.asarray(image.convert("RGB"), dtype=np.int16)
-        colorfulness = float(np.mean(rgb.max(axis=2) - rgb.min(axis=2)))
-    return np.asarray(image.convert("L"), dtype=np.uint8).copy(), colorfulness
+    width, height = image.size
+    pixels = np.empty((height, width), dtype=np.uint8)
+    wide = image.mode in ("I;16", "I;16B", "I;16L", "I", "F")
+    if wide:
+        lo, hi = (float(v) for v in image.getextrema())
+    transparent = image.mode in ("RGBA", "LA", "PA") or (
+        image.mode == "P" and "transparency" in image.info)
+    colour = not wide and image.mode not in ("L", "1")
+    chroma = 0
+    rows = max(1, STRIP_PIXELS // max(1, width))
+    for top in range(0, height, rows):
+        bottom = min(height, top + rows)
+        strip = image.crop((0, top, width, bottom))
+        if wide:
+            pixels[top:bottom] = _stretch_between(np.asarray(strip, dtype=np.float64), lo, hi)
+            continue
+        if transparent:
+            strip = strip.convert("RGBA")
+            strip = Image.alpha_composite(Image.new("RGBA", strip.size, (0, 0, 0, 255)), strip)
+        if colour:
+            rgb = np.asarray(strip.convert("RGB"), dtype=np.int16)
+            chroma += int((rgb.max(axis=2) - rgb.min(axis=2)).sum(dtype=np.int64))
+        pixels[top:bottom] = np.asarray(strip.convert("L"), dtype=np.uint8)
+    colorfulness = chroma / max(1, width * height) if colour else 0.0
+    return pixels, float(colorfulness)
 
 
-def _stretch_to_uint8(values: np.ndarray) -> np.ndarray:
-    """Map an array's own [min, max] onto [0, 255]; a flat image becomes black."""
-    lo, hi = float(values.min()), float(values.max())
+def _stretch_between(values: np.ndarray, lo: float, hi: float) -> np.ndarray:
+    """Map [lo, hi] onto [0, 255] (values outside are clipped); a flat range becomes black."""
     if hi <= lo:
         return np.zeros(values.shape, dtype=np.uint8)
-    return np.round((values - lo) * (255.0 / (hi - lo))).astype(np.uint8)
+    return np.round((np.clip(values, lo, hi) - lo) * (255.0 / (hi - lo))).astype(np.uint8)
 
 
 # --------------------------------------------------------------------------------------
@@ -466,6 +517,7 @@ def _decode_dicom(ds, syntax) -> DecodedImage:
                                     "which this installation cannot decode.")
         if "pylibjpeg" in decoder.available_plugins:
             ds.pixel_array_options(decoding_plugin="pylibjpeg")
+        _check_codestream(ds, syntax, rows, columns)
     try:
         raw = ds.pixel_array
     except BaseException as exc:  # decoder plugins raise many types, see below
@@ -479,11 +531,134 @@ def _decode_dicom(ds, syntax) -> DecodedImage:
     if raw.shape != (rows, columns):
         raise UnreadableImage("The DICOM pixel data does not match the image size in its header.")
 
-    values = _modality_values(raw, ds)
-    pixels = _voi_to_uint8(values, ds)
+    pixels = _dicom_to_uint8(raw, ds)
+    del raw
     if photometric == "MONOCHROME1":  # low values are white: invert after the VOI step
-        pixels = 255 - pixels
+        np.subtract(255, pixels, out=pixels)
     return DecodedImage(pixels=pixels, format="DICOM", metadata=_safe_metadata(ds))
+
+
+# --------------------------------------------------------------------------------------
+# Compressed frames: a decoder allocates what its codestream's own header states, whatever
+# the DICOM header says. That header is read here first, and must agree.
+
+_JPEG_SOF = frozenset({0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE,
+                       0xCF, 0xF7})  # SOF0-15 (T.81) and SOF55 (JPEG-LS, T.87)
+_JP2_SIGNATURE = b"\x00\x00\x00\x0cjP  \r\n\x87\n"
+
+
+def _check_codestream(ds, syntax, rows: int, columns: int) -> None:
+    """Refuse a compressed frame whose codestream states another size than Rows x Columns,
+    more than one component, or no readable size, before any decoder sees it."""
+    from pydicom import uid
+    from pydicom.encaps import generate_frames
+
+    if syntax == uid.RLELossless:  # RLE segments are decoded into a Rows x Columns buffer
+        return
+    try:
+        frame = next(generate_frames(ds.PixelData, number_of_frames=1))
+    except Exception as exc:  # noqa: BLE001 - malformed encapsulation
+        log.debug("DICOM encapsulation unreadable: %s", type(exc).__name__)
+        raise UnreadableImage("The DICOM file's compressed pixel data is damaged: its "
+                              "fragments could not be read.") from None
+    name = str(syntax.name)
+    size = _jpeg2000_size(frame) if "2000" in name else _jpeg_size(frame)
+    if size is None:
+        raise UnreadableImage(f"The DICOM pixel data, encoded as {_syntax_name(syntax)}, is "
+                              "damaged: its codestream does not state a readable image size.")
+    width, height, components = size
+    if components != 1:
+        raise UnsupportedFormat(f"The DICOM pixel data holds {components} colour components; "
+                                "only grayscale radiographs are accepted.")
+    if (width, height) != (columns, rows):
+        _check_size(width, height, "DICOM pixel data")
+        raise UnreadableImage(f"The DICOM pixel data is encoded as a {width} x {height} image, "
+                              f"but the header says {columns} x {rows}; it was not decoded.")
+    # The decoders' working memory: JPEG 2000 decodes into 32-bit planes before the output
+    # array is made; the JPEG family writes the output array (and pydicom copies it once).
+    sample = (max(1, _int(ds, "BitsAllocated", 16)) + 7) // 8
+    per_pixel = sample * (3 if "2000" in name else 2)
+    if rows * columns * per_pixel > MAX_DECODED_BYTES:
+        largest = MAX_DECODED_BYTES / per_pixel / 1e6
+        raise ImageTooLarge(f"The DICOM image is {columns} x {rows} pixels compressed as "
+                            f"{_syntax_name(syntax)}, which takes "
+                            f"{rows * columns * per_pixel / 2**20:.0f} MB to decode; the largest "
+                            f"accepted is {largest:.1f} megapixels.")
+
+
+def _jpeg_size(stream: bytes) -> tuple[int, int, int] | None:
+    """(width, height, components) from a JPEG or JPEG-LS frame header; None if unreadable.
+
+    A JPEG-LS LSE segment of ID 4 (T.87 C.2.4.1.4) restates the size for images over
+    65535 pixels a side; it wins over the frame header, as in the decoder."""
+    if not stream.startswith(b"\xff\xd8"):
+        return None
+    at, found, oversize = 2, None, None
+    while at + 4 <= len(stream):
+        if stream[at] != 0xFF:
+            return None
+        marker = stream[at + 1]
+        if marker == 0xFF:  # fill byte
+            at += 1
+            continue
+        if marker == 0x01 or 0xD0 <= marker <= 0xD7:  # TEM, RSTn: no length
+            at += 2
+            continue
+        length = int.from_bytes(stream[at + 2:at + 4], "big")
+        segment = stream[at + 4:at + 2 + length]
+        if length < 2 or len(segment) != length - 2:
+            return None
+        if marker in _JPEG_SOF and len(segment) >= 6:
+            height = int.from_bytes(segment[1:3], "big")
+            width = int.from_bytes(segment[3:5], "big")
+            found = (width, height, segment[5])
+        elif marker == 0xF8 and len(segment) >= 2 and segment[0] == 4:
+            wide = segment[1]
+            if wide < 2 or wide > 4 or len(segment) < 2 + 2 * wide:
+                return None
+            height = int.from_bytes(segment[2:2 + wide], "big")
+            width = int.from_bytes(segment[2 + wide:2 + 2 * wide], "big")
+            oversize = (width, height)
+        elif marker == 0xDA:  # start of scan: the headers are over
+            break
+        at += 2 + length
+    if found is None or found[0] == 0 or found[1] == 0:  # 0 rows: given later (DNL), refused
+        return None
+    if oversize is not None:
+        found = (*oversize, found[2])
+    return found
+
+
+def _jpeg2000_size(stream: bytes) -> tuple[int, int, int] | None:
+    """(width, height, components) from a JPEG 2000 (or HTJ2K) SIZ segment, in a bare
+    codestream or inside a JP2 file's ``jp2c`` box; None if unreadable."""
+    if stream.startswith(_JP2_SIGNATURE):
+        at = 0
+        while at + 8 <= len(stream):
+            length = int.from_bytes(stream[at:at + 4], "big")
+            kind = stream[at + 4:at + 8]
+            header = 8
+            if length == 1:
+                length, header = int.from_bytes(stream[at + 8:at + 16], "big"), 16
+            elif length == 0:
+                length = len(stream) - at
+            if kind == b"jp2c":
+                stream = stream[at + header:at + length]
+                break
+            if length < header:
+                return None
+            at += length
+        else:
+            return None
+    # SOC, then SIZ: Lsiz Rsiz Xsiz Ysiz XOsiz YOsiz XTsiz YTsiz XTOsiz YTOsiz Csiz
+    if not stream.startswith(b"\xff\x4f\xff\x51") or len(stream) < 42:
+        return None
+    xsiz, ysiz, xosiz, yosiz = (int.from_bytes(stream[8 + 4 * i:12 + 4 * i], "big")
+                                for i in range(4))
+    components = int.from_bytes(stream[40:42], "big")
+    if xsiz <= xosiz or ysiz <= yosiz:
+        return None
+    return xsiz - xosiz, ysiz - yosiz, components
 
 
 def _check_native_length(ds, rows: int, columns: int) -> None:
@@ -503,6 +678,30 @@ def _check_native_length(ds, rows: int, columns: int) -> None:
     if length not in (expected, expected + expected % 2):
         raise UnreadableImage(f"The DICOM pixel data holds {length} bytes, but Rows x Columns "
                               f"({rows} x {columns}) needs {expected}.")
+
+
+def _dicom_to_uint8(raw: np.ndarray, ds) -> np.ndarray:
+    """Stored values -> modality values -> VOI -> uint8, a strip of rows at a time.
+
+    Every step is a function of each pixel alone, except the fallback stretch over the
+    image's own range, which takes a first pass for the range; so float arrays exist
+    only strip by strip, and the full-size cost is the 8-bit result.
+    """
+    lut, window = _voi_lut(ds), _window(ds)
+    rows = max(1, STRIP_PIXELS // max(1, raw.shape[1]))
+    strips = [slice(top, top + rows) for top in range(0, raw.shape[0], rows)]
+    lo = hi = None
+    if lut is None and window is None:
+        lo, hi = math.inf, -math.inf
+        for strip in strips:
+            values = _modality_values(raw[strip], ds)
+            lo, hi = min(lo, float(values.min())), max(hi, float(values.max()))
+    pixels = np.empty(raw.shape, dtype=np.uint8)
+    for strip in strips:
+        values = _modality_values(raw[strip], ds)
+        pixels[strip] = _stretch_between(values, lo, hi) if lo is not None \
+            else _voi_to_uint8(values, lut, window)
+    return pixels
 
 
 def _modality_values(raw: np.ndarray, ds) -> np.ndarray:
@@ -531,32 +730,22 @@ def _modality_values(raw: np.ndarray, ds) -> np.ndarray:
     return values
 
 
-def _voi_to_uint8(values: np.ndarray, ds) -> np.ndarray:
-    """The VOI step (PS3.3 C.11.2) straight to [0, 255]: LUT, else window, else own range."""
-    lut = _voi_lut(ds)
+def _voi_to_uint8(values: np.ndarray, lut, window) -> np.ndarray:
+    """The VOI step (PS3.3 C.11.2) straight to [0, 255]: the LUT, else the window."""
     if lut is not None:
         first, table = lut
         index = np.clip(np.rint(values) - first, 0, len(table) - 1).astype(np.intp)
         return _stretch_between(table[index], float(table.min()), float(table.max()))
-    window = _window(ds)
-    if window is not None:
-        center, width, function = window
-        if function == "SIGMOID":
-            unit = 1.0 / (1.0 + np.exp(np.clip(-4.0 * (values - center) / width, -700, 700)))
-        elif function == "LINEAR_EXACT":
-            unit = (values - center) / width + 0.5
-        elif width > 1:  # LINEAR, the default
-            unit = (values - (center - 0.5)) / (width - 1) + 0.5
-        else:
-            unit = (values > center - 0.5).astype(np.float64)
-        return np.round(np.clip(unit, 0.0, 1.0) * 255.0).astype(np.uint8)
-    return _stretch_to_uint8(values)
-
-
-def _stretch_between(values: np.ndarray, lo: float, hi: float) -> np.ndarray:
-    if hi <= lo:
-        return np.zeros(values.shape, dtype=np.uint8)
-    return np.round((np.clip(values, lo, hi) - lo) * (255.0 / (hi - lo))).astype(np.uint8)
+    center, width, function = window
+    if function == "SIGMOID":
+        unit = 1.0 / (1.0 + np.exp(np.clip(-4.0 * (values - center) / width, -700, 700)))
+    elif function == "LINEAR_EXACT":
+        unit = (values - center) / width + 0.5
+    elif width > 1:  # LINEAR, the default
+        unit = (values - (center - 0.5)) / (width - 1) + 0.5
+    else:
+        unit = (values > center - 0.5).astype(np.float64)
+    return np.round(np.clip(unit, 0.0, 1.0) * 255.0).astype(np.uint8)
 
 
 def _voi_lut(ds) -> tuple[int, np.ndarray] | None:
