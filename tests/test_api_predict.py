@@ -414,3 +414,19 @@ def test_memory_stays_flat_over_many_predictions(client):
         assert post(client, {"file": (io.BytesIO(data), "x.png")}).status_code == 200
     growth = _rss_bytes() - before
     assert growth < 25 * 2**20, f"resident memory grew by {growth / 2**20:.1f} MB"
+
+
+def test_a_batch_stops_decoding_when_its_time_budget_is_spent(tiny_predictor, xray_png):
+    """Files not reached within the budget are answered 503 ``time_budget``, each; the
+    ones decoded in time are predicted."""
+    app = create_app({"TESTING": True, "PNEUMO_PREDICTOR": tiny_predictor,
+                      "PNEUMO_KEEP_STUDIES": False, "PNEUMO_BATCH_TIME_BUDGET": 1e-9})
+    response = app.test_client().post("/api/v1/predict/batch", data={"file": [
+        (io.BytesIO(xray_png), f"x{i}.png") for i in range(3)]})
+    assert response.status_code == 200
+    results = response.get_json()["results"]
+    assert results[0]["ok"] is True
+    assert [(r["status"], r["error"]["code"]) for r in results[1:]] == [(503, "time_budget")] * 2
+    assert "send it again" in results[1]["error"]["message"]
+    assert create_app({"TESTING": True, "PNEUMO_PREDICTOR": tiny_predictor}).config[
+        "PNEUMO_BATCH_TIME_BUDGET"] == 20.0

@@ -15,8 +15,10 @@ Configuration keys (defaults below; pass a mapping to ``create_app`` to change t
     ``"background"``: load in a thread, health answers 503 until it is ready.
 ``PNEUMO_INFERENCE_TIMEOUT``
     Seconds a request waits for the model before answering 504.
-``PNEUMO_MAX_BATCH_FILES``
-    Most files in one batch request.
+``PNEUMO_MAX_BATCH_FILES`` / ``PNEUMO_BATCH_TIME_BUDGET``
+    Most files in one batch request, and the seconds its decoding may take: files not
+    reached by then are answered 503 ``time_budget`` (each file's own memory is bounded
+    by ``imaging.MAX_DECODED_BYTES``).
 ``PNEUMO_BATCH_MAX_IMAGES`` / ``PNEUMO_BATCH_WAIT_MS``
     Micro-batching (``model.py``): concurrent predictions run together, at most
     this many images, the inference thread waiting at most this long for
@@ -52,6 +54,7 @@ def create_app(config: dict | None = None) -> Flask:
         PNEUMO_MODEL_LOADING="eager",
         PNEUMO_INFERENCE_TIMEOUT=60.0,
         PNEUMO_MAX_BATCH_FILES=16,
+        PNEUMO_BATCH_TIME_BUDGET=20.0,
         PNEUMO_BATCH_MAX_IMAGES=8,
         PNEUMO_BATCH_WAIT_MS=5.0,
         PNEUMO_HEATMAP_SIDE=128,  # long side of the heatmap PNG (the map itself is 7x7)

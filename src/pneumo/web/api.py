@@ -14,8 +14,10 @@ its prediction and carries the reasons in ``input_check``.
 from __future__ import annotations
 
 import base64
+import dataclasses
 import io
 import math
+import time
 
 import numpy as np
 from flask import Blueprint, current_app, jsonify, request
@@ -197,11 +199,18 @@ def predict_batch():
     if len(files) > limit:
         raise ApiError(413, "too_many_files",
                        f"{len(files)} files were sent; at most {limit} per batch")
+    budget = float(current_app.config["PNEUMO_BATCH_TIME_BUDGET"])
+    started = time.monotonic()
     entries: list[dict] = []
     accepted: list[tuple[int, DecodedImage, Assessment, np.ndarray]] = []
     for index, storage in enumerate(files):
         entry = {"index": index, "filename": clean_name(storage.filename) or None, "ok": False}
         entries.append(entry)
+        if index and time.monotonic() - started > budget:
+            _fail(entry, ApiError(503, "time_budget",
+                                  f"not decoded: this batch used up its {budget:g} s for "
+                                  "decoding before reaching this file; send it again"))
+            continue
         try:
             decoded = _decode(predictor, read_upload(storage).data)
             model_input = predictor.prepare(decoded)
@@ -209,6 +218,9 @@ def predict_batch():
         except ApiError as exc:
             _fail(entry, exc)
             continue
+        # Keep what the answer needs, not the full-size pixels: sixteen large images held
+        # at once would cost sixteen times the memory of one.
+        decoded = dataclasses.replace(decoded, pixels=model_input[:, :, 0])
         accepted.append((index, decoded, checks, model_input))
     succeeded = 0
     if accepted:

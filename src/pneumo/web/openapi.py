@@ -14,7 +14,7 @@ from .uploads import ALLOWED_EXTENSIONS
 _ERROR_CODES = ["bad_request", "missing_file", "cross_origin", "forbidden", "not_found",
                 "method_not_allowed", "too_large", "too_many_files", "unsupported_type",
                 "unreadable_image", "not_a_chest_xray", "internal_error", "model_unavailable",
-                "timeout", "http_error"]
+                "timeout", "time_budget", "http_error"]
 
 _MODEL = {
     "type": "object",
@@ -187,8 +187,10 @@ _BATCH_ERROR = {
         "index": {"type": "integer", "minimum": 0},
         "filename": {"type": ["string", "null"]},
         "ok": {"const": False},
-        "status": {"type": "integer", "enum": [400, 413, 415, 422],
-                   "description": "The status this file alone would have been given."},
+        "status": {"type": "integer", "enum": [400, 413, 415, 422, 503],
+                   "description": "The status this file alone would have been given; 503 "
+                                  "`time_budget`: not decoded, the batch's decoding time "
+                                  "was used up first (send the file again)."},
         "error": {"$ref": "#/components/schemas/ErrorObject"},
         "input_check": {"$ref": "#/components/schemas/InputCheckRejected"},
     },
