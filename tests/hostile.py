@@ -42,7 +42,8 @@ def _patch_in_file(data: bytes, old: bytes, new: bytes) -> bytes:
     return data.replace(old, new)
 
 
-def _dicom_with_codestream(syntax: str, pixels: np.ndarray, bits_stored: int) -> tuple[bytes, bytes]:
+def _dicom_with_codestream(syntax: str, pixels: np.ndarray,
+                           bits_stored: int) -> tuple[bytes, bytes]:
     """(file, its single-fragment codestream) of ``pixels`` compressed in ``syntax``."""
     import pydicom
     from pydicom.encaps import generate_frames

@@ -58,7 +58,7 @@ def data_dir(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def app(tiny_predictor, data_dir):
     return create_app({"TESTING": True, "PNEUMO_PREDICTOR": tiny_predictor,
-                       "PNEUMO_DATA_DIR": str(data_dir)})
+                       "PNEUMO_DATA_DIR": str(data_dir), "PNEUMO_LOCAL_USER": True})
 
 
 @pytest.fixture(scope="module")

@@ -1,5 +1,6 @@
 """The token that guards the history, feedback and reports: the real app, a real
-session cookie, and `pneumo serve` refusing to start exposed without a token."""
+session cookie, the app closed by default whatever server runs it, and `pneumo
+serve` refusing to start exposed without a token."""
 
 from __future__ import annotations
 
@@ -17,8 +18,8 @@ TOKEN = "correct-horse-battery-staple-42"
 @pytest.fixture
 def app(tiny_predictor, tmp_path):
     return create_app({"TESTING": True, "PNEUMO_PREDICTOR": tiny_predictor,
-                       "PNEUMO_DATA_DIR": str(tmp_path), "PNEUMO_EXPOSED": True,
-                       "PNEUMO_KEEP_STUDIES": True, "PNEUMO_API_TOKEN": TOKEN})
+                       "PNEUMO_DATA_DIR": str(tmp_path), "PNEUMO_KEEP_STUDIES": True,
+                       "PNEUMO_API_TOKEN": TOKEN})
 
 
 def bearer(token=TOKEN):
@@ -33,9 +34,9 @@ def predict(client, headers=None):
     return response.get_json()
 
 
-def test_exposed_with_studies_and_no_token_refuses_to_start(tiny_predictor, tmp_path):
+def test_keeping_studies_nobody_could_read_refuses_to_start(tiny_predictor, tmp_path):
     config = {"TESTING": True, "PNEUMO_PREDICTOR": tiny_predictor, "PNEUMO_DATA_DIR": str(tmp_path),
-              "PNEUMO_EXPOSED": True, "PNEUMO_KEEP_STUDIES": True}
+              "PNEUMO_KEEP_STUDIES": True}
     with pytest.raises(RuntimeError, match="PNEUMO_API_TOKEN"):
         create_app(config)
     with pytest.raises(RuntimeError, match="at least 16"):
@@ -173,9 +174,95 @@ def test_login_never_redirects_off_site(app):
         assert response.headers["Location"].endswith("/history"), target
 
 
-def test_without_a_token_on_loopback_nothing_asks_for_one(tiny_predictor, tmp_path):
+def test_without_a_token_for_the_local_user_nothing_asks_for_one(tiny_predictor, tmp_path):
     client = create_app({"TESTING": True, "PNEUMO_PREDICTOR": tiny_predictor,
-                         "PNEUMO_DATA_DIR": str(tmp_path)}).test_client()
+                         "PNEUMO_DATA_DIR": str(tmp_path),
+                         "PNEUMO_LOCAL_USER": True}).test_client()
     assert predict(client)["study_id"]
     assert client.get("/api/v1/studies").status_code == 200
     assert client.get("/login").status_code == 404
+
+
+# -- closed by default: the rule lives in the app, not in the command line -------------------
+
+HISTORY_PATHS = ("/api/v1/studies", "/history")
+
+
+def test_the_app_is_closed_by_default(tiny_predictor, tmp_path):
+    """``create_app()`` as waitress-serve or flask run would call it: no token, no
+    history for anyone, nothing kept."""
+    app = create_app({"TESTING": True, "PNEUMO_PREDICTOR": tiny_predictor,
+                      "PNEUMO_DATA_DIR": str(tmp_path)})
+    client = app.test_client()
+    assert predict(client)["study_id"] is None
+    response = client.get("/api/v1/studies")
+    assert response.status_code == 403
+    assert response.get_json()["error"]["code"] == "forbidden"
+    assert "PNEUMO_API_TOKEN" in response.get_json()["error"]["message"]
+    assert client.get("/history").status_code == 403
+    assert client.post("/api/v1/studies/x/feedback", json={"verdict": "agree"}).status_code == 403
+    assert not list(tmp_path.iterdir())  # no database was even made
+
+
+@pytest.mark.parametrize("headers, address", [
+    ({"X-Forwarded-For": "203.0.113.7"}, "127.0.0.1"),
+    ({"Forwarded": "for=203.0.113.7;proto=https"}, "127.0.0.1"),
+    ({"X-Real-IP": "203.0.113.7"}, "127.0.0.1"),
+    ({}, "192.0.2.10"),
+], ids=["x-forwarded-for", "forwarded", "x-real-ip", "remote-address"])
+def test_for_the_local_user_a_proxied_or_remote_request_counts_as_remote(
+        tiny_predictor, tmp_path, headers, address):
+    client = create_app({"TESTING": True, "PNEUMO_PREDICTOR": tiny_predictor,
+                         "PNEUMO_DATA_DIR": str(tmp_path),
+                         "PNEUMO_LOCAL_USER": True}).test_client()
+    environ = {"REMOTE_ADDR": address}
+    for path in HISTORY_PATHS:
+        assert client.get(path, headers=headers, environ_base=environ).status_code == 403
+        assert client.get(path).status_code == 200  # the local user, straight from loopback
+    png = encode(synthetic_xray(2, (300, 260)))
+    answer = client.post("/api/v1/predict?heatmap=false", headers=headers, environ_base=environ,
+                         data={"file": (io.BytesIO(png), "a.png")}).get_json()
+    assert answer["study_id"] is None  # screened, but not written into the local history
+
+
+def test_waitress_serve_call_create_app_publishes_no_history(tiny_bundle, tmp_path):
+    """The deployment the README's proxy advice and ``waitress-serve --call`` give: the
+    real waitress, the app built with no arguments, asked from loopback."""
+    import json
+    import os
+    import subprocess
+    import sys
+    import urllib.error
+    import urllib.request
+
+    from test_serve import free_port, start, wait_ready
+
+    port = free_port()
+    env = {"PNEUMO_MODEL": str(tiny_bundle), "PNEUMO_DATA_DIR": str(tmp_path / "data")}
+    os.environ.update(env)
+    try:
+        process = start([sys.executable, "-m", "waitress", "--listen", f"127.0.0.1:{port}",
+                         "--call", "pneumo.web:create_app"], tmp_path / "waitress.log")
+    finally:
+        for name in env:
+            os.environ.pop(name)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_ready(url, process, tmp_path / "waitress.log")
+        for path in HISTORY_PATHS:
+            with pytest.raises(urllib.error.HTTPError) as refused:
+                urllib.request.urlopen(url + path, timeout=10)
+            assert refused.value.code == 403
+            refused.value.close()
+        refused.value.close()
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(urllib.request.Request(
+                url + "/api/v1/studies/x/feedback", method="POST",
+                data=json.dumps({"verdict": "agree"}).encode(),
+                headers={"Content-Type": "application/json"}), timeout=10)
+        assert refused.value.code == 403
+        refused.value.close()
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+    assert not (tmp_path / "data").exists() or not list((tmp_path / "data").iterdir())

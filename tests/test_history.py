@@ -133,7 +133,7 @@ def test_search_by_date_and_result_newest_first_in_pages(tmp_path):
 @pytest.fixture
 def app(tiny_predictor, tmp_path):
     return create_app({"TESTING": True, "PNEUMO_PREDICTOR": tiny_predictor,
-                       "PNEUMO_DATA_DIR": str(tmp_path / "data")})
+                       "PNEUMO_DATA_DIR": str(tmp_path / "data"), "PNEUMO_LOCAL_USER": True})
 
 
 def predict(client, name="a.png", query=""):
@@ -232,13 +232,14 @@ def test_a_cross_site_form_post_is_refused(app):
     assert client.get(f"/api/v1/studies/{study_id}").get_json()["feedback"] is None
 
 
-def test_an_exposed_server_keeps_no_studies_and_refuses_to_be_told_to(tiny_predictor, tmp_path):
+def test_an_app_not_started_for_a_local_user_keeps_no_studies_and_refuses_to_be_told_to(
+        tiny_predictor, tmp_path):
     config = {"TESTING": True, "PNEUMO_PREDICTOR": tiny_predictor,
-              "PNEUMO_DATA_DIR": str(tmp_path), "PNEUMO_EXPOSED": True}
+              "PNEUMO_DATA_DIR": str(tmp_path)}
     client = create_app(config).test_client()
     assert predict(client)["study_id"] is None
-    assert client.get("/api/v1/studies").status_code == 404
-    assert client.get("/history").status_code == 404
+    assert client.get("/api/v1/studies").status_code == 403
+    assert client.get("/history").status_code == 403
     assert "History" not in client.get("/").get_data(as_text=True)
     with pytest.raises(RuntimeError, match="PNEUMO_API_TOKEN"):  # see test_auth.py
         create_app({**config, "PNEUMO_KEEP_STUDIES": True})

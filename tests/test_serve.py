@@ -216,6 +216,19 @@ def test_oversized_uploads_are_refused_and_the_server_carries_on(served):
         assert response.status == 200
 
 
+def test_on_loopback_the_history_is_the_local_users_but_not_through_a_proxy(served):
+    """``pneumo serve`` on 127.0.0.1 serves the person at this machine; a request relayed
+    by a reverse proxy on the same machine is someone else's."""
+    with urllib.request.urlopen(served["url"] + "/api/v1/studies", timeout=10) as response:
+        assert response.status == 200
+    for header in ({"X-Forwarded-For": "203.0.113.7"}, {"Forwarded": "for=203.0.113.7"}):
+        request = urllib.request.Request(served["url"] + "/api/v1/studies", headers=header)
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(request, timeout=10)
+        assert refused.value.code == 403
+        refused.value.close()
+
+
 def test_sigterm_stops_the_server_cleanly(served):
     process = served["process"]
     assert process.poll() is None

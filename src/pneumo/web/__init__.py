@@ -23,14 +23,17 @@ Configuration keys (defaults below; pass a mapping to ``create_app`` to change t
     Micro-batching (``model.py``): concurrent predictions run together, at most
     this many images, the inference thread waiting at most this long for
     requests still being decoded.
-``PNEUMO_KEEP_STUDIES`` / ``PNEUMO_DATA_DIR`` / ``PNEUMO_EXPOSED``
+``PNEUMO_API_TOKEN``
+    The secret the history, feedback and reports need (``auth.py``): no default.
+``PNEUMO_LOCAL_USER``
+    False (the default): without the token, the history, feedback and reports are
+    closed. True: the app was started for one person on this machine (``pneumo
+    serve`` on loopback sets it), and requests straight from loopback, not through
+    a proxy, may use them without the token.
+``PNEUMO_KEEP_STUDIES`` / ``PNEUMO_DATA_DIR``
     Keep each prediction as a study in SQLite (``history.py``, ``studies.py``) in
     the data folder (default ``$PNEUMO_DATA_DIR`` or ``~/.local/share/pneumo``).
-    None: kept unless ``PNEUMO_EXPOSED`` (set by ``pneumo serve`` when it listens
-    on anything but loopback).
-``PNEUMO_API_TOKEN``
-    The secret the history, feedback and reports need (``auth.py``): no default;
-    required when studies are kept on an exposed server.
+    None: kept when someone can read them (a token is set, or ``PNEUMO_LOCAL_USER``).
 ``MAX_CONTENT_LENGTH`` / ``MAX_FORM_PARTS``
     Flask's own upload limits: larger bodies get 413.
 """
@@ -63,7 +66,7 @@ def create_app(config: dict | None = None) -> Flask:
         MAX_FORM_PARTS=64,
         PNEUMO_KEEP_STUDIES=None,
         PNEUMO_DATA_DIR=None,
-        PNEUMO_EXPOSED=False,
+        PNEUMO_LOCAL_USER=False,
         PNEUMO_API_TOKEN=None,
     )
     if config is not None:

@@ -16,8 +16,13 @@ address is the one the server sees: behind a reverse proxy every client shares
 the proxy's, so one client's guesses would lock out the others for a while;
 the token's length (16+ random characters) is the real protection.
 
-A server listening beyond loopback that keeps studies refuses to start without
-a token (``history.init_app``).
+Without a token the history is closed, whatever server runs the app
+(``waitress-serve``, ``flask run``, a reverse proxy in front): it opens only
+when the app was explicitly started for one local user
+(``PNEUMO_LOCAL_USER``, which ``pneumo serve`` sets on a loopback address),
+and then only to requests from a loopback address that did not come through a
+proxy (no ``Forwarded`` or ``X-Forwarded-For``): a proxy on the same machine
+makes every client look local.
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ import hmac
 import math
 import secrets
 import threading
+import ipaddress
 import time
 from urllib.parse import urlsplit
 
@@ -127,12 +133,30 @@ def _session_ok(token: str) -> bool:
     return isinstance(held, str) and hmac.compare_digest(held, _fingerprint(token))
 
 
+#: Headers a proxy adds: a request carrying one came from somewhere else.
+PROXY_HEADERS = ("Forwarded", "X-Forwarded-For", "X-Forwarded-Host", "X-Real-IP")
+
+
+def local_user_request() -> bool:
+    """The app was started for one local user and this request comes straight from this
+    machine: a loopback address, and no proxy header."""
+    if not current_app.config.get("PNEUMO_LOCAL_USER"):
+        return False
+    if any(name in request.headers for name in PROXY_HEADERS):
+        return False
+    try:
+        return ipaddress.ip_address((request.remote_addr or "").strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
 def authenticated() -> bool:
-    """True when no token is configured, or the request carries it (header or session).
-    A wrong bearer token counts as a failed attempt, once per request."""
+    """True when the request carries the token (header or session), or, with no token
+    configured, when it is the local user's (``local_user_request``). A wrong bearer
+    token counts as a failed attempt, once per request."""
     token = current_app.extensions.get(_EXTENSION)
     if token is None:
-        return True
+        return local_user_request()
     if "pneumo_authenticated" not in g:
         header = request.headers.get("Authorization", "")
         g.pneumo_authenticated = _presented(header[7:].strip(), token) \
@@ -166,6 +190,14 @@ def require(api: bool):
     the API, the login page for people. For ``before_request``."""
     if authenticated():
         return None
+    if current_app.extensions.get(_EXTENSION) is None:
+        message = ("the history is closed: this server has no API token (PNEUMO_API_TOKEN) "
+                   "and was not started for one local user")
+        if api:
+            response = jsonify(error_body("forbidden", message))
+            response.status_code = 403
+            return response
+        abort(403, message)
     if api:
         wait = _throttled()
         if wait:

@@ -1,10 +1,11 @@
 """Kept studies: the history and study pages, feedback, reports and their API routes.
 
-Keeping studies is on by default only when the server listens on loopback
-(``PNEUMO_KEEP_STUDIES``: None decides so, True/False force it). With
-``PNEUMO_API_TOKEN`` set, every route here needs it (``auth.py``), and only
-authenticated predictions are kept; a server beyond loopback that keeps studies
-refuses to start without it: the history holds results about patients.
+The history holds results about patients, so every route here needs the API
+token, unless the app was started for one local user (``auth.py``). Studies
+are kept by default when someone can read them: with a token, or for the
+local user (``PNEUMO_KEEP_STUDIES``: None decides so, True/False force it);
+only predictions that could read the history are kept. An app told to keep
+studies that nobody could read refuses to start.
 """
 
 from __future__ import annotations
@@ -35,13 +36,13 @@ _EXTENSION = "pneumo.studies"
 def init_app(app: Flask) -> None:
     """Open (creating or migrating) the database when studies are kept."""
     keep = app.config.get("PNEUMO_KEEP_STUDIES")
-    exposed = bool(app.config.get("PNEUMO_EXPOSED"))
+    readable = bool(app.config.get("PNEUMO_LOCAL_USER")) or bool(app.extensions.get("pneumo.auth"))
     if keep is None:
-        keep = not exposed
-    if keep and exposed and not app.extensions.get("pneumo.auth"):
-        raise RuntimeError("a server reachable from the network that keeps studies needs "
-                           "an API token: set PNEUMO_API_TOKEN (16+ characters), or serve on "
-                           "loopback, or set PNEUMO_KEEP_STUDIES=0")
+        keep = readable
+    if keep and not readable:
+        raise RuntimeError("keeping studies needs an API token: set PNEUMO_API_TOKEN (see "
+                           "`pneumo token`), or serve on loopback for one local user, or set "
+                           "PNEUMO_KEEP_STUDIES=0")
     store = None
     if keep:
         store = StudyStore(app.config.get("PNEUMO_DATA_DIR") or default_data_dir())

@@ -156,7 +156,7 @@ _STUDY = {
     },
 }
 
-#: The studies need the token when the server has one, and nothing when it has none.
+#: The studies need the token, or nothing for the local user of a server started for one.
 _TOKEN = [{"token": []}, {}]
 
 _STUDY_ID = {"name": "study_id", "in": "path", "required": True, "schema": {"type": "string"}}
@@ -212,7 +212,9 @@ def _file(media_type: str, description: str) -> dict:
 def _errors(*statuses: int) -> dict:
     descriptions = {
         400: "Bad request: no file part, no file name, or a bad query parameter.",
-        403: "A browser post from another site.",
+        403: "A browser post from another site (`cross_origin`); for the studies, also a "
+             "server with no API token that was not started for one local user, or a "
+             "request that is not that user's (`forbidden`).",
         401: "This server has an API token and the request did not carry it "
              "(`Authorization: Bearer <token>`).",
         404: "No such study, or this server keeps no studies (`history_off`).",
@@ -323,7 +325,8 @@ def spec(server_url: str = "") -> dict:
             "/api/v1/studies": {"get": {
                 "operationId": "studies",
                 "summary": "Kept studies, newest first, 20 a page",
-                "description": "Only when the server keeps studies (by default, on loopback); "
+                "description": "Only when the server keeps studies (by default, with a token, "
+                               "or for the one local user of `pneumo serve` on loopback); "
                                "otherwise 404 `history_off`.",
                 "parameters": [
                     {"name": "since", "in": "query", "schema": {"type": "string", "format": "date"},
@@ -335,7 +338,7 @@ def spec(server_url: str = "") -> dict:
                     {"name": "page", "in": "query", "schema": {"type": "integer", "minimum": 1}},
                 ],
                 "responses": {"200": _json("StudyList", "A page of studies."),
-                              **_errors(400, 401, 404, 405, 429)},
+                              **_errors(400, 401, 403, 404, 405, 429)},
                 "security": _TOKEN,
             }},
             "/api/v1/studies/{study_id}": {"get": {
@@ -343,7 +346,7 @@ def spec(server_url: str = "") -> dict:
                 "summary": "One study and its feedback",
                 "parameters": [_STUDY_ID],
                 "responses": {"200": _json("Study", "The study."),
-                              **_errors(401, 404, 405, 429)},
+                              **_errors(401, 403, 404, 405, 429)},
                 "security": _TOKEN,
             }},
             "/api/v1/studies/{study_id}/thumbnail.png": {"get": {
@@ -352,7 +355,7 @@ def spec(server_url: str = "") -> dict:
                            "at most 160 pixels a side)",
                 "parameters": [_STUDY_ID],
                 "responses": {"200": _file("image/png", "PNG."),
-                              **_errors(401, 404, 405, 429)},
+                              **_errors(401, 403, 404, 405, 429)},
                 "security": _TOKEN,
             }},
             "/api/v1/studies/{study_id}/report.pdf": {"get": {
@@ -367,7 +370,7 @@ def spec(server_url: str = "") -> dict:
                                 "schema": {"type": "string", "maxLength": 2000},
                                 "description": "The reader's notes, printed on the report."}],
                 "responses": {"200": _file("application/pdf", "PDF."),
-                              **_errors(400, 401, 404, 405, 429, 503, 504)},
+                              **_errors(400, 401, 403, 404, 405, 429, 503, 504)},
                 "security": _TOKEN,
             }},
             "/api/v1/studies/{study_id}/feedback": {"post": {

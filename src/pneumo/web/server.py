@@ -45,7 +45,10 @@ class Server:
             # them with a JSON 413; anything larger (an endless chunked upload
             # included) is cut off by waitress itself.
             max_request_body_size=limit + 2**20,
-            expose_tracebacks=False, clear_untrusted_proxy_headers=True,
+            expose_tracebacks=False,
+            # Proxy headers reach the app: it never trusts them for an address, but one
+            # marks a request as relayed, hence not the local user's (auth.py).
+            clear_untrusted_proxy_headers=False,
             channel_timeout=60)
         self.grace = grace
         self._stopping = threading.Event()
@@ -140,7 +143,8 @@ def serve(host: str = "127.0.0.1", port: int = 5000, workers: int = 4,
 
     if workers < 1:
         raise ValueError(f"--workers must be at least 1, not {workers}")
-    config = {"PNEUMO_EXPOSED": not _is_loopback(host)}
+    # On loopback the app serves the person at this machine; anywhere else, the token rules.
+    config = {"PNEUMO_LOCAL_USER": _is_loopback(host)}
     if model:
         config["PNEUMO_MODEL"] = str(model)
     keep = os.environ.get("PNEUMO_KEEP_STUDIES", "").strip().lower()
