@@ -266,3 +266,37 @@ def test_waitress_serve_call_create_app_publishes_no_history(tiny_bundle, tmp_pa
         process.terminate()
         process.wait(timeout=30)
     assert not (tmp_path / "data").exists() or not list((tmp_path / "data").iterdir())
+
+
+# -- DNS rebinding: the Host allow-list ------------------------------------------------------
+
+def test_a_local_users_app_answers_only_to_its_own_host_names(tiny_predictor, tmp_path):
+    client = create_app({"TESTING": True, "PNEUMO_PREDICTOR": tiny_predictor,
+                         "PNEUMO_DATA_DIR": str(tmp_path),
+                         "PNEUMO_LOCAL_USER": True}).test_client()
+    for host in ("localhost:5000", "127.0.0.1:5000", "localhost"):
+        assert client.get("/api/v1/studies", headers={"Host": host}).status_code == 200
+    rebound = {"Host": "attacker.example:5000"}
+    response = client.get("/api/v1/studies", headers=rebound)
+    assert response.status_code == 400
+    assert response.headers["X-Content-Type-Options"] == "nosniff"
+    assert client.get("/history", headers=rebound).status_code == 400
+    assert client.post("/api/v1/studies/x/feedback", json={"verdict": "agree"},
+                       headers=rebound).status_code == 400
+
+
+def test_the_host_allow_list_is_configurable(tiny_predictor, tmp_path, monkeypatch):
+    from pneumo.web.server import trusted_hosts
+
+    client = create_app({"TESTING": True, "PNEUMO_PREDICTOR": tiny_predictor,
+                         "PNEUMO_DATA_DIR": str(tmp_path), "PNEUMO_API_TOKEN": TOKEN,
+                         "TRUSTED_HOSTS": [".hospital.example"]}).test_client()
+    assert client.get("/api/v1/health", headers={"Host": "pneumo.hospital.example"}
+                      ).status_code == 200
+    assert client.get("/api/v1/health", headers={"Host": "localhost"}).status_code == 400
+    monkeypatch.delenv("PNEUMO_TRUSTED_HOSTS", raising=False)
+    assert trusted_hosts("127.0.0.1") == ["localhost", "127.0.0.1"]
+    assert trusted_hosts("10.1.2.3") == ["10.1.2.3"]
+    assert trusted_hosts("0.0.0.0") is None
+    monkeypatch.setenv("PNEUMO_TRUSTED_HOSTS", "pneumo.example, .hospital.example")
+    assert trusted_hosts("0.0.0.0") == ["pneumo.example", ".hospital.example"]

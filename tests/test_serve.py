@@ -229,6 +229,17 @@ def test_on_loopback_the_history_is_the_local_users_but_not_through_a_proxy(serv
         refused.value.close()
 
 
+def test_a_rebound_host_name_is_refused_by_the_real_server(served):
+    """DNS rebinding: a page on attacker.example, its name rebound to 127.0.0.1."""
+    port = int(served["url"].rsplit(":", 1)[1])
+    answer = _raw_exchange(port, b"GET /api/v1/studies HTTP/1.1\r\nHost: attacker.example:"
+                           + str(port).encode() + b"\r\nConnection: close\r\n\r\n")
+    assert answer.startswith(b"HTTP/1.1 400"), answer[:200]
+    answer = _raw_exchange(port, b"GET /api/v1/studies HTTP/1.1\r\nHost: localhost:"
+                           + str(port).encode() + b"\r\nConnection: close\r\n\r\n")
+    assert answer.startswith(b"HTTP/1.1 200"), answer[:200]
+
+
 def test_sigterm_stops_the_server_cleanly(served):
     process = served["process"]
     assert process.poll() is None

@@ -30,6 +30,13 @@ Configuration keys (defaults below; pass a mapping to ``create_app`` to change t
     closed. True: the app was started for one person on this machine (``pneumo
     serve`` on loopback sets it), and requests straight from loopback, not through
     a proxy, may use them without the token.
+``TRUSTED_HOSTS``
+    Flask's Host allow-list: a request naming another host gets 400, so that a page
+    on ``attacker.example`` whose name was rebound to this machine's address
+    (DNS rebinding) cannot read the history or post feedback. None: any host, except
+    for a local user's app, which defaults to ``LOCAL_HOSTS``. ``pneumo serve``
+    sets it from the address it binds, or from ``$PNEUMO_TRUSTED_HOSTS``
+    (comma-separated; ``.example.org`` allows its subdomains).
 ``PNEUMO_KEEP_STUDIES`` / ``PNEUMO_DATA_DIR``
     Keep each prediction as a study in SQLite (``history.py``, ``studies.py``) in
     the data folder (default ``$PNEUMO_DATA_DIR`` or ``~/.local/share/pneumo``).
@@ -46,6 +53,9 @@ from ..config import default_bundle_path
 
 #: Largest request body accepted (Flask answers 413 above it).
 MAX_UPLOAD_BYTES = 32 * 1024 * 1024
+#: The names a browser on this machine uses for a loopback server. (werkzeug 3.1 cannot
+#: match an IPv6 literal such as ``[::1]`` in TRUSTED_HOSTS: use ``localhost`` there.)
+LOCAL_HOSTS = ("localhost", "127.0.0.1")
 
 
 def create_app(config: dict | None = None) -> Flask:
@@ -71,6 +81,8 @@ def create_app(config: dict | None = None) -> Flask:
     )
     if config is not None:
         app.config.from_mapping(config)
+    if app.config.get("TRUSTED_HOSTS") is None and app.config["PNEUMO_LOCAL_USER"]:
+        app.config["TRUSTED_HOSTS"] = list(LOCAL_HOSTS)
     if not app.config["PNEUMO_MODEL"]:
         app.config["PNEUMO_MODEL"] = str(default_bundle_path())
     # No SECRET_KEY unless a token is set (auth.py then makes one per process for the

@@ -130,6 +130,23 @@ def _is_loopback(host: str) -> bool:
         return False
 
 
+def trusted_hosts(host: str) -> list[str] | None:
+    """The Host names to accept: ``$PNEUMO_TRUSTED_HOSTS`` if set, else the names of the
+    bound address (loopback: ``LOCAL_HOSTS``; a given name or address: itself). None for
+    a wildcard address, whose names this process cannot know."""
+    from . import LOCAL_HOSTS
+
+    configured = [name.strip() for name in os.environ.get("PNEUMO_TRUSTED_HOSTS", "").split(",")
+                  if name.strip()]
+    if configured:
+        return configured
+    if _is_loopback(host):
+        return list(LOCAL_HOSTS)
+    if host.strip("[]") in ("0.0.0.0", "::", ""):
+        return None
+    return [host]
+
+
 def serve(host: str = "127.0.0.1", port: int = 5000, workers: int = 4,
           model: str | None = None) -> int:
     """Load the model, serve the app until SIGTERM or SIGINT, return the exit status (0).
@@ -144,7 +161,7 @@ def serve(host: str = "127.0.0.1", port: int = 5000, workers: int = 4,
     if workers < 1:
         raise ValueError(f"--workers must be at least 1, not {workers}")
     # On loopback the app serves the person at this machine; anywhere else, the token rules.
-    config = {"PNEUMO_LOCAL_USER": _is_loopback(host)}
+    config = {"PNEUMO_LOCAL_USER": _is_loopback(host), "TRUSTED_HOSTS": trusted_hosts(host)}
     if model:
         config["PNEUMO_MODEL"] = str(model)
     keep = os.environ.get("PNEUMO_KEEP_STUDIES", "").strip().lower()
@@ -160,6 +177,9 @@ def serve(host: str = "127.0.0.1", port: int = 5000, workers: int = 4,
                     "behind a reverse proxy that provides it); history %s", host,
                     "kept, behind the API token" if app.extensions.get("pneumo.studies")
                     else "not kept")
+    if app.config["TRUSTED_HOSTS"] is None:
+        log.warning("any Host header is accepted on %s: set PNEUMO_TRUSTED_HOSTS to the names "
+                    "clients use for this server", host)
 
     def handle(signum, _frame):
         log.info("received %s, stopping", signal.Signals(signum).name)
