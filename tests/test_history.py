@@ -342,3 +342,34 @@ def test_report_of_a_dicom_study_carries_no_identifiers(app):
     text, _ = pdf_text_and_images(data)
     for secret in [*PHI.values(), "Doe", "Jane", "1970"]:
         assert secret not in text and secret.encode() not in data
+
+
+def test_a_failing_database_write_still_answers_and_is_logged_once(app, caplog):
+    """A full disk, as SQLite reports it (SQLITE_FULL, through max_page_count on this
+    thread's own connection): the prediction is answered, says it was not kept, and
+    the failure is logged once, however many predictions fail."""
+    import logging
+
+    client = app.test_client()
+    assert predict(client)["study_id"]  # this thread's connection is open
+    store = app.extensions["pneumo.studies"]
+    with store._db() as db:
+        pages = db.execute("PRAGMA page_count").fetchone()[0]
+        db.execute(f"PRAGMA max_page_count = {pages}")
+    caplog.set_level(logging.INFO, logger="pneumo.web.history")
+    for _ in range(3):
+        body = predict(client)
+        assert body["study_id"] is None and body["label"] in ("NORMAL", "PNEUMONIA")
+        assert "not kept" in body["study_error"]
+    batch = client.post("/api/v1/predict/batch", data={"file": [
+        (io.BytesIO(encode(synthetic_xray(i, (300, 260)))), f"{i}.png") for i in range(2)]})
+    assert batch.status_code == 200
+    assert all(entry["ok"] and entry["study_error"] for entry in batch.get_json()["results"])
+    errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert len(errors) == 1 and "full" in errors[0].getMessage()
+    assert not any(r.exc_info for r in caplog.records)
+    with store._db() as db:
+        db.execute("PRAGMA max_page_count = 1073741823")
+    body = predict(client)
+    assert body["study_id"] and "study_error" not in body
+    assert any("kept again" in r.getMessage() for r in caplog.records)

@@ -181,11 +181,12 @@ def predict():
     assessment = predictor.assess(decoded, prediction, checks=checks)
     if assessment.status == "rejected":
         raise _refusal(assessment)
-    study_id = history.keep(prediction, model_input, assessment, predictor, wanted,
-                            image_png=pngs[0] if pngs else None)
+    study_id, not_kept = history.keep(prediction, model_input, assessment, predictor, wanted,
+                                      image_png=pngs[0] if pngs else None)
     return jsonify({"filename": upload.name,
                     **_fields(prediction, decoded, assessment, with_image=with_image),
-                    "model": model_info(predictor), "study_id": study_id})
+                    "model": model_info(predictor), "study_id": study_id,
+                    **({"study_error": not_kept} if not_kept else {})})
 
 
 @bp.post("/predict/batch")
@@ -234,11 +235,12 @@ def predict_batch():
                 _fail(entries[index], _refusal(assessment))
                 continue
             succeeded += 1
-            study_id = history.keep(prediction, model_input, assessment, predictor, wanted,
-                                    image_png=pngs[number] if pngs else None)
+            study_id, not_kept = history.keep(prediction, model_input, assessment, predictor,
+                                              wanted, image_png=pngs[number] if pngs else None)
             entries[index].update(ok=True, status=200,
                                   **_fields(prediction, decoded, assessment, with_image=False),
-                                  study_id=study_id)
+                                  study_id=study_id,
+                                  **({"study_error": not_kept} if not_kept else {}))
     return jsonify({"model": model_info(predictor), "count": len(entries),
                     "succeeded": succeeded, "results": entries})
 

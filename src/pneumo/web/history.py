@@ -11,8 +11,11 @@ studies that nobody could read refuses to start.
 from __future__ import annotations
 
 import datetime as dt
+import logging
 import math
 import re
+import sqlite3
+import threading
 
 from flask import (Blueprint, Flask, abort, current_app, jsonify, redirect, render_template,
                    request, url_for)
@@ -23,6 +26,7 @@ from . import auth
 from .errors import ApiError
 
 bp = Blueprint("history", __name__)
+log = logging.getLogger(__name__)
 
 
 @bp.before_request
@@ -31,6 +35,7 @@ def _authenticate():
     return auth.require(api=request.path.startswith("/api/"))
 
 _EXTENSION = "pneumo.studies"
+_FAILURES = "pneumo.studies.failures"
 
 
 def init_app(app: Flask) -> None:
@@ -47,6 +52,7 @@ def init_app(app: Flask) -> None:
     if keep:
         store = StudyStore(app.config.get("PNEUMO_DATA_DIR") or default_data_dir())
     app.extensions[_EXTENSION] = store
+    app.extensions[_FAILURES] = _WriteFailures()
     app.register_blueprint(bp)
 
     @app.context_processor
@@ -65,15 +71,52 @@ def will_keep(wanted: bool = True) -> bool:
     return get_store() is not None and wanted and auth.authenticated()
 
 
+#: What a prediction says when its study could not be written.
+NOT_KEPT = ("this result was not kept in the history: the database could not be written "
+            "(the disk may be full); it is shown here only")
+
+
+class _WriteFailures:
+    """Logs a failing database once, when writes start failing, and once when they work
+    again: a full disk would otherwise log every prediction until someone frees space."""
+
+    def __init__(self):
+        self.failing = False
+        self._lock = threading.Lock()
+
+    def failed(self, exc: BaseException) -> None:
+        with self._lock:
+            first, self.failing = not self.failing, True
+        if first:
+            log.error("studies are not being kept: writing to the database failed (%s: %s); "
+                      "predictions are answered without being kept until a write succeeds",
+                      type(exc).__name__, exc)
+
+    def succeeded(self) -> None:
+        with self._lock:
+            was, self.failing = self.failing, False
+        if was:
+            log.info("studies are being kept again: a database write succeeded")
+
+
 def keep(prediction, model_input, assessment, predictor, wanted: bool = True,
-         image_png: bytes | None = None) -> str | None:
-    """Keep a prediction as a study if ``will_keep(wanted)``; returns its id or None.
+         image_png: bytes | None = None) -> tuple[str | None, str | None]:
+    """Keep a prediction as a study if ``will_keep(wanted)``: ``(study id, None)``, or
+    ``(None, None)`` when it is not to be kept, or ``(None, NOT_KEPT)`` when writing it
+    failed. The prediction is answered in every case: it is already made.
     ``image_png``: ``studies.input_png(model_input)``, if already encoded."""
     if not will_keep(wanted):
-        return None
-    return get_store().add(prediction, model_input, input_status=assessment.status,
-                           model_name=predictor.name, model_version=predictor.version,
-                           image_png=image_png)
+        return None, None
+    failures: _WriteFailures = current_app.extensions[_FAILURES]
+    try:
+        study_id = get_store().add(prediction, model_input, input_status=assessment.status,
+                                   model_name=predictor.name, model_version=predictor.version,
+                                   image_png=image_png)
+    except (sqlite3.Error, OSError) as exc:
+        failures.failed(exc)
+        return None, NOT_KEPT
+    failures.succeeded()
+    return study_id, None
 
 
 def _store_or_404(api: bool) -> StudyStore:

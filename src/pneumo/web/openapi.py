@@ -111,6 +111,11 @@ _PREDICTION_FIELDS = {
     "disclaimer": {"type": "string"},
 }
 
+_STUDY_ERROR = {"type": "string",
+                "description": "Present only when this prediction was to be kept but writing "
+                               "it to the history failed (e.g. a full disk): the result is "
+                               "still given, and `study_id` is null."}
+
 _PREDICTION = {
     "type": "object",
     "required": ["filename", "label", "probability", "threshold", "inconclusive", "input_check",
@@ -129,6 +134,7 @@ _PREDICTION = {
                      "description": "The id of the study this prediction was kept as "
                                     "(GET /api/v1/studies/{id}); null when the server keeps "
                                     "no studies or ?keep=false was given."},
+        "study_error": _STUDY_ERROR,
     },
 }
 
@@ -176,6 +182,7 @@ _BATCH_OK = {
         "study_id": {"type": ["string", "null"],
                      "description": "The study this prediction was kept as, as for one "
                                     "file; null when no studies are kept."},
+        "study_error": _STUDY_ERROR,
     },
 }
 
