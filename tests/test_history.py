@@ -313,7 +313,8 @@ def test_report_pdf_has_the_result_the_statement_and_the_image(app):
     client = app.test_client()
     body = predict(client)
     client.post(f"/api/v1/studies/{body['study_id']}/feedback", json={"verdict": "agree"})
-    response = client.get(f"/api/v1/studies/{body['study_id']}/report.pdf?notes=Seen+by+Dr+Who")
+    response = client.post(f"/api/v1/studies/{body['study_id']}/report.pdf",
+                           data={"notes": "Seen by Dr Who"})
     assert response.status_code == 200 and response.mimetype == "application/pdf"
     assert response.data.startswith(b"%PDF")
     text, images = pdf_text_and_images(response.data)
@@ -324,8 +325,29 @@ def test_report_pdf_has_the_result_the_statement_and_the_image(app):
         assert expected in text, expected
     assert images and images[0].image.size[0] >= 71
     assert client.get("/api/v1/studies/nope/report.pdf").status_code == 404
-    assert client.get(f"/api/v1/studies/{body['study_id']}/report.pdf?notes=" + "x" * 2001
-                      ).status_code == 400
+    assert client.post(f"/api/v1/studies/{body['study_id']}/report.pdf",
+                       data={"notes": "x" * 2001}).status_code == 400
+
+
+@pytest.mark.parametrize("notes", ["$x^$", "cost $5 and $10", r"\frac{a}{b} $\alpha$ ^_{}"])
+def test_report_notes_are_plain_text_never_math(app, notes, caplog):
+    client = app.test_client()
+    body = predict(client)
+    response = client.post(f"/api/v1/studies/{body['study_id']}/report.pdf",
+                           data={"notes": notes})
+    assert response.status_code == 200, response.get_json()
+    text, _ = pdf_text_and_images(response.data)
+    assert notes in text
+    assert not caplog.records or not any(notes in r.getMessage() for r in caplog.records)
+
+
+def test_report_notes_never_travel_in_the_url(app):
+    client = app.test_client()
+    body = predict(client)
+    response = client.get(f"/api/v1/studies/{body['study_id']}/report.pdf?notes=secret")
+    assert response.status_code == 400 and "POST" in response.get_json()["error"]["message"]
+    page = client.get(f"/studies/{body['study_id']}").get_data(as_text=True)
+    assert 'method="post" action="/api/v1/studies/' in page
 
 
 def test_report_of_a_dicom_study_carries_no_identifiers(app):

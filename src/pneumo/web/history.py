@@ -202,9 +202,10 @@ def api_thumbnail(study_id: str):
     return current_app.response_class(data, mimetype="image/png")
 
 
-@bp.get("/api/v1/studies/<study_id>/report.pdf")
+@bp.route("/api/v1/studies/<study_id>/report.pdf", methods=["GET", "POST"])
 def api_report(study_id: str):
-    """The study's one-page PDF report; ``?notes=`` adds the reader's typed notes."""
+    """The study's one-page PDF report; a POST's form field ``notes`` adds the reader's
+    typed notes (never in the URL, which proxies and servers log)."""
     import io
 
     import numpy as np
@@ -213,8 +214,12 @@ def api_report(study_id: str):
     from ..report import study_report_pdf
     from .model import get_holder, get_predictor
 
+    if "notes" in request.args:
+        raise ApiError(400, "bad_request", "notes are not accepted in the URL, where proxy "
+                                           "and server logs keep them: POST them as the form "
+                                           "field 'notes'")
     study = _get(study_id, api=True)
-    notes = request.args.get("notes", "")
+    notes = request.form.get("notes", "") if request.method == "POST" else ""
     if len(notes) > 2000:
         raise ApiError(400, "bad_request", "notes are longer than 2000 characters")
     with Image.open(io.BytesIO(get_store().image(study_id, "model_input"))) as image:

@@ -372,10 +372,21 @@ def spec(server_url: str = "") -> dict:
                                "operating point, the model, the dates, the 'second opinion, "
                                "not a diagnosis' statement and the reader's notes. No file "
                                "name and no DICOM field is ever stored, so none can appear.",
-                "parameters": [_STUDY_ID,
-                               {"name": "notes", "in": "query",
-                                "schema": {"type": "string", "maxLength": 2000},
-                                "description": "The reader's notes, printed on the report."}],
+                "parameters": [_STUDY_ID],
+                "responses": {"200": _file("application/pdf", "PDF."),
+                              **_errors(400, 401, 403, 404, 405, 429, 503, 504)},
+                "security": _TOKEN,
+            }, "post": {
+                "operationId": "studyReportWithNotes",
+                "summary": "The study's one-page PDF report, with the reader's notes",
+                "description": "As GET, with the notes printed as plain text. They travel in "
+                               "the body, never in the URL (proxy and server logs).",
+                "parameters": [_STUDY_ID],
+                "requestBody": {"required": False, "content": {
+                    "application/x-www-form-urlencoded": {"schema": {
+                        "type": "object", "properties": {
+                            "notes": {"type": "string", "maxLength": 2000,
+                                      "description": "The reader's notes."}}}}}},
                 "responses": {"200": _file("application/pdf", "PDF."),
                               **_errors(400, 401, 403, 404, 405, 429, 503, 504)},
                 "security": _TOKEN,
