@@ -20,9 +20,8 @@ from pydicom import uid
 
 import hostile
 from dicom_factory import make_dataset, radiograph, to_bytes
-from pneumo.imaging import (ImageTooLarge, UnreadableImage,
-                            load_image)
-MAX_DECODED_BYTES = 128 * 2**20
+from pneumo.imaging import (MAX_DECODED_BYTES, ImageTooLarge, UnreadableImage, _jpeg2000_size,
+                            _jpeg_size, load_image)
 from test_serve import free_port, http_post, start, wait_ready
 
 #: The most an upload may raise the server's peak resident memory (issue 12).
