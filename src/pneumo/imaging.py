@@ -189,22 +189,52 @@ def _check_size(width: int, height: int, what: str) -> None:
 
 
 # --------------------------------------------------------------------------------------
-# Warnings. Before Python 3.14 ``warnings.catch_warnings`` swaps process-global state;
-# the lock keeps this module's own concurrent calls (training decodes in threads) from
-# restoring each other's filters. Correctness never depends on the filter alone: the
-# pixel limit is our own check, and every exception a warning may turn into is caught.
-_WARNINGS_LOCK = threading.Lock()
+# Warnings. Before Python 3.14, warning filters are process-global and
+# ``warnings.catch_warnings`` saves and restores the whole list, so concurrent users
+# restore each other's filters unless they serialise, and a lock held across a DICOM
+# decode made every other upload wait for it. Instead, each filter this module needs is
+# narrowed to the libraries that emit the warning and installed while at least one
+# decode needs it (a count per filter): the lock guards only that bookkeeping.
+# Correctness never depends on the filter alone: the pixel limit is our own check, and
+# every exception a warning may turn into is caught.
+
+_FILTERS_LOCK = threading.Lock()
+_FILTER_USERS: dict[tuple, int] = {}
+#: Modules that emit the DICOM libraries' warnings (pydicom attributes some to its caller).
+_DICOM_MODULES = re.compile(r"(pydicom|pylibjpeg|openjpeg|libjpeg|jpeg_ls|rle|pneumo\.imaging)"
+                            r"(\.|$)")
+_PIL_MODULES = re.compile(r"(PIL|pneumo\.imaging)(\.|$)")
+#: Pillow's opening: the bomb warning is an error; its UserWarnings (corrupt EXIF, an MPO
+#: index) are not shown, as Pillow decodes anyway.
+_PIL_FILTERS = (("error", None, Image.DecompressionBombWarning, None, 0),
+                ("ignore", None, UserWarning, _PIL_MODULES, 0))
+#: pydicom warns (and logs) about non-conformant values, which can echo header values.
+_DICOM_FILTERS = (("ignore", None, UserWarning, _DICOM_MODULES, 0),)
 
 
 @contextlib.contextmanager
-def _warnings(*, error: tuple[type[Warning], ...] = (), ignore: tuple[type[Warning], ...] = ()):
-    """Turn the ``error`` warning categories into exceptions and drop the ``ignore`` ones."""
-    with _WARNINGS_LOCK, warnings.catch_warnings():
-        for category in ignore:
-            warnings.simplefilter("ignore", category)
-        for category in error:
-            warnings.simplefilter("error", category)
+def _scoped_filters(entries: tuple[tuple, ...]):
+    """Have the warning filters ``entries`` in force, first, for the duration."""
+    _change_filters(entries, +1)
+    try:
         yield
+    finally:
+        _change_filters(entries, -1)
+
+
+def _change_filters(entries: tuple[tuple, ...], step: int) -> None:
+    with _FILTERS_LOCK:
+        for entry in entries:
+            users = _FILTER_USERS.get(entry, 0) + step
+            _FILTER_USERS[entry] = users
+            present = entry in warnings.filters
+            if users > 0 and not present:
+                warnings.filters.insert(0, entry)
+            elif users <= 0 and present:
+                warnings.filters.remove(entry)
+            else:
+                continue
+            warnings._filters_mutated()  # forget cached decisions, as filterwarnings() does
 
 
 # --------------------------------------------------------------------------------------
@@ -218,10 +248,7 @@ _SWAPS_AXES = (Image.Transpose.TRANSPOSE, Image.Transpose.TRANSVERSE,
 
 def _load_raster(data: bytes, fmt: str, reduce_to: int | None = None) -> DecodedImage:
     try:
-        # Opening and reading EXIF touch headers only, so holding the lock costs microseconds.
-        # Pillow warns (UserWarning) about, e.g., corrupt EXIF or a malformed MPO index and
-        # decodes anyway; so do we, without the warning.
-        with _warnings(error=(Image.DecompressionBombWarning,), ignore=(UserWarning,)):
+        with _scoped_filters(_PIL_FILTERS):
             image = Image.open(io.BytesIO(data), formats=[fmt])
         with image:
             _check_size(image.width, image.height, "image")
@@ -231,7 +258,7 @@ def _load_raster(data: bytes, fmt: str, reduce_to: int | None = None) -> Decoded
                 image.draft(image.mode, (int(reduce_to), int(reduce_to)))
             _check_decoded_bytes(image)
             image.load()  # the first frame
-            with _warnings(ignore=(UserWarning,)):
+            with _scoped_filters(_PIL_FILTERS):
                 orientation = image.getexif().get(ExifTags.Base.Orientation, 1)
             method = _EXIF_TRANSPOSE.get(orientation) if isinstance(orientation, int) else None
             pixels, colorfulness = _to_gray(image)
@@ -405,7 +432,7 @@ def _load_dicom(data: bytes) -> DecodedImage:
 
     # pydicom warns (UserWarning) and logs about non-conformant values; such a file is judged
     # by the checks below instead, and the text could echo header values into a log.
-    with _warnings(ignore=(UserWarning,)), _quiet_dicom_logs():
+    with _scoped_filters(_DICOM_FILTERS), _quiet_dicom_logs():
         syntax = _dicom_transfer_syntax(data)
         try:
             ds = pydicom.dcmread(io.BytesIO(data))  # no force=True: the DICM marker is required
