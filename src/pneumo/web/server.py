@@ -23,8 +23,46 @@ import time
 from waitress import wasyncore
 from waitress.channel import HTTPChannel
 from waitress.server import create_server
+from waitress.task import ErrorTask
 
 log = logging.getLogger(__name__)
+
+#: waitress's connection handling, chosen rather than inherited (README, "The server").
+#: A half-sent request holds a connection, not a thread: waitress reads every request
+#: completely before a thread sees it. So connections are many, and cheap:
+LIMITS = {
+    # waitress's default is 100: 100 slow clients then kept everyone else, the health
+    # check included, waiting in the listen backlog for a channel timeout. Each open
+    # connection may buffer one request body, so this times the upload limit bounds
+    # the memory that clients who really send bodies can take.
+    "connection_limit": 250,
+    # poll() rather than select(), whose 1024-descriptor ceiling is near that limit
+    "asyncore_use_poll": True,
+    # a connection that sends nothing for this long is closed (waitress: 120 s) ...
+    "channel_timeout": 30,
+    # ... checked this often (waitress: 30 s), so a timed-out slot frees within 35 s
+    "cleanup_interval": 5,
+    # connections the kernel queues while all slots are taken
+    "backlog": 1024,
+}
+#: Answers up to this size stay in memory (the largest: a batch with heatmaps, or the
+#: decoded image at PNEUMO_IMAGE_SIDE, a few MB); waitress's default spools over 1 MB.
+OUTBUF_OVERFLOW = 64 * 2**20
+
+
+class _ErrorTask(ErrorTask):
+    """waitress's own error answer, with the headers every answer of the app carries."""
+
+    def execute(self):
+        from .security import HEADERS
+
+        self.response_headers.extend(HEADERS.items())
+        self.response_headers.append(("Cache-Control", "no-store"))
+        super().execute()
+
+
+class _Channel(HTTPChannel):
+    error_task_class = _ErrorTask
 
 
 class Server:
@@ -45,11 +83,17 @@ class Server:
             # them with a JSON 413; anything larger (an endless chunked upload
             # included) is cut off by waitress itself.
             max_request_body_size=limit + 2**20,
+            # Request bodies and answers stay in memory: waitress would otherwise spool
+            # any body over 512 kB (a DICOM file with the patient's name) and any answer
+            # over 1 MB to the system's temporary folder.
+            inbuf_overflow=limit + 2**20, outbuf_overflow=OUTBUF_OVERFLOW,
             expose_tracebacks=False,
             # Proxy headers reach the app: it never trusts them for an address, but one
             # marks a request as relayed, hence not the local user's (auth.py).
             clear_untrusted_proxy_headers=False,
-            channel_timeout=60)
+            **LIMITS)
+        # waitress's own answers (400, 413, 431...) carry the app's security headers too
+        self._server.channel_class = _Channel
         self.grace = grace
         self._stopping = threading.Event()
         self._stopped = threading.Event()
