@@ -310,11 +310,33 @@ def test_row13_odd_but_valid_images_get_2xx_or_a_4xx_with_a_reason(client, spec,
 
 @pytest.mark.reliability(14)
 def test_row14_dicom_without_the_dicm_marker_is_415(client, spec, image12):
-    bare = to_bytes(make_dataset(image12, bits_stored=12), file_format=False)
+    """Unless it is a whole single-frame grayscale image (a legacy ACR-NEMA file, below)."""
+    ds = make_dataset(image12, bits_stored=12)
+    del ds.PhotometricInterpretation
+    bare = to_bytes(ds, file_format=False)
     assert bare[128:132] != b"DICM"
     response = upload(client, "/api/v1/predict", [("scan.dcm", bare)])
     refused(response, 415, "unsupported_type")
     validate(spec, response, "/api/v1/predict", "post")
+
+
+@pytest.mark.reliability(14, 15)
+def test_real_vendor_files_are_predicted_like_their_conformant_copies(client, spec):
+    """A legacy ACR-NEMA CR (no preamble, no file meta, MONOCHROME1, 10-bit) and an 8-bit
+    DX whose odd-sized pixel data lacks its pad byte."""
+    from dicom_factory import make_dicom, radiograph, set_native_pixel_data
+    from test_dicom import legacy_acr_nema
+
+    legacy, pixels = legacy_acr_nema()
+    conformant = make_dicom(pixels, bits_stored=10, photometric="MONOCHROME1", modality="CR")
+    odd = radiograph(bits=8, size=(301, 255))
+    unpadded = set_native_pixel_data(make_dicom(odd), odd.tobytes())
+    for vendor, reference in ((legacy, conformant), (unpadded, make_dicom(odd))):
+        answers = [upload(client, "/api/v1/predict?heatmap=false", [("x.dcm", data)])
+                   for data in (vendor, reference)]
+        assert answers[0].status_code == answers[1].status_code == 200, answers[0].get_json()
+        validate(spec, answers[0], "/api/v1/predict", "post")
+        assert answers[0].get_json()["probability"] == answers[1].get_json()["probability"]
 
 
 @pytest.mark.reliability(15)

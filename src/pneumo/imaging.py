@@ -22,7 +22,9 @@ a fraction of the time, and the resize to the model's input that follows
 sees the same picture, low-pass filtered. ``DecodedImage.size`` keeps the
 size of the image as sent.
 
-DICOM goes through pydicom, without ``force=True``: only single-frame
+DICOM goes through pydicom, without ``force=True`` (except for a legacy ACR-NEMA file,
+a bare dataset without 'DICM', read only when it is a whole single-frame grayscale
+image: see ``_read_legacy_dicom``): only single-frame
 grayscale radiographs (CR/DX/DR/RG) in a known transfer syntax are decoded,
 compressed ones through pylibjpeg. Pixel values go stored -> modality LUT or
 rescale slope/intercept -> VOI LUT, or window, or (neither) their own range ->
@@ -153,11 +155,16 @@ def load_image(source: bytes | str | Path, reduce_to: int | None = None) -> Deco
     data = _read_bytes(source)
     fmt = sniff_format(data[:132])
     if fmt is None:
-        raise UnsupportedFormat("The file is not a PNG, JPEG or DICOM image "
-                                "(this is checked from its content, not its name).")
+        if _may_be_legacy_dicom(data):
+            return _load_dicom(data, legacy=True)
+        raise UnsupportedFormat(_NOT_ACCEPTED)
     if fmt == "DICOM":
         return _load_dicom(data)
     return _load_raster(data, fmt, reduce_to)
+
+
+_NOT_ACCEPTED = ("The file is not a PNG, JPEG or DICOM image (this is checked from its "
+                 "content, not its name).")
 
 
 def _read_bytes(source: bytes | str | Path) -> bytes:
@@ -426,23 +433,26 @@ def _quiet_dicom_logs():
         _QUIET.active.on = False
 
 
-def _load_dicom(data: bytes) -> DecodedImage:
+def _load_dicom(data: bytes, legacy: bool = False) -> DecodedImage:
     import pydicom
     from pydicom.errors import InvalidDicomError
 
     # pydicom warns (UserWarning) and logs about non-conformant values; such a file is judged
     # by the checks below instead, and the text could echo header values into a log.
     with _scoped_filters(_DICOM_FILTERS), _quiet_dicom_logs():
-        syntax = _dicom_transfer_syntax(data)
-        try:
-            ds = pydicom.dcmread(io.BytesIO(data))  # no force=True: the DICM marker is required
-        except InvalidDicomError:
-            raise UnsupportedFormat("The file is not a valid DICOM file: its header or "
-                                    "'DICM' marker is missing.") from None
-        except Exception as exc:  # noqa: BLE001 - pydicom raises many types on bad headers
-            log.debug("DICOM header parsing failed: %s", type(exc).__name__)
-            raise UnreadableImage("The DICOM file's header is damaged and could not be read.") \
-                from None
+        if legacy:
+            ds, syntax = _read_legacy_dicom(data)
+        else:
+            syntax = _dicom_transfer_syntax(data)
+            try:
+                ds = pydicom.dcmread(io.BytesIO(data))  # no force=True: DICM is required
+            except InvalidDicomError:
+                raise UnsupportedFormat("The file is not a valid DICOM file: its header or "
+                                        "'DICM' marker is missing.") from None
+            except Exception as exc:  # noqa: BLE001 - pydicom raises many types on bad headers
+                log.debug("DICOM header parsing failed: %s", type(exc).__name__)
+                raise UnreadableImage("The DICOM file's header is damaged and could not be "
+                                      "read.") from None
         try:
             return _decode_dicom(ds, syntax)
         except ImageError:
@@ -451,6 +461,56 @@ def _load_dicom(data: bytes) -> DecodedImage:
             log.debug("DICOM decoding failed: %s", type(exc).__name__)
             raise UnreadableImage("The DICOM file is damaged and its image could not be "
                                   "decoded.") from None
+
+
+# Legacy files. ACR-NEMA 2.0 files, and datasets some older systems export, are a bare
+# dataset: no 128-byte preamble, no 'DICM', no file meta group saying how they are encoded.
+# They are read only if their first bytes are a little-endian element of group 0008 (where
+# every image dataset begins, and no other accepted or refused format does) and the result
+# is a single-frame grayscale image with every attribute needed to decode it; anything else
+# is refused exactly as an unknown format is.
+
+#: Attributes a bare dataset must have to be read as an image.
+_LEGACY_REQUIRED = ("Rows", "Columns", "BitsAllocated", "BitsStored", "PixelRepresentation",
+                    "PhotometricInterpretation", "PixelData")
+
+
+def _may_be_legacy_dicom(data: bytes) -> bool:
+    """Whether ``data`` starts like a bare little-endian dataset: a group 0008 element, its
+    value length (implicit VR) or VR (explicit VR) plausible."""
+    if len(data) < 256 or data[:2] != b"\x08\x00":
+        return False
+    vr = data[4:6]
+    if vr.isalpha() and vr.isupper():
+        return True
+    return int.from_bytes(data[4:8], "little") < len(data)
+
+
+def _read_legacy_dicom(data: bytes):
+    """(dataset, transfer syntax) of a bare dataset that is a single-frame grayscale image;
+    UnsupportedFormat otherwise."""
+    import pydicom
+    from pydicom import uid
+    from pydicom.dataset import FileMetaDataset
+
+    refused = UnsupportedFormat(_NOT_ACCEPTED)
+    try:
+        # force=True only here, for bytes that passed _may_be_legacy_dicom, and only what
+        # passes the checks below is kept
+        ds = pydicom.dcmread(io.BytesIO(data), force=True)
+        implicit, little = ds.original_encoding
+        present = all(name in ds for name in _LEGACY_REQUIRED)
+    except Exception as exc:  # noqa: BLE001 - untrusted bytes
+        log.debug("legacy DICOM parsing failed: %s", type(exc).__name__)
+        raise refused from None
+    if not present or little is not True or "TransferSyntaxUID" in ds.file_meta \
+            or _code(ds.get("PhotometricInterpretation")) not in ("MONOCHROME1", "MONOCHROME2") \
+            or _int(ds, "SamplesPerPixel", 1) != 1 or _int(ds, "NumberOfFrames", 1) != 1:
+        raise refused
+    syntax = uid.ImplicitVRLittleEndian if implicit else uid.ExplicitVRLittleEndian
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = syntax
+    return ds, syntax
 
 
 def _dicom_transfer_syntax(data: bytes):
@@ -695,13 +755,15 @@ def _check_native_length(ds, rows: int, columns: int) -> None:
     declared = getattr(element, "length", length)  # as read: the length its header states
     if declared != 0xFFFFFFFF and length < declared:
         raise UnreadableImage("The DICOM file is truncated: it ends inside its pixel data.")
-    if length % 2:
-        raise UnreadableImage("The DICOM pixel data has an odd length, which valid DICOM never "
-                              "has.")
     bits = _int(ds, "BitsAllocated", 0)
     if bits not in (1, 8, 16, 32):
         raise UnreadableImage("The DICOM file's header gives an invalid number of bits per pixel.")
     expected = math.ceil(rows * columns * bits / 8)
+    # An odd length is accepted only as exactly the odd number of bytes the image needs:
+    # some vendors leave out the pad byte after an odd Rows x Columns of 8-bit pixels.
+    if length % 2 and length != expected:
+        raise UnreadableImage("The DICOM pixel data has an odd length, which valid DICOM never "
+                              "has.")
     if length not in (expected, expected + expected % 2):
         raise UnreadableImage(f"The DICOM pixel data holds {length} bytes, but Rows x Columns "
                               f"({rows} x {columns}) needs {expected}.")
