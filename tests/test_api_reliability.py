@@ -21,6 +21,9 @@ import os
 import re
 import sys
 import threading
+import urllib.error
+import urllib.request
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -174,6 +177,32 @@ def test_row05_hostile_names_write_nothing_anywhere(client, data_dir, name):
     assert batch.status_code == 200
 
 
+@pytest.mark.reliability(5)
+def test_row05_through_the_real_server_a_large_upload_writes_nothing_anywhere(app, data_dir):
+    """The real waitress server in front of the app: it buffers the whole body before Flask
+    sees it, and by default spools any body over 512 kB to the temporary folder."""
+    from werkzeug.datastructures import FileStorage, MultiDict
+    from werkzeug.test import encode_multipart
+
+    from test_server_limits import running
+
+    grainy = encode(np.random.default_rng(5).integers(0, 255, (900, 900), dtype=np.uint8))
+    assert len(grainy) > 600_000
+    boundary, body = encode_multipart(MultiDict(
+        [("file", FileStorage(io.BytesIO(grainy), filename="../../etc/passwd.png"))]))
+    with running(app) as server, nothing_written(data_dir, names=("passwd",)):
+        request = urllib.request.Request(
+            server.url + "/api/v1/predict", data=body, method="POST",
+            headers={"Content-Type": f"multipart/form-data; boundary={boundary}"})
+        try:
+            with urllib.request.urlopen(request, timeout=60) as response:
+                answer = json.loads(response.read())
+        except urllib.error.HTTPError as error:
+            with error:
+                answer = json.loads(error.read())
+    assert answer.get("filename", "passwd.png") == "passwd.png"
+
+
 # -- row 7 -------------------------------------------------------------------------------------
 
 @pytest.mark.reliability(7)
@@ -214,6 +243,24 @@ def test_row09_pixel_bombs_are_413(client, spec, fmt, factor):
     response = upload(client, "/api/v1/predict", [("x.png", with_png_size(encode(small), side,
                                                                            side))])
     refused(response, 413, "too_large")
+
+
+@pytest.mark.reliability(9)
+@pytest.mark.parametrize("fmt", ["PNG", "JPEG"])
+def test_row09_pillows_warning_alone_is_made_an_error(client, fmt, monkeypatch):
+    """Between 1x and 2x Pillow's limit, Pillow only warns. With our own pixel limit out of
+    the way and the test suite's warnings-as-errors off, only the app's own
+    warning-to-error step stands between this file and a decode."""
+    from PIL import Image
+
+    monkeypatch.setattr(imaging, "MAX_PIXELS", 10**12)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 200 * 200)
+    small = synthetic_xray(3, (240, 208))  # 1.25x Pillow's (lowered) limit
+    data = encode(small) if fmt == "PNG" else encode(small, "JPEG")
+    with warnings.catch_warnings():
+        warnings.simplefilter("default")  # as in production: a warning is only printed
+        response = upload(client, "/api/v1/predict", [(f"bomb.{fmt.lower()}", data)])
+    assert "pixels" in refused(response, 413, "too_large")
 
 
 @pytest.mark.reliability(10)
