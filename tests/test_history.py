@@ -6,6 +6,7 @@ from __future__ import annotations
 import datetime as dt
 import io
 import sqlite3
+import time
 from contextlib import closing
 
 import numpy as np
@@ -395,3 +396,27 @@ def test_a_failing_database_write_still_answers_and_is_logged_once(app, caplog):
     body = predict(client)
     assert body["study_id"] and "study_error" not in body
     assert any("kept again" in r.getMessage() for r in caplog.records)
+
+
+def test_simultaneous_first_opens_of_a_new_database_all_succeed(tmp_path):
+    """Three processes open (and so create and migrate) one new database at the same
+    moment, 15 times over: none fails, and the schema is whole."""
+    import subprocess
+    import sys
+
+    code = ("import sys, time; from pneumo.studies import StudyStore\n"
+            "start = float(sys.argv[2])\n"
+            "time.sleep(max(0.0, start - time.time()))\n"
+            "StudyStore(sys.argv[1])\n")
+    failures = []
+    for attempt in range(15):
+        folder = tmp_path / str(attempt)
+        start = time.time() + 1.0
+        children = [subprocess.Popen([sys.executable, "-c", code, str(folder), str(start)],
+                                     stderr=subprocess.PIPE) for _ in range(3)]
+        for child in children:
+            _, err = child.communicate(timeout=60)
+            if child.returncode:
+                failures.append(err.decode()[-300:])
+        assert StudyStore(folder).schema_version == len(studies.MIGRATIONS)
+    assert not failures, failures[0]
