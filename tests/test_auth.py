@@ -12,7 +12,7 @@ from pneumo.cli import main
 from pneumo.web import auth, create_app
 from synthetic import encode, synthetic_xray
 
-TOKEN = "correct-horse-battery-staple-42"
+TOKEN = "correct-horse-battery-staple-42-and-more"
 
 
 @pytest.fixture
@@ -39,7 +39,7 @@ def test_keeping_studies_nobody_could_read_refuses_to_start(tiny_predictor, tmp_
               "PNEUMO_KEEP_STUDIES": True}
     with pytest.raises(RuntimeError, match="PNEUMO_API_TOKEN"):
         create_app(config)
-    with pytest.raises(RuntimeError, match="at least 16"):
+    with pytest.raises(RuntimeError, match="at least 32"):
         create_app({**config, "PNEUMO_API_TOKEN": "short"})
 
 
@@ -300,3 +300,40 @@ def test_the_host_allow_list_is_configurable(tiny_predictor, tmp_path, monkeypat
     assert trusted_hosts("0.0.0.0") is None
     monkeypatch.setenv("PNEUMO_TRUSTED_HOSTS", "pneumo.example, .hospital.example")
     assert trusted_hosts("0.0.0.0") == ["pneumo.example", ".hospital.example"]
+
+
+# -- strong tokens, and sessions the server can end ------------------------------------------
+
+@pytest.mark.parametrize("weak, why", [
+    ("x" * 31, "at least 32"),
+    ("correct horse battery staple 42 and more", "no spaces"),
+    ("ab" * 20, "too few characters"),
+    ("p\u00e4ssw\u00f6rd-" * 4, "only letters"),
+])
+def test_weak_tokens_are_refused_with_the_reason(tiny_predictor, tmp_path, weak, why):
+    with pytest.raises(RuntimeError, match=f"too weak: .*{why}.*pneumo token"):
+        create_app({"TESTING": True, "PNEUMO_PREDICTOR": tiny_predictor,
+                    "PNEUMO_DATA_DIR": str(tmp_path), "PNEUMO_API_TOKEN": weak})
+
+
+def test_pneumo_token_prints_a_strong_token(capsys):
+    assert main(["token"]) == 0
+    first = capsys.readouterr().out.strip()
+    assert main(["token"]) == 0
+    second = capsys.readouterr().out.strip()
+    assert first != second and len(first) >= 43
+    assert auth.check_token(first) is None and auth.check_token(second) is None
+
+
+def test_logout_ends_the_session_for_a_copied_cookie_too(app):
+    client = app.test_client()
+    study_id = predict(client, bearer())["study_id"]
+    assert client.post("/login", data={"token": TOKEN}).status_code == 303
+    cookie = client.get_cookie("pneumo_session")
+    assert client.get(f"/studies/{study_id}").status_code == 200
+    thief = app.test_client()
+    thief.set_cookie("pneumo_session", cookie.value)
+    assert thief.get(f"/studies/{study_id}").status_code == 200  # the copy works while logged in
+    client.post("/logout")
+    assert client.get(f"/studies/{study_id}").status_code == 302
+    assert thief.get(f"/studies/{study_id}").status_code == 302  # and not after logout

@@ -1,4 +1,5 @@
-"""The ``pneumo`` command: train | evaluate | calibrate | refit-gate | predict | serve | bench.
+"""The ``pneumo`` command: train | evaluate | calibrate | refit-gate | predict | serve | token
+| bench.
 
 Every error a user can cause ends in one line on stderr and exit status 2,
 never a traceback.
@@ -155,6 +156,9 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--corrections-only", action="store_true",
                         help="only the studies whose label the reader corrected")
 
+    commands.add_parser("token", help="print a new strong PNEUMO_API_TOKEN",
+                        description="Print a new random token (32 bytes, URL-safe) for "
+                                    "PNEUMO_API_TOKEN.")
     serve = commands.add_parser("serve", help="run the web app and JSON API",
                                 description="Serve the web page and the JSON API with a "
                                             "production WSGI server.")
@@ -265,6 +269,13 @@ def _serve(args) -> int:
     return serve(host=args.host, port=args.port, workers=args.workers, model=args.model)
 
 
+def _token(args) -> int:
+    from .web.auth import make_token
+
+    print(make_token())
+    return 0
+
+
 def _bench(args) -> int:
     from .bench import run_from_args
 
@@ -285,7 +296,7 @@ def main(argv: list[str] | None = None) -> int:
 
     handlers = {"train": _train, "evaluate": _evaluate, "calibrate": _calibrate,
                 "refit-gate": _refit_gate, "predict": _predict, "export-feedback": _export_feedback, "serve": _serve,
-                "bench": _bench}
+                "token": _token, "bench": _bench}
     try:
         return handlers[args.command](args)
     except (DataError, BundleError, BackboneWeightsError, ImageError, FileNotFoundError,
