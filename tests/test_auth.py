@@ -337,3 +337,42 @@ def test_logout_ends_the_session_for_a_copied_cookie_too(app):
     client.post("/logout")
     assert client.get(f"/studies/{study_id}").status_code == 302
     assert thief.get(f"/studies/{study_id}").status_code == 302  # and not after logout
+
+
+# -- behind a TLS reverse proxy ---------------------------------------------------------------
+
+@pytest.fixture
+def proxied(tiny_predictor, tmp_path):
+    return create_app({"TESTING": True, "PNEUMO_PREDICTOR": tiny_predictor,
+                       "PNEUMO_DATA_DIR": str(tmp_path), "PNEUMO_API_TOKEN": TOKEN,
+                       "PNEUMO_BEHIND_PROXY": True})
+
+
+PROXY = {"X-Forwarded-Proto": "https", "X-Forwarded-Host": "pneumo.example.org"}
+
+
+def test_behind_a_proxy_the_session_cookie_is_secure(proxied):
+    client = proxied.test_client()
+    response = client.post("/login", data={"token": TOKEN},
+                           headers={**PROXY, "X-Forwarded-For": "203.0.113.9"})
+    assert response.status_code == 303
+    cookie = response.headers["Set-Cookie"]
+    assert "Secure" in cookie and "HttpOnly" in cookie and "SameSite=Strict" in cookie
+    assert response.headers["Location"].startswith("/")
+    direct = create_app({"TESTING": True, "PNEUMO_PREDICTOR": proxied.extensions[
+        "pneumo.predictor"], "PNEUMO_API_TOKEN": TOKEN, "PNEUMO_KEEP_STUDIES": False})
+    plain = direct.test_client().post("/login", data={"token": TOKEN})
+    assert "Secure" not in plain.headers["Set-Cookie"]
+
+
+def test_behind_a_proxy_guesses_are_counted_per_client_and_one_hop_only(proxied):
+    """The client address is the proxy's last X-Forwarded-For entry: one client's wrong
+    tokens do not lock out another, and an address a client wrote itself is ignored."""
+    client = proxied.test_client()
+    guesser = {**PROXY, "X-Forwarded-For": "198.51.100.1, 203.0.113.66"}
+    for _ in range(auth.MAX_FAILURES):
+        assert client.get("/api/v1/studies", headers={**guesser, **bearer("x" * 40)}
+                          ).status_code in (401, 429)
+    assert client.get("/api/v1/studies", headers={**guesser, **bearer()}).status_code == 429
+    spoofing = {**PROXY, "X-Forwarded-For": "203.0.113.66, 198.51.100.1"}
+    assert client.get("/api/v1/studies", headers={**spoofing, **bearer()}).status_code == 200

@@ -166,6 +166,10 @@ def build_parser() -> argparse.ArgumentParser:
                        help="interface to listen on (loopback by default)")
     serve.add_argument("--port", type=int, default=5000)
     serve.add_argument("--workers", type=int, default=4, help="request threads")
+    serve.add_argument("--behind-proxy", action="store_true",
+                       help="served through one reverse proxy that provides TLS: trust its "
+                            "X-Forwarded-For/-Proto/-Host (one hop), mark the session cookie "
+                            "Secure, and treat no request as the local user's")
     _add_model_option(serve)
 
     from .bench import add_arguments as add_bench_arguments
@@ -266,7 +270,8 @@ def _serve(args) -> int:
         from .web.server import serve
     except ImportError:
         raise RuntimeError("the web app is not installed in this build") from None
-    return serve(host=args.host, port=args.port, workers=args.workers, model=args.model)
+    return serve(host=args.host, port=args.port, workers=args.workers, model=args.model,
+                 behind_proxy=args.behind_proxy)
 
 
 def _token(args) -> int:

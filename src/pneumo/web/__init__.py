@@ -37,6 +37,12 @@ Configuration keys (defaults below; pass a mapping to ``create_app`` to change t
     for a local user's app, which defaults to ``LOCAL_HOSTS``. ``pneumo serve``
     sets it from the address it binds, or from ``$PNEUMO_TRUSTED_HOSTS``
     (comma-separated; ``.example.org`` allows its subdomains).
+``PNEUMO_BEHIND_PROXY``
+    True: the app is served by a reverse proxy that provides TLS, one hop in front
+    (``pneumo serve --behind-proxy``). werkzeug's ``ProxyFix`` then takes the client
+    address, scheme and host from that one proxy's ``X-Forwarded-*`` headers (an
+    address a client wrote further left is ignored), and the session cookie is
+    ``Secure``. Never set it without such a proxy: clients could forge them.
 ``PNEUMO_KEEP_STUDIES`` / ``PNEUMO_DATA_DIR``
     Keep each prediction as a study in SQLite (``history.py``, ``studies.py``) in
     the data folder (default ``$PNEUMO_DATA_DIR`` or ``~/.local/share/pneumo``).
@@ -77,10 +83,16 @@ def create_app(config: dict | None = None) -> Flask:
         PNEUMO_KEEP_STUDIES=None,
         PNEUMO_DATA_DIR=None,
         PNEUMO_LOCAL_USER=False,
+        PNEUMO_BEHIND_PROXY=False,
         PNEUMO_API_TOKEN=None,
     )
     if config is not None:
         app.config.from_mapping(config)
+    if app.config["PNEUMO_BEHIND_PROXY"]:
+        from werkzeug.middleware.proxy_fix import ProxyFix
+
+        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=1, x_proto=1, x_host=1)
+        app.config["SESSION_COOKIE_SECURE"] = True
     if app.config.get("TRUSTED_HOSTS") is None and app.config["PNEUMO_LOCAL_USER"]:
         app.config["TRUSTED_HOSTS"] = list(LOCAL_HOSTS)
     if not app.config["PNEUMO_MODEL"]:

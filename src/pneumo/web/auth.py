@@ -6,16 +6,17 @@ feedback and report route needs it: API clients send ``Authorization: Bearer
 <token>``; people log in once on ``/login`` and get a session cookie
 (HttpOnly, SameSite=Strict, signed with a key made at start-up, so a restart
 logs everyone out). The cookie names a session the server keeps in memory, so
-logging out ends it even for a copy of the cookie. Comparisons are constant-time (``hmac.compare_digest``).
-Forms, the login included, are also covered by the same-origin rule for posts
-in ``security.py``.
+logging out ends it even for a copy of the cookie. Comparisons are
+constant-time (``hmac.compare_digest``). Forms, the login included, are also
+covered by the same-origin rule for posts in ``security.py``.
 
 Guessing is slowed down: after ``MAX_FAILURES`` wrong tokens from one client
 address within ``FAILURE_WINDOW`` seconds, that address's tokens are not even
 compared until its oldest failure has aged out (429 with ``Retry-After``). The
 address is the one the server sees: behind a reverse proxy every client shares
-the proxy's, so one client's guesses would lock out the others for a while;
-the token's length (16+ random characters) is the real protection.
+the proxy's, unless the app knows it is there (``PNEUMO_BEHIND_PROXY``, which
+takes the client's address from the proxy); the token's strength is the real
+protection.
 
 Without a token the history is closed, whatever server runs the app
 (``waitress-serve``, ``flask run``, a reverse proxy in front): it opens only

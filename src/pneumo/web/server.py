@@ -192,7 +192,7 @@ def trusted_hosts(host: str) -> list[str] | None:
 
 
 def serve(host: str = "127.0.0.1", port: int = 5000, workers: int = 4,
-          model: str | None = None) -> int:
+          model: str | None = None, behind_proxy: bool = False) -> int:
     """Load the model, serve the app until SIGTERM or SIGINT, return the exit status (0).
 
     Raises:
@@ -205,7 +205,11 @@ def serve(host: str = "127.0.0.1", port: int = 5000, workers: int = 4,
     if workers < 1:
         raise ValueError(f"--workers must be at least 1, not {workers}")
     # On loopback the app serves the person at this machine; anywhere else, the token rules.
-    config = {"PNEUMO_LOCAL_USER": _is_loopback(host), "TRUSTED_HOSTS": trusted_hosts(host)}
+    # Behind a proxy every request is someone's over the network, under whatever host name
+    # the proxy is reached by (PNEUMO_TRUSTED_HOSTS).
+    local = _is_loopback(host) and not behind_proxy
+    config = {"PNEUMO_LOCAL_USER": local, "PNEUMO_BEHIND_PROXY": behind_proxy,
+              "TRUSTED_HOSTS": trusted_hosts("0.0.0.0" if behind_proxy else host)}
     if model:
         config["PNEUMO_MODEL"] = str(model)
     keep = os.environ.get("PNEUMO_KEEP_STUDIES", "").strip().lower()
