@@ -315,7 +315,33 @@ def test_health_and_model_card(client, tiny_predictor):
     assert health.get_json()["status"] == "ready"
     card = client.get("/api/v1/model")
     assert card.status_code == 200 and card.mimetype == "application/json"
-    assert card.get_json() == tiny_predictor.card
+    public = card.get_json()
+    assert public["threshold"] == tiny_predictor.card["threshold"]
+    assert public["class_names"] == ["NORMAL", "PNEUMONIA"]
+    for private in ("libraries", "files", "training", "format_version"):
+        assert private not in public
+    local = create_app({"TESTING": True, "PNEUMO_PREDICTOR": tiny_predictor,
+                        "PNEUMO_LOCAL_USER": True, "PNEUMO_KEEP_STUDIES": False})
+    assert local.test_client().get("/api/v1/model").get_json() == tiny_predictor.card
+
+
+def test_the_public_card_hides_training_paths_and_versions(shipped_bundle):
+    """The shipped card names training folders, commands and library versions."""
+    from pneumo.bundle import read_card
+    from pneumo.web.api import PUBLIC_CARD_FIELDS
+
+    card = read_card(shipped_bundle)
+    public = str({key: card[key] for key in PUBLIC_CARD_FIELDS if key in card})
+    assert card["training"]["data"]["source"] in str(card)
+    for private in (card["training"]["data"]["source"], card["training"]["command"],
+                    card["libraries"]["tensorflow"], "model.keras"):
+        assert private not in public, private
+
+
+def test_openapi_never_echoes_the_host_header(client):
+    spec = client.get("/api/v1/openapi.json", headers={"Host": "evil.example"}).get_json()
+    assert spec["servers"] == [{"url": "/"}]
+    assert "evil.example" not in str(spec)
 
 
 def test_model_card_with_undefined_metrics_is_still_valid_json(tiny_predictor):

@@ -28,7 +28,7 @@ from ..explain import heatmap_png
 from ..gate import Assessment, image_checks
 from ..imaging import DecodedImage, ImageError
 from ..studies import input_png
-from . import history, openapi
+from . import auth, history, openapi
 from .errors import ApiError, error_body
 from .model import get_holder, get_predictor, unavailable_message
 from .uploads import clean_name, read_upload, uploaded_files
@@ -264,13 +264,25 @@ def health():
     return jsonify({"status": "ready", "model": model_info(holder.predictor)})
 
 
+#: What anyone may read of the model card: what the model is, what it expects, how it
+#: decides and how well it did. How it was trained (folders, commands) and which library
+#: versions and files this server runs need the token (or the local user).
+PUBLIC_CARD_FIELDS = ("name", "version", "created", "description", "class_names",
+                      "positive_class", "input", "threshold", "threshold_method", "calibration",
+                      "validation", "inconclusive", "input_gate", "intended_use", "limitations")
+
+
 @bp.get("/model")
 def model_card():
-    """The model card of the loaded bundle."""
-    return jsonify(get_predictor().card)
+    """The model card of the loaded bundle: its public part, or all of it with the token."""
+    card = get_predictor().card
+    if not auth.authenticated():
+        card = {key: card[key] for key in PUBLIC_CARD_FIELDS if key in card}
+    return jsonify(card)
 
 
 @bp.get("/openapi.json")
 def openapi_json():
-    """The OpenAPI 3.1 description of this API."""
-    return jsonify(openapi.spec(request.host_url.rstrip("/")))
+    """The OpenAPI 3.1 description of this API (relative server URL: never the Host
+    header a client sent)."""
+    return jsonify(openapi.spec())

@@ -325,7 +325,9 @@ def spec(server_url: str = "") -> dict:
             }},
             "/api/v1/model": {"get": {
                 "operationId": "model",
-                "summary": "The model card (training data, validation metrics, threshold)",
+                "summary": "The model card (validation metrics, threshold, intended use)",
+                "description": "Without the token (or the local user), only its public part: "
+                               "no training folders or commands, library versions or files.",
                 "responses": {"200": _json("ModelCard", "The card of the loaded bundle."),
                               **_errors(405, 503)},
             }},
