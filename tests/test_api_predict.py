@@ -450,6 +450,7 @@ def test_memory_stays_flat_over_many_predictions(client):
     assert growth < 25 * 2**20, f"resident memory grew by {growth / 2**20:.1f} MB"
 
 
+@pytest.mark.reliability(26)
 def test_a_batch_stops_decoding_when_its_time_budget_is_spent(tiny_predictor, xray_png):
     """Files not reached within the budget are answered 503 ``time_budget``, each; the
     ones decoded in time are predicted."""

@@ -367,7 +367,7 @@ def test_row14_dicom_without_the_dicm_marker_is_415(client, spec, image12):
     validate(spec, response, "/api/v1/predict", "post")
 
 
-@pytest.mark.reliability(14, 15)
+@pytest.mark.reliability(33)
 def test_real_vendor_files_are_predicted_like_their_conformant_copies(client, spec):
     """A legacy ACR-NEMA CR (no preamble, no file meta, MONOCHROME1, 10-bit) and an 8-bit
     DX whose odd-sized pixel data lacks its pad byte."""

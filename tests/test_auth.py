@@ -188,6 +188,7 @@ def test_without_a_token_for_the_local_user_nothing_asks_for_one(tiny_predictor,
 HISTORY_PATHS = ("/api/v1/studies", "/history")
 
 
+@pytest.mark.reliability(27)
 def test_the_app_is_closed_by_default(tiny_predictor, tmp_path):
     """``create_app()`` as waitress-serve or flask run would call it: no token, no
     history for anyone, nothing kept."""
@@ -204,6 +205,7 @@ def test_the_app_is_closed_by_default(tiny_predictor, tmp_path):
     assert not list(tmp_path.iterdir())  # no database was even made
 
 
+@pytest.mark.reliability(27)
 @pytest.mark.parametrize("headers, address", [
     ({"X-Forwarded-For": "203.0.113.7"}, "127.0.0.1"),
     ({"Forwarded": "for=203.0.113.7;proto=https"}, "127.0.0.1"),
@@ -225,6 +227,7 @@ def test_for_the_local_user_a_proxied_or_remote_request_counts_as_remote(
     assert answer["study_id"] is None  # screened, but not written into the local history
 
 
+@pytest.mark.reliability(27)
 def test_waitress_serve_call_create_app_publishes_no_history(tiny_bundle, tmp_path):
     """The deployment the README's proxy advice and ``waitress-serve --call`` give: the
     real waitress, the app built with no arguments, asked from loopback."""
@@ -270,6 +273,7 @@ def test_waitress_serve_call_create_app_publishes_no_history(tiny_bundle, tmp_pa
 
 # -- DNS rebinding: the Host allow-list ------------------------------------------------------
 
+@pytest.mark.reliability(28)
 def test_a_local_users_app_answers_only_to_its_own_host_names(tiny_predictor, tmp_path):
     client = create_app({"TESTING": True, "PNEUMO_PREDICTOR": tiny_predictor,
                          "PNEUMO_DATA_DIR": str(tmp_path),

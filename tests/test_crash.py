@@ -21,7 +21,7 @@ from test_serve import free_port, http_post, start, wait_ready
 CLIENTS = 6
 
 
-@pytest.mark.reliability(21)
+@pytest.mark.reliability(34)
 def test_kill_9_during_a_burst_keeps_every_answered_study(tiny_bundle, tmp_path, monkeypatch,
                                                           reliability_figures):
     data_dir = tmp_path / "data"

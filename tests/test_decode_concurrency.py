@@ -9,6 +9,7 @@ import threading
 import time
 import warnings
 
+import pytest
 from PIL import Image
 
 import hostile
@@ -44,6 +45,39 @@ def test_a_png_is_decoded_while_a_dicom_decode_runs_in_another_thread():
     finished["png"] = time.monotonic()
     thread.join(60)
     assert finished["png"] < finished["dicom"] - 0.1, finished
+
+
+@pytest.mark.reliability(29)
+def test_an_upload_is_answered_while_a_dicom_upload_decodes(tiny_predictor):
+    """The same through the app: a PNG posted while another request's DICOM is decoding
+    is answered first."""
+    from conftest import encode, synthetic_xray
+    from pneumo.web import create_app
+
+    app = create_app({"TESTING": True, "PNEUMO_PREDICTOR": tiny_predictor,
+                      "PNEUMO_KEEP_STUDIES": False})
+    dicom = hostile.dicom_jpeg2000_large(4700)
+    png = encode(synthetic_xray(4, (256, 224)))
+    finished: dict[str, float] = {}
+    statuses: dict[str, int] = {}
+
+    def post(name: str, data: bytes) -> None:
+        response = app.test_client().post("/api/v1/predict?heatmap=false",
+                                          data={"file": (io.BytesIO(data), name)})
+        statuses[name] = response.status_code
+        finished[name] = time.monotonic()
+
+    post("warm.png", png)
+    thread = threading.Thread(target=post, args=("x.dcm", dicom))
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not _running(thread, "_decode_dicom"):
+        assert time.monotonic() < deadline and thread.is_alive()
+        time.sleep(0.001)
+    post("x.png", png)
+    thread.join(60)
+    assert statuses["x.png"] == 200 and statuses["x.dcm"] in (200, 422)
+    assert finished["x.png"] < finished["x.dcm"] - 0.1, finished
 
 
 def _running(thread: threading.Thread, function: str) -> bool:

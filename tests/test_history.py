@@ -330,6 +330,7 @@ def test_report_pdf_has_the_result_the_statement_and_the_image(app):
                        data={"notes": "x" * 2001}).status_code == 400
 
 
+@pytest.mark.reliability(32)
 @pytest.mark.parametrize("notes", ["$x^$", "cost $5 and $10", r"\frac{a}{b} $\alpha$ ^_{}"])
 def test_report_notes_are_plain_text_never_math(app, notes, caplog):
     client = app.test_client()
@@ -342,6 +343,7 @@ def test_report_notes_are_plain_text_never_math(app, notes, caplog):
     assert not caplog.records or not any(notes in r.getMessage() for r in caplog.records)
 
 
+@pytest.mark.reliability(32)
 def test_report_notes_never_travel_in_the_url(app):
     client = app.test_client()
     body = predict(client)
@@ -367,6 +369,7 @@ def test_report_of_a_dicom_study_carries_no_identifiers(app):
         assert secret not in text and secret.encode() not in data
 
 
+@pytest.mark.reliability(31)
 def test_a_failing_database_write_still_answers_and_is_logged_once(app, caplog):
     """A full disk, as SQLite reports it (SQLITE_FULL, through max_page_count on this
     thread's own connection): the prediction is answered, says it was not kept, and

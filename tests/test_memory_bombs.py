@@ -165,7 +165,7 @@ def bare_server(tiny_bundle, tmp_path_factory):
     process.wait()
 
 
-@pytest.mark.reliability(9, 15)
+@pytest.mark.reliability(9, 15, 26)
 def test_hostile_uploads_raise_the_servers_peak_memory_by_under_300_mb(
         bare_server, reliability_figures):
     url, process = bare_server

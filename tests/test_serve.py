@@ -216,6 +216,7 @@ def test_oversized_uploads_are_refused_and_the_server_carries_on(served):
         assert response.status == 200
 
 
+@pytest.mark.reliability(27)
 def test_on_loopback_the_history_is_the_local_users_but_not_through_a_proxy(served):
     """``pneumo serve`` on 127.0.0.1 serves the person at this machine; a request relayed
     by a reverse proxy on the same machine is someone else's."""
@@ -229,6 +230,7 @@ def test_on_loopback_the_history_is_the_local_users_but_not_through_a_proxy(serv
         refused.value.close()
 
 
+@pytest.mark.reliability(28)
 def test_a_rebound_host_name_is_refused_by_the_real_server(served):
     """DNS rebinding: a page on attacker.example, its name rebound to 127.0.0.1."""
     port = int(served["url"].rsplit(":", 1)[1])

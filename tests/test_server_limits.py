@@ -48,7 +48,7 @@ def _health_seconds(url: str) -> float:
     return time.monotonic() - started
 
 
-@pytest.mark.reliability(1)
+@pytest.mark.reliability(1, 30)
 def test_health_answers_within_a_second_under_110_slow_clients(app, reliability_figures):
     """110 clients that send half a request and then nothing (slowloris): each holds a
     connection until the channel timeout; the health check must still get one."""
