@@ -117,6 +117,18 @@ def dicom_jpeg2000_large(side: int = 7000) -> bytes:
     return to_bytes(ds)
 
 
+def dicom_deflated(side: int = 5600) -> bytes:
+    """A deflated 16-bit DICOM of ``side`` x ``side`` (a smooth ramp): a few hundred kB
+    that inflate to about 60 MB, under the 64 MB the loader allows."""
+    from pydicom import uid as uids
+
+    row = (np.arange(side, dtype=np.uint32) * 4095 // max(1, side - 1)).astype(np.uint16)
+    pixels = np.broadcast_to(row, (side, side)).copy()
+    ds = make_dataset(pixels, bits_stored=12)
+    _compress(ds, pixels, uids.DeflatedExplicitVRLittleEndian)
+    return to_bytes(ds)
+
+
 #: name -> (builder, what it is), for the tests and the report.
 HOSTILE = {
     "DICOM, JPEG 2000 SIZ 24000x24000, Rows=Columns=100": dicom_jpeg2000_siz,
@@ -132,4 +144,5 @@ HOSTILE = {
     "DICOM, JPEG 2000 7000x7000 12-bit, headers agree": dicom_jpeg2000_large,
     "DICOM, JPEG 2000 4700x4700 12-bit (largest accepted)":
         functools.partial(dicom_jpeg2000_large, 4700),
+    "DICOM, deflated 5600x5600 16-bit": dicom_deflated,
 }

@@ -183,8 +183,8 @@ def card_problems(card) -> list[str]:
         need("input.size", size, isinstance(size, int) and not isinstance(size, bool)
              and 32 <= size <= 4096, "a whole number of pixels from 32 to 4096")
     threshold = get(card, "threshold")
-    need("threshold", threshold, number(threshold) and 0 <= threshold <= 1,
-         "a number from 0 to 1")
+    # a number; one outside [0, 1] is allowed: it makes every image one class
+    need("threshold", threshold, number(threshold), "a number")
     calibration = get(card, "calibration")
     need("calibration", calibration, isinstance(calibration, dict), "an object")
     if isinstance(calibration, dict):
