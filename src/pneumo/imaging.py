@@ -241,7 +241,12 @@ def _change_filters(entries: tuple[tuple, ...], step: int) -> None:
                 warnings.filters.remove(entry)
             else:
                 continue
-            warnings._filters_mutated()  # forget cached decisions, as filterwarnings() does
+            _filters_mutated()
+
+
+#: Makes the warnings module forget its cached decisions, as filterwarnings() does itself
+#: (CPython 3.8-3.13; without it a decision cached for a removed filter may linger).
+_filters_mutated = getattr(warnings, "_filters_mutated", lambda: None)
 
 
 # --------------------------------------------------------------------------------------
@@ -648,8 +653,9 @@ def _check_codestream(ds, syntax, rows: int, columns: int) -> None:
         log.debug("DICOM encapsulation unreadable: %s", type(exc).__name__)
         raise UnreadableImage("The DICOM file's compressed pixel data is damaged: its "
                               "fragments could not be read.") from None
-    name = str(syntax.name)
-    size = _jpeg2000_size(frame) if "2000" in name else _jpeg_size(frame)
+    jpeg2000 = syntax in (uid.JPEG2000Lossless, uid.JPEG2000, uid.HTJ2KLossless,
+                          uid.HTJ2KLosslessRPCL, uid.HTJ2K)
+    size = _jpeg2000_size(frame) if jpeg2000 else _jpeg_size(frame)
     if size is None:
         raise UnreadableImage(f"The DICOM pixel data, encoded as {_syntax_name(syntax)}, is "
                               "damaged: its codestream does not state a readable image size.")
@@ -664,7 +670,7 @@ def _check_codestream(ds, syntax, rows: int, columns: int) -> None:
     # The decoders' working memory: JPEG 2000 decodes into 32-bit planes before the output
     # array is made; the JPEG family writes the output array (and pydicom copies it once).
     sample = (max(1, _int(ds, "BitsAllocated", 16)) + 7) // 8
-    per_pixel = sample * (3 if "2000" in name else 2)
+    per_pixel = sample * (3 if jpeg2000 else 2)
     if rows * columns * per_pixel > MAX_DECODED_BYTES:
         largest = MAX_DECODED_BYTES / per_pixel / 1e6
         raise ImageTooLarge(f"The DICOM image is {columns} x {rows} pixels compressed as "
