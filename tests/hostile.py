@@ -117,6 +117,18 @@ def dicom_jpeg2000_large(side: int = 7000) -> bytes:
     return to_bytes(ds)
 
 
+def dicom_large(syntax: str, side: int, bits: int) -> bytes:
+    """A genuine ``side`` x ``side`` DICOM in ``syntax`` (a smooth ramp, a small file) whose
+    headers all agree."""
+    top = 2**bits - 1
+    row = (np.arange(side, dtype=np.uint32) * top // max(1, side - 1)).astype(
+        np.uint8 if bits == 8 else np.uint16)
+    pixels = np.broadcast_to(row, (side, side)).copy()
+    ds = make_dataset(pixels, bits_stored=bits)
+    _compress(ds, pixels, syntax)
+    return to_bytes(ds)
+
+
 def dicom_deflated(side: int = 5600) -> bytes:
     """A deflated 16-bit DICOM of ``side`` x ``side`` (a smooth ramp): a few hundred kB
     that inflate to about 60 MB, under the 64 MB the loader allows."""
@@ -142,7 +154,10 @@ HOSTILE = {
     "DICOM, 1-bit 6800x6800 uncompressed": dicom_one_bit,
     "PNG, RGBA 5700x5700 (largest colour size accepted)": functools.partial(png_rgba, 5700),
     "DICOM, JPEG 2000 7000x7000 12-bit, headers agree": dicom_jpeg2000_large,
-    "DICOM, JPEG 2000 4700x4700 12-bit (largest accepted)":
-        functools.partial(dicom_jpeg2000_large, 4700),
+    "DICOM, JPEG 2000 6200x6200 12-bit, near the decoder budget":
+        functools.partial(dicom_jpeg2000_large, 6200),
     "DICOM, deflated 5600x5600 16-bit": dicom_deflated,
+    "DICOM, JPEG baseline 6200x6200 8-bit, near the decoder budget":
+        functools.partial(dicom_large, uid.JPEGBaseline8Bit, 6200, 8),
+    "DICOM, JPEG-LS 6000x6000 12-bit": functools.partial(dicom_large, uid.JPEGLSLossless, 6000, 12),
 }

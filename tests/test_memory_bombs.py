@@ -74,6 +74,26 @@ def test_a_jpeg2000_image_too_large_to_decode_within_the_budget_is_refused():
         load_image(hostile.dicom_jpeg2000_large(7000))
 
 
+@pytest.mark.parametrize("syntax, side, accepted", [
+    (uid.JPEGLosslessSV1, 4300, True), (uid.JPEGLosslessSV1, 4500, False),
+    (uid.RLELossless, 4300, True), (uid.RLELossless, 4700, False),
+    (uid.JPEGBaseline8Bit, 6100, True), (uid.JPEGBaseline8Bit, 6300, False),
+    (uid.JPEGLSLossless, 6500, True), (uid.JPEG2000Lossless, 6300, False),
+])
+def test_the_decoder_budget_follows_each_decoders_measured_cost(syntax, side, accepted):
+    """Checked from the header alone (a placeholder codestream of the stated size)."""
+    from pneumo.imaging import _check_decoder_memory
+
+    bits = 8 if syntax == uid.JPEGBaseline8Bit else 16
+    ds = make_dataset(radiograph(8, (8, 8)) if bits == 8 else radiograph(12, (8, 8)))
+    ds.BitsAllocated = bits
+    if accepted:
+        _check_decoder_memory(ds, uid.UID(syntax), side, side)
+    else:
+        with pytest.raises(ImageTooLarge, match=f"{side} x {side} pixels compressed as"):
+            _check_decoder_memory(ds, uid.UID(syntax), side, side)
+
+
 def test_colour_rasters_over_the_decode_budget_are_refused_before_decoding():
     side = int((MAX_DECODED_BYTES / 4) ** 0.5) + 1
     with pytest.raises(ImageTooLarge, match="in colour"):

@@ -61,6 +61,12 @@ MAX_FILE_BYTES = 64 * 1024 * 1024
 #: Most memory one decoded raster may take (Pillow keeps colour as 4 bytes a pixel): a
 #: 16-bit 7,000 x 7,000 grayscale image fits, a colour one up to 33.5 megapixels.
 MAX_DECODED_BYTES = 128 * 2**20
+#: Most memory decoding one compressed DICOM frame may take, all copies included, as
+#: measured per decoder: the peak of a whole decode, in bytes per pixel for each byte of a
+#: sample, was about 5-5.6 for libjpeg (JPEG baseline and lossless) and RLE, 2.9 for JPEG
+#: 2000 and 1.1-2 for JPEG-LS. A 16-bit JPEG lossless chest film of 4,400 x 4,400 (43 cm
+#: at 100 um is 4,300) fits; at 8 bits, 6,200 x 6,200.
+MAX_DECODER_BYTES = 224 * 2**20
 #: Pixels converted at a time: intermediate arrays (float, colour) are this size, never
 #: the image's, so that a large image costs its decoded size plus a little.
 STRIP_PIXELS = 1 << 20
@@ -610,6 +616,7 @@ def _decode_dicom(ds, syntax) -> DecodedImage:
         if "pylibjpeg" in decoder.available_plugins:
             ds.pixel_array_options(decoding_plugin="pylibjpeg")
         _check_codestream(ds, syntax, rows, columns)
+        _check_decoder_memory(ds, syntax, rows, columns)
     try:
         raw = ds.pixel_array
     except BaseException as exc:  # decoder plugins raise many types, see below
@@ -667,16 +674,24 @@ def _check_codestream(ds, syntax, rows: int, columns: int) -> None:
         _check_size(width, height, "DICOM pixel data")
         raise UnreadableImage(f"The DICOM pixel data is encoded as a {width} x {height} image, "
                               f"but the header says {columns} x {rows}; it was not decoded.")
-    # The decoders' working memory: JPEG 2000 decodes into 32-bit planes before the output
-    # array is made; the JPEG family writes the output array (and pydicom copies it once).
+
+
+def _check_decoder_memory(ds, syntax, rows: int, columns: int) -> None:
+    """Refuse, before decoding, a compressed frame whose decoding would take more than
+    ``MAX_DECODER_BYTES``, as measured per decoder (``_DECODER_BYTES_PER_SAMPLE_BYTE``)."""
+    from pydicom import uid
+
+    factors = {uid.JPEG2000Lossless: 3, uid.JPEG2000: 3, uid.HTJ2KLossless: 3,
+               uid.HTJ2KLosslessRPCL: 3, uid.HTJ2K: 3, uid.JPEGLSLossless: 2.5,
+               uid.JPEGLSNearLossless: 2.5, uid.RLELossless: 5.5}
     sample = (max(1, _int(ds, "BitsAllocated", 16)) + 7) // 8
-    per_pixel = sample * (3 if jpeg2000 else 2)
-    if rows * columns * per_pixel > MAX_DECODED_BYTES:
-        largest = MAX_DECODED_BYTES / per_pixel / 1e6
+    per_pixel = sample * factors.get(syntax, 6)  # the libjpeg family (baseline, lossless)
+    needed = rows * columns * per_pixel
+    if needed > MAX_DECODER_BYTES:
         raise ImageTooLarge(f"The DICOM image is {columns} x {rows} pixels compressed as "
-                            f"{_syntax_name(syntax)}, which takes "
-                            f"{rows * columns * per_pixel / 2**20:.0f} MB to decode; the largest "
-                            f"accepted is {largest:.1f} megapixels.")
+                            f"{_syntax_name(syntax)}, which takes about {needed / 2**20:.0f} MB "
+                            f"to decode; the largest accepted in this encoding is "
+                            f"{MAX_DECODER_BYTES / per_pixel / 1e6:.1f} megapixels.")
 
 
 def _jpeg_size(stream: bytes) -> tuple[int, int, int] | None:
