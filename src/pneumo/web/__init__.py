@@ -18,7 +18,7 @@ Configuration keys (defaults below; pass a mapping to ``create_app`` to change t
 ``PNEUMO_MAX_BATCH_FILES`` / ``PNEUMO_BATCH_TIME_BUDGET``
     Most files in one batch request, and the seconds its decoding may take: files not
     reached by then are answered 503 ``time_budget`` (each file's own memory is bounded
-    by ``imaging.MAX_DECODED_BYTES``).
+    by ``imaging.MAX_DECODED_BYTES`` and ``imaging.MAX_DECODER_BYTES``).
 ``PNEUMO_BATCH_MAX_IMAGES`` / ``PNEUMO_BATCH_WAIT_MS``
     Micro-batching (``model.py``): concurrent predictions run together, at most
     this many images, the inference thread waiting at most this long for
