@@ -53,7 +53,8 @@ def app(tiny_predictor, tmp_path_factory):
     """The app as served (studies kept), in a data folder of its own: the hundreds of
     generated requests stay out of the session's shared one."""
     return create_app({"TESTING": True, "PNEUMO_PREDICTOR": tiny_predictor,
-                       "PNEUMO_DATA_DIR": str(tmp_path_factory.mktemp("fuzz-data"))})
+                       "PNEUMO_DATA_DIR": str(tmp_path_factory.mktemp("fuzz-data")),
+                       "PNEUMO_LOCAL_USER": True})
 
 
 @pytest.fixture(scope="module")

@@ -231,9 +231,17 @@ def test_upload_limit_is_configurable(tiny_predictor, png):
 
 
 @pytest.mark.reliability(1)
-def test_thousands_of_parts_are_a_413(client):
-    fields = {f"field{i}": "x" for i in range(2000)}
+@pytest.mark.parametrize("parts", [65, 500, 2000])
+def test_thousands_of_parts_are_a_413(client, parts):
+    """Our limit is 64 parts: 65 and 500 would pass Flask's default of 1,000."""
+    fields = {f"field{i}": "x" for i in range(parts)}
     assert_error(post(client, fields), 413, "too_large")
+
+
+def test_sixty_four_parts_are_still_read(client, xray_png):
+    fields = {f"field{i}": "x" for i in range(63)}
+    fields["file"] = (io.BytesIO(xray_png), "x.png")
+    assert post(client, fields).status_code == 200
 
 
 @pytest.mark.reliability(5)
@@ -307,7 +315,33 @@ def test_health_and_model_card(client, tiny_predictor):
     assert health.get_json()["status"] == "ready"
     card = client.get("/api/v1/model")
     assert card.status_code == 200 and card.mimetype == "application/json"
-    assert card.get_json() == tiny_predictor.card
+    public = card.get_json()
+    assert public["threshold"] == tiny_predictor.card["threshold"]
+    assert public["class_names"] == ["NORMAL", "PNEUMONIA"]
+    for private in ("libraries", "files", "training", "format_version"):
+        assert private not in public
+    local = create_app({"TESTING": True, "PNEUMO_PREDICTOR": tiny_predictor,
+                        "PNEUMO_LOCAL_USER": True, "PNEUMO_KEEP_STUDIES": False})
+    assert local.test_client().get("/api/v1/model").get_json() == tiny_predictor.card
+
+
+def test_the_public_card_hides_training_paths_and_versions(shipped_bundle):
+    """The shipped card names training folders, commands and library versions."""
+    from pneumo.bundle import read_card
+    from pneumo.web.api import PUBLIC_CARD_FIELDS
+
+    card = read_card(shipped_bundle)
+    public = str({key: card[key] for key in PUBLIC_CARD_FIELDS if key in card})
+    assert card["training"]["data"]["source"] in str(card)
+    for private in (card["training"]["data"]["source"], card["training"]["command"],
+                    card["libraries"]["tensorflow"], "model.keras"):
+        assert private not in public, private
+
+
+def test_openapi_never_echoes_the_host_header(client):
+    spec = client.get("/api/v1/openapi.json", headers={"Host": "evil.example"}).get_json()
+    assert spec["servers"] == [{"url": "/"}]
+    assert "evil.example" not in str(spec)
 
 
 def test_model_card_with_undefined_metrics_is_still_valid_json(tiny_predictor):
@@ -414,3 +448,20 @@ def test_memory_stays_flat_over_many_predictions(client):
         assert post(client, {"file": (io.BytesIO(data), "x.png")}).status_code == 200
     growth = _rss_bytes() - before
     assert growth < 25 * 2**20, f"resident memory grew by {growth / 2**20:.1f} MB"
+
+
+@pytest.mark.reliability(26)
+def test_a_batch_stops_decoding_when_its_time_budget_is_spent(tiny_predictor, xray_png):
+    """Files not reached within the budget are answered 503 ``time_budget``, each; the
+    ones decoded in time are predicted."""
+    app = create_app({"TESTING": True, "PNEUMO_PREDICTOR": tiny_predictor,
+                      "PNEUMO_KEEP_STUDIES": False, "PNEUMO_BATCH_TIME_BUDGET": 1e-9})
+    response = app.test_client().post("/api/v1/predict/batch", data={"file": [
+        (io.BytesIO(xray_png), f"x{i}.png") for i in range(3)]})
+    assert response.status_code == 200
+    results = response.get_json()["results"]
+    assert results[0]["ok"] is True
+    assert [(r["status"], r["error"]["code"]) for r in results[1:]] == [(503, "time_budget")] * 2
+    assert "send it again" in results[1]["error"]["message"]
+    assert create_app({"TESTING": True, "PNEUMO_PREDICTOR": tiny_predictor}).config[
+        "PNEUMO_BATCH_TIME_BUDGET"] == 20.0

@@ -21,6 +21,9 @@ import os
 import re
 import sys
 import threading
+import urllib.error
+import urllib.request
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -58,7 +61,7 @@ def data_dir(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def app(tiny_predictor, data_dir):
     return create_app({"TESTING": True, "PNEUMO_PREDICTOR": tiny_predictor,
-                       "PNEUMO_DATA_DIR": str(data_dir)})
+                       "PNEUMO_DATA_DIR": str(data_dir), "PNEUMO_LOCAL_USER": True})
 
 
 @pytest.fixture(scope="module")
@@ -174,6 +177,32 @@ def test_row05_hostile_names_write_nothing_anywhere(client, data_dir, name):
     assert batch.status_code == 200
 
 
+@pytest.mark.reliability(5)
+def test_row05_through_the_real_server_a_large_upload_writes_nothing_anywhere(app, data_dir):
+    """The real waitress server in front of the app: it buffers the whole body before Flask
+    sees it, and by default spools any body over 512 kB to the temporary folder."""
+    from werkzeug.datastructures import FileStorage, MultiDict
+    from werkzeug.test import encode_multipart
+
+    from test_server_limits import running
+
+    grainy = encode(np.random.default_rng(5).integers(0, 255, (900, 900), dtype=np.uint8))
+    assert len(grainy) > 600_000
+    boundary, body = encode_multipart(MultiDict(
+        [("file", FileStorage(io.BytesIO(grainy), filename="../../etc/passwd.png"))]))
+    with running(app) as server, nothing_written(data_dir, names=("passwd",)):
+        request = urllib.request.Request(
+            server.url + "/api/v1/predict", data=body, method="POST",
+            headers={"Content-Type": f"multipart/form-data; boundary={boundary}"})
+        try:
+            with urllib.request.urlopen(request, timeout=60) as response:
+                answer = json.loads(response.read())
+        except urllib.error.HTTPError as error:
+            with error:
+                answer = json.loads(error.read())
+    assert answer.get("filename", "passwd.png") == "passwd.png"
+
+
 # -- row 7 -------------------------------------------------------------------------------------
 
 @pytest.mark.reliability(7)
@@ -214,6 +243,24 @@ def test_row09_pixel_bombs_are_413(client, spec, fmt, factor):
     response = upload(client, "/api/v1/predict", [("x.png", with_png_size(encode(small), side,
                                                                            side))])
     refused(response, 413, "too_large")
+
+
+@pytest.mark.reliability(9)
+@pytest.mark.parametrize("fmt", ["PNG", "JPEG"])
+def test_row09_pillows_warning_alone_is_made_an_error(client, fmt, monkeypatch):
+    """Between 1x and 2x Pillow's limit, Pillow only warns. With our own pixel limit out of
+    the way and the test suite's warnings-as-errors off, only the app's own
+    warning-to-error step stands between this file and a decode."""
+    from PIL import Image
+
+    monkeypatch.setattr(imaging, "MAX_PIXELS", 10**12)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 200 * 200)
+    small = synthetic_xray(3, (240, 208))  # 1.25x Pillow's (lowered) limit
+    data = encode(small) if fmt == "PNG" else encode(small, "JPEG")
+    with warnings.catch_warnings():
+        warnings.simplefilter("default")  # as in production: a warning is only printed
+        response = upload(client, "/api/v1/predict", [(f"bomb.{fmt.lower()}", data)])
+    assert "pixels" in refused(response, 413, "too_large")
 
 
 @pytest.mark.reliability(10)
@@ -310,11 +357,33 @@ def test_row13_odd_but_valid_images_get_2xx_or_a_4xx_with_a_reason(client, spec,
 
 @pytest.mark.reliability(14)
 def test_row14_dicom_without_the_dicm_marker_is_415(client, spec, image12):
-    bare = to_bytes(make_dataset(image12, bits_stored=12), file_format=False)
+    """Unless it is a whole single-frame grayscale image (a legacy ACR-NEMA file, below)."""
+    ds = make_dataset(image12, bits_stored=12)
+    del ds.PhotometricInterpretation
+    bare = to_bytes(ds, file_format=False)
     assert bare[128:132] != b"DICM"
     response = upload(client, "/api/v1/predict", [("scan.dcm", bare)])
     refused(response, 415, "unsupported_type")
     validate(spec, response, "/api/v1/predict", "post")
+
+
+@pytest.mark.reliability(33)
+def test_real_vendor_files_are_predicted_like_their_conformant_copies(client, spec):
+    """A legacy ACR-NEMA CR (no preamble, no file meta, MONOCHROME1, 10-bit) and an 8-bit
+    DX whose odd-sized pixel data lacks its pad byte."""
+    from dicom_factory import make_dicom, radiograph, set_native_pixel_data
+    from test_dicom import legacy_acr_nema
+
+    legacy, pixels = legacy_acr_nema()
+    conformant = make_dicom(pixels, bits_stored=10, photometric="MONOCHROME1", modality="CR")
+    odd = radiograph(bits=8, size=(301, 255))
+    unpadded = set_native_pixel_data(make_dicom(odd), odd.tobytes())
+    for vendor, reference in ((legacy, conformant), (unpadded, make_dicom(odd))):
+        answers = [upload(client, "/api/v1/predict?heatmap=false", [("x.dcm", data)])
+                   for data in (vendor, reference)]
+        assert answers[0].status_code == answers[1].status_code == 200, answers[0].get_json()
+        validate(spec, answers[0], "/api/v1/predict", "post")
+        assert answers[0].get_json()["probability"] == answers[1].get_json()["probability"]
 
 
 @pytest.mark.reliability(15)

@@ -1,5 +1,6 @@
 """The token that guards the history, feedback and reports: the real app, a real
-session cookie, and `pneumo serve` refusing to start exposed without a token."""
+session cookie, the app closed by default whatever server runs it, and `pneumo
+serve` refusing to start exposed without a token."""
 
 from __future__ import annotations
 
@@ -11,14 +12,14 @@ from pneumo.cli import main
 from pneumo.web import auth, create_app
 from synthetic import encode, synthetic_xray
 
-TOKEN = "correct-horse-battery-staple-42"
+TOKEN = "correct-horse-battery-staple-42-and-more"
 
 
 @pytest.fixture
 def app(tiny_predictor, tmp_path):
     return create_app({"TESTING": True, "PNEUMO_PREDICTOR": tiny_predictor,
-                       "PNEUMO_DATA_DIR": str(tmp_path), "PNEUMO_EXPOSED": True,
-                       "PNEUMO_KEEP_STUDIES": True, "PNEUMO_API_TOKEN": TOKEN})
+                       "PNEUMO_DATA_DIR": str(tmp_path), "PNEUMO_KEEP_STUDIES": True,
+                       "PNEUMO_API_TOKEN": TOKEN})
 
 
 def bearer(token=TOKEN):
@@ -33,12 +34,12 @@ def predict(client, headers=None):
     return response.get_json()
 
 
-def test_exposed_with_studies_and_no_token_refuses_to_start(tiny_predictor, tmp_path):
+def test_keeping_studies_nobody_could_read_refuses_to_start(tiny_predictor, tmp_path):
     config = {"TESTING": True, "PNEUMO_PREDICTOR": tiny_predictor, "PNEUMO_DATA_DIR": str(tmp_path),
-              "PNEUMO_EXPOSED": True, "PNEUMO_KEEP_STUDIES": True}
+              "PNEUMO_KEEP_STUDIES": True}
     with pytest.raises(RuntimeError, match="PNEUMO_API_TOKEN"):
         create_app(config)
-    with pytest.raises(RuntimeError, match="at least 16"):
+    with pytest.raises(RuntimeError, match="at least 32"):
         create_app({**config, "PNEUMO_API_TOKEN": "short"})
 
 
@@ -173,9 +174,209 @@ def test_login_never_redirects_off_site(app):
         assert response.headers["Location"].endswith("/history"), target
 
 
-def test_without_a_token_on_loopback_nothing_asks_for_one(tiny_predictor, tmp_path):
+def test_without_a_token_for_the_local_user_nothing_asks_for_one(tiny_predictor, tmp_path):
     client = create_app({"TESTING": True, "PNEUMO_PREDICTOR": tiny_predictor,
-                         "PNEUMO_DATA_DIR": str(tmp_path)}).test_client()
+                         "PNEUMO_DATA_DIR": str(tmp_path),
+                         "PNEUMO_LOCAL_USER": True}).test_client()
     assert predict(client)["study_id"]
     assert client.get("/api/v1/studies").status_code == 200
     assert client.get("/login").status_code == 404
+
+
+# -- closed by default: the rule lives in the app, not in the command line -------------------
+
+HISTORY_PATHS = ("/api/v1/studies", "/history")
+
+
+@pytest.mark.reliability(27)
+def test_the_app_is_closed_by_default(tiny_predictor, tmp_path):
+    """``create_app()`` as waitress-serve or flask run would call it: no token, no
+    history for anyone, nothing kept."""
+    app = create_app({"TESTING": True, "PNEUMO_PREDICTOR": tiny_predictor,
+                      "PNEUMO_DATA_DIR": str(tmp_path)})
+    client = app.test_client()
+    assert predict(client)["study_id"] is None
+    response = client.get("/api/v1/studies")
+    assert response.status_code == 403
+    assert response.get_json()["error"]["code"] == "forbidden"
+    assert "PNEUMO_API_TOKEN" in response.get_json()["error"]["message"]
+    assert client.get("/history").status_code == 403
+    assert client.post("/api/v1/studies/x/feedback", json={"verdict": "agree"}).status_code == 403
+    assert not list(tmp_path.iterdir())  # no database was even made
+
+
+@pytest.mark.reliability(27)
+@pytest.mark.parametrize("headers, address", [
+    ({"X-Forwarded-For": "203.0.113.7"}, "127.0.0.1"),
+    ({"Forwarded": "for=203.0.113.7;proto=https"}, "127.0.0.1"),
+    ({"X-Real-IP": "203.0.113.7"}, "127.0.0.1"),
+    ({}, "192.0.2.10"),
+], ids=["x-forwarded-for", "forwarded", "x-real-ip", "remote-address"])
+def test_for_the_local_user_a_proxied_or_remote_request_counts_as_remote(
+        tiny_predictor, tmp_path, headers, address):
+    client = create_app({"TESTING": True, "PNEUMO_PREDICTOR": tiny_predictor,
+                         "PNEUMO_DATA_DIR": str(tmp_path),
+                         "PNEUMO_LOCAL_USER": True}).test_client()
+    environ = {"REMOTE_ADDR": address}
+    for path in HISTORY_PATHS:
+        assert client.get(path, headers=headers, environ_base=environ).status_code == 403
+        assert client.get(path).status_code == 200  # the local user, straight from loopback
+    png = encode(synthetic_xray(2, (300, 260)))
+    answer = client.post("/api/v1/predict?heatmap=false", headers=headers, environ_base=environ,
+                         data={"file": (io.BytesIO(png), "a.png")}).get_json()
+    assert answer["study_id"] is None  # screened, but not written into the local history
+
+
+@pytest.mark.reliability(27)
+def test_waitress_serve_call_create_app_publishes_no_history(tiny_bundle, tmp_path):
+    """The deployment the README's proxy advice and ``waitress-serve --call`` give: the
+    real waitress, the app built with no arguments, asked from loopback."""
+    import json
+    import os
+    import subprocess
+    import sys
+    import urllib.error
+    import urllib.request
+
+    from test_serve import free_port, start, wait_ready
+
+    port = free_port()
+    env = {"PNEUMO_MODEL": str(tiny_bundle), "PNEUMO_DATA_DIR": str(tmp_path / "data")}
+    os.environ.update(env)
+    try:
+        process = start([sys.executable, "-m", "waitress", "--listen", f"127.0.0.1:{port}",
+                         "--call", "pneumo.web:create_app"], tmp_path / "waitress.log")
+    finally:
+        for name in env:
+            os.environ.pop(name)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_ready(url, process, tmp_path / "waitress.log")
+        for path in HISTORY_PATHS:
+            with pytest.raises(urllib.error.HTTPError) as refused:
+                urllib.request.urlopen(url + path, timeout=10)
+            assert refused.value.code == 403
+            refused.value.close()
+        refused.value.close()
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(urllib.request.Request(
+                url + "/api/v1/studies/x/feedback", method="POST",
+                data=json.dumps({"verdict": "agree"}).encode(),
+                headers={"Content-Type": "application/json"}), timeout=10)
+        assert refused.value.code == 403
+        refused.value.close()
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+    assert not (tmp_path / "data").exists() or not list((tmp_path / "data").iterdir())
+
+
+# -- DNS rebinding: the Host allow-list ------------------------------------------------------
+
+@pytest.mark.reliability(28)
+def test_a_local_users_app_answers_only_to_its_own_host_names(tiny_predictor, tmp_path):
+    client = create_app({"TESTING": True, "PNEUMO_PREDICTOR": tiny_predictor,
+                         "PNEUMO_DATA_DIR": str(tmp_path),
+                         "PNEUMO_LOCAL_USER": True}).test_client()
+    for host in ("localhost:5000", "127.0.0.1:5000", "localhost"):
+        assert client.get("/api/v1/studies", headers={"Host": host}).status_code == 200
+    rebound = {"Host": "attacker.example:5000"}
+    response = client.get("/api/v1/studies", headers=rebound)
+    assert response.status_code == 400
+    assert response.headers["X-Content-Type-Options"] == "nosniff"
+    assert client.get("/history", headers=rebound).status_code == 400
+    assert client.post("/api/v1/studies/x/feedback", json={"verdict": "agree"},
+                       headers=rebound).status_code == 400
+
+
+def test_the_host_allow_list_is_configurable(tiny_predictor, tmp_path, monkeypatch):
+    from pneumo.web.server import trusted_hosts
+
+    client = create_app({"TESTING": True, "PNEUMO_PREDICTOR": tiny_predictor,
+                         "PNEUMO_DATA_DIR": str(tmp_path), "PNEUMO_API_TOKEN": TOKEN,
+                         "TRUSTED_HOSTS": [".hospital.example"]}).test_client()
+    assert client.get("/api/v1/health", headers={"Host": "pneumo.hospital.example"}
+                      ).status_code == 200
+    assert client.get("/api/v1/health", headers={"Host": "localhost"}).status_code == 400
+    monkeypatch.delenv("PNEUMO_TRUSTED_HOSTS", raising=False)
+    assert trusted_hosts("127.0.0.1") == ["localhost", "127.0.0.1"]
+    assert trusted_hosts("10.1.2.3") == ["10.1.2.3"]
+    assert trusted_hosts("0.0.0.0") is None
+    monkeypatch.setenv("PNEUMO_TRUSTED_HOSTS", "pneumo.example, .hospital.example")
+    assert trusted_hosts("0.0.0.0") == ["pneumo.example", ".hospital.example"]
+
+
+# -- strong tokens, and sessions the server can end ------------------------------------------
+
+@pytest.mark.parametrize("weak, why", [
+    ("x" * 31, "at least 32"),
+    ("correct horse battery staple 42 and more", "no spaces"),
+    ("ab" * 20, "too few characters"),
+    ("p\u00e4ssw\u00f6rd-" * 4, "only letters"),
+])
+def test_weak_tokens_are_refused_with_the_reason(tiny_predictor, tmp_path, weak, why):
+    with pytest.raises(RuntimeError, match=f"too weak: .*{why}.*pneumo token"):
+        create_app({"TESTING": True, "PNEUMO_PREDICTOR": tiny_predictor,
+                    "PNEUMO_DATA_DIR": str(tmp_path), "PNEUMO_API_TOKEN": weak})
+
+
+def test_pneumo_token_prints_a_strong_token(capsys):
+    assert main(["token"]) == 0
+    first = capsys.readouterr().out.strip()
+    assert main(["token"]) == 0
+    second = capsys.readouterr().out.strip()
+    assert first != second and len(first) >= 43
+    assert auth.check_token(first) is None and auth.check_token(second) is None
+
+
+def test_logout_ends_the_session_for_a_copied_cookie_too(app):
+    client = app.test_client()
+    study_id = predict(client, bearer())["study_id"]
+    assert client.post("/login", data={"token": TOKEN}).status_code == 303
+    cookie = client.get_cookie("pneumo_session")
+    assert client.get(f"/studies/{study_id}").status_code == 200
+    thief = app.test_client()
+    thief.set_cookie("pneumo_session", cookie.value)
+    assert thief.get(f"/studies/{study_id}").status_code == 200  # the copy works while logged in
+    client.post("/logout")
+    assert client.get(f"/studies/{study_id}").status_code == 302
+    assert thief.get(f"/studies/{study_id}").status_code == 302  # and not after logout
+
+
+# -- behind a TLS reverse proxy ---------------------------------------------------------------
+
+@pytest.fixture
+def proxied(tiny_predictor, tmp_path):
+    return create_app({"TESTING": True, "PNEUMO_PREDICTOR": tiny_predictor,
+                       "PNEUMO_DATA_DIR": str(tmp_path), "PNEUMO_API_TOKEN": TOKEN,
+                       "PNEUMO_BEHIND_PROXY": True})
+
+
+PROXY = {"X-Forwarded-Proto": "https", "X-Forwarded-Host": "pneumo.example.org"}
+
+
+def test_behind_a_proxy_the_session_cookie_is_secure(proxied):
+    client = proxied.test_client()
+    response = client.post("/login", data={"token": TOKEN},
+                           headers={**PROXY, "X-Forwarded-For": "203.0.113.9"})
+    assert response.status_code == 303
+    cookie = response.headers["Set-Cookie"]
+    assert "Secure" in cookie and "HttpOnly" in cookie and "SameSite=Strict" in cookie
+    assert response.headers["Location"].startswith("/")
+    direct = create_app({"TESTING": True, "PNEUMO_PREDICTOR": proxied.extensions[
+        "pneumo.predictor"], "PNEUMO_API_TOKEN": TOKEN, "PNEUMO_KEEP_STUDIES": False})
+    plain = direct.test_client().post("/login", data={"token": TOKEN})
+    assert "Secure" not in plain.headers["Set-Cookie"]
+
+
+def test_behind_a_proxy_guesses_are_counted_per_client_and_one_hop_only(proxied):
+    """The client address is the proxy's last X-Forwarded-For entry: one client's wrong
+    tokens do not lock out another, and an address a client wrote itself is ignored."""
+    client = proxied.test_client()
+    guesser = {**PROXY, "X-Forwarded-For": "198.51.100.1, 203.0.113.66"}
+    for _ in range(auth.MAX_FAILURES):
+        assert client.get("/api/v1/studies", headers={**guesser, **bearer("x" * 40)}
+                          ).status_code in (401, 429)
+    assert client.get("/api/v1/studies", headers={**guesser, **bearer()}).status_code == 429
+    spoofing = {**PROXY, "X-Forwarded-For": "203.0.113.66, 198.51.100.1"}
+    assert client.get("/api/v1/studies", headers={**spoofing, **bearer()}).status_code == 200

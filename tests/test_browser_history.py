@@ -20,7 +20,8 @@ sync_api = pytest.importorskip("playwright.sync_api",
 @pytest.fixture(scope="module")
 def live_server(tiny_predictor, tmp_path_factory):
     app = create_app({"PNEUMO_PREDICTOR": tiny_predictor,
-                      "PNEUMO_DATA_DIR": str(tmp_path_factory.mktemp("history"))})
+                      "PNEUMO_DATA_DIR": str(tmp_path_factory.mktemp("history")),
+                      "PNEUMO_LOCAL_USER": True})
     with served(app) as url:
         yield url
 

@@ -77,17 +77,86 @@ def test_eight_and_sixteen_bit_and_signed_pixels(reference):
 # ---------------------------------------------------------------------------- row 14
 
 
-def test_row14_a_dataset_without_the_dicm_marker_is_refused(tmp_path, image12, monkeypatch):
-    bare = to_bytes(make_dataset(image12, bits_stored=12), file_format=False)
+def bare_dataset(case: str, image12: np.ndarray) -> bytes:
+    """A dataset without preamble, 'DICM' or file meta that is not a whole grayscale image."""
+    ds = make_dataset(image12, bits_stored=12)
+    if case == "no photometric interpretation":
+        del ds.PhotometricInterpretation
+    elif case == "no pixel representation":
+        del ds.PixelRepresentation
+    elif case == "colour":
+        ds = make_dataset(np.stack([image12] * 3, axis=-1), bits_stored=12, photometric="RGB")
+    elif case == "two frames":
+        ds = make_dataset(np.stack([image12] * 2), bits_stored=12)
+    elif case == "no pixel data":
+        del ds.PixelData
+    return to_bytes(ds, file_format=False)
+
+
+BARE_CASES = ["no photometric interpretation", "no pixel representation", "colour",
+              "two frames", "no pixel data"]
+
+
+@pytest.mark.parametrize("case", BARE_CASES)
+def test_row14_a_dataset_without_the_dicm_marker_is_refused(tmp_path, image12, case):
+    """Only a bare dataset that is a whole single-frame grayscale image is read (see
+    test_a_legacy_acr_nema_file_is_read); any other is refused as an unknown format."""
+    bare = bare_dataset(case, image12)
     assert bare[128:132] != b"DICM"
-    assert pydicom.dcmread(pydicom.filebase.DicomBytesIO(bare), force=True).Rows == 48  # valid
+    assert pydicom.dcmread(pydicom.filebase.DicomBytesIO(bare), force=True).Rows == 48
     path = tmp_path / "scan.dcm"
     path.write_bytes(bare)
     for source in (bare, path):
-        with pytest.raises(UnsupportedFormat) as caught:
+        with pytest.raises(UnsupportedFormat, match="not a PNG, JPEG or DICOM") as caught:
             load_image(source)
         assert caught.value.status == 415
         assert_plain(caught.value)
+
+
+@pytest.mark.parametrize("head", [b"\x08\x00\x10\x00" + b"\xff" * 4, b"\x08\x00\x05\x00CS"])
+def test_row14_bytes_that_only_start_like_a_dataset_are_refused(head):
+    with pytest.raises(UnsupportedFormat, match="not a PNG, JPEG or DICOM"):
+        load_image(head + bytes(range(256)) * 8)
+
+
+def legacy_acr_nema(bits: int = 10, photometric: str = "MONOCHROME1") -> tuple[bytes, np.ndarray]:
+    """A CR film as an ACR-NEMA 2.0 file: a bare implicit-VR dataset, no preamble, no file
+    meta, no SOP class, a Recognition Code."""
+    pixels = radiograph(bits, (300, 240))
+    ds = make_dataset(pixels, bits_stored=bits, photometric=photometric, modality="CR")
+    del ds.SOPClassUID
+    del ds.SOPInstanceUID
+    ds.add_new((0x0008, 0x0010), "SH", "ACR-NEMA 2.0")  # retired Recognition Code
+    return to_bytes(ds, file_format=False), pixels
+
+
+def test_a_legacy_acr_nema_file_is_read_like_its_dicom_copy():
+    data, pixels = legacy_acr_nema()
+    assert not data.startswith(b"\0" * 128) and b"DICM" not in data[:200]
+    decoded = load_image(data)
+    reference = load_image(make_dicom(pixels, bits_stored=10, photometric="MONOCHROME1",
+                                      modality="CR"))
+    assert np.array_equal(decoded.pixels, reference.pixels)
+    assert decoded.format == "DICOM"
+    assert decoded.metadata["PhotometricInterpretation"] == "MONOCHROME1"
+    assert decoded.metadata["BitsStored"] == 10
+
+
+def test_a_legacy_file_of_another_modality_is_refused_with_the_reason():
+    pixels = radiograph(12, (64, 64))
+    ds = make_dataset(pixels, bits_stored=12, modality="CT")
+    with pytest.raises(UnsupportedFormat, match="CT scan"):
+        load_image(to_bytes(ds, file_format=False))
+
+
+def test_eight_bit_pixel_data_without_its_pad_byte_is_read():
+    """A Fujifilm DX: Rows x Columns odd, 8-bit, and the vendor left out the pad byte."""
+    odd = radiograph(bits=8, size=(301, 255))
+    assert odd.size % 2 == 1
+    data = set_native_pixel_data(make_dicom(odd), odd.tobytes())  # 76,755 bytes, no pad
+    assert np.array_equal(load_image(data).pixels, load_image(make_dicom(odd)).pixels)
+    with pytest.raises(UnreadableImage, match="odd length"):  # one byte short: still refused
+        load_image(set_native_pixel_data(make_dicom(odd), odd.tobytes()[:-2]))
 
 
 def test_row14_pydicom_is_never_forced(image12, monkeypatch):

@@ -6,6 +6,7 @@ from __future__ import annotations
 import datetime as dt
 import io
 import sqlite3
+import time
 from contextlib import closing
 
 import numpy as np
@@ -133,7 +134,7 @@ def test_search_by_date_and_result_newest_first_in_pages(tmp_path):
 @pytest.fixture
 def app(tiny_predictor, tmp_path):
     return create_app({"TESTING": True, "PNEUMO_PREDICTOR": tiny_predictor,
-                       "PNEUMO_DATA_DIR": str(tmp_path / "data")})
+                       "PNEUMO_DATA_DIR": str(tmp_path / "data"), "PNEUMO_LOCAL_USER": True})
 
 
 def predict(client, name="a.png", query=""):
@@ -232,13 +233,14 @@ def test_a_cross_site_form_post_is_refused(app):
     assert client.get(f"/api/v1/studies/{study_id}").get_json()["feedback"] is None
 
 
-def test_an_exposed_server_keeps_no_studies_and_refuses_to_be_told_to(tiny_predictor, tmp_path):
+def test_an_app_not_started_for_a_local_user_keeps_no_studies_and_refuses_to_be_told_to(
+        tiny_predictor, tmp_path):
     config = {"TESTING": True, "PNEUMO_PREDICTOR": tiny_predictor,
-              "PNEUMO_DATA_DIR": str(tmp_path), "PNEUMO_EXPOSED": True}
+              "PNEUMO_DATA_DIR": str(tmp_path)}
     client = create_app(config).test_client()
     assert predict(client)["study_id"] is None
-    assert client.get("/api/v1/studies").status_code == 404
-    assert client.get("/history").status_code == 404
+    assert client.get("/api/v1/studies").status_code == 403
+    assert client.get("/history").status_code == 403
     assert "History" not in client.get("/").get_data(as_text=True)
     with pytest.raises(RuntimeError, match="PNEUMO_API_TOKEN"):  # see test_auth.py
         create_app({**config, "PNEUMO_KEEP_STUDIES": True})
@@ -312,7 +314,8 @@ def test_report_pdf_has_the_result_the_statement_and_the_image(app):
     client = app.test_client()
     body = predict(client)
     client.post(f"/api/v1/studies/{body['study_id']}/feedback", json={"verdict": "agree"})
-    response = client.get(f"/api/v1/studies/{body['study_id']}/report.pdf?notes=Seen+by+Dr+Who")
+    response = client.post(f"/api/v1/studies/{body['study_id']}/report.pdf",
+                           data={"notes": "Seen by Dr Who"})
     assert response.status_code == 200 and response.mimetype == "application/pdf"
     assert response.data.startswith(b"%PDF")
     text, images = pdf_text_and_images(response.data)
@@ -323,8 +326,31 @@ def test_report_pdf_has_the_result_the_statement_and_the_image(app):
         assert expected in text, expected
     assert images and images[0].image.size[0] >= 71
     assert client.get("/api/v1/studies/nope/report.pdf").status_code == 404
-    assert client.get(f"/api/v1/studies/{body['study_id']}/report.pdf?notes=" + "x" * 2001
-                      ).status_code == 400
+    assert client.post(f"/api/v1/studies/{body['study_id']}/report.pdf",
+                       data={"notes": "x" * 2001}).status_code == 400
+
+
+@pytest.mark.reliability(32)
+@pytest.mark.parametrize("notes", ["$x^$", "cost $5 and $10", r"\frac{a}{b} $\alpha$ ^_{}"])
+def test_report_notes_are_plain_text_never_math(app, notes, caplog):
+    client = app.test_client()
+    body = predict(client)
+    response = client.post(f"/api/v1/studies/{body['study_id']}/report.pdf",
+                           data={"notes": notes})
+    assert response.status_code == 200, response.get_json()
+    text, _ = pdf_text_and_images(response.data)
+    assert notes in text
+    assert not caplog.records or not any(notes in r.getMessage() for r in caplog.records)
+
+
+@pytest.mark.reliability(32)
+def test_report_notes_never_travel_in_the_url(app):
+    client = app.test_client()
+    body = predict(client)
+    response = client.get(f"/api/v1/studies/{body['study_id']}/report.pdf?notes=secret")
+    assert response.status_code == 400 and "POST" in response.get_json()["error"]["message"]
+    page = client.get(f"/studies/{body['study_id']}").get_data(as_text=True)
+    assert 'method="post" action="/api/v1/studies/' in page
 
 
 def test_report_of_a_dicom_study_carries_no_identifiers(app):
@@ -341,3 +367,59 @@ def test_report_of_a_dicom_study_carries_no_identifiers(app):
     text, _ = pdf_text_and_images(data)
     for secret in [*PHI.values(), "Doe", "Jane", "1970"]:
         assert secret not in text and secret.encode() not in data
+
+
+@pytest.mark.reliability(31)
+def test_a_failing_database_write_still_answers_and_is_logged_once(app, caplog):
+    """A full disk, as SQLite reports it (SQLITE_FULL, through max_page_count on this
+    thread's own connection): the prediction is answered, says it was not kept, and
+    the failure is logged once, however many predictions fail."""
+    import logging
+
+    client = app.test_client()
+    assert predict(client)["study_id"]  # this thread's connection is open
+    store = app.extensions["pneumo.studies"]
+    with store._db() as db:
+        pages = db.execute("PRAGMA page_count").fetchone()[0]
+        db.execute(f"PRAGMA max_page_count = {pages}")
+    caplog.set_level(logging.INFO, logger="pneumo.web.history")
+    for _ in range(3):
+        body = predict(client)
+        assert body["study_id"] is None and body["label"] in ("NORMAL", "PNEUMONIA")
+        assert "not kept" in body["study_error"]
+    batch = client.post("/api/v1/predict/batch", data={"file": [
+        (io.BytesIO(encode(synthetic_xray(i, (300, 260)))), f"{i}.png") for i in range(2)]})
+    assert batch.status_code == 200
+    assert all(entry["ok"] and entry["study_error"] for entry in batch.get_json()["results"])
+    errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert len(errors) == 1 and "full" in errors[0].getMessage()
+    assert not any(r.exc_info for r in caplog.records)
+    with store._db() as db:
+        db.execute("PRAGMA max_page_count = 1073741823")
+    body = predict(client)
+    assert body["study_id"] and "study_error" not in body
+    assert any("kept again" in r.getMessage() for r in caplog.records)
+
+
+def test_simultaneous_first_opens_of_a_new_database_all_succeed(tmp_path):
+    """Three processes open (and so create and migrate) one new database at the same
+    moment, 15 times over: none fails, and the schema is whole."""
+    import subprocess
+    import sys
+
+    code = ("import sys, time; from pneumo.studies import StudyStore\n"
+            "start = float(sys.argv[2])\n"
+            "time.sleep(max(0.0, start - time.time()))\n"
+            "StudyStore(sys.argv[1])\n")
+    failures = []
+    for attempt in range(15):
+        folder = tmp_path / str(attempt)
+        start = time.time() + 1.0
+        children = [subprocess.Popen([sys.executable, "-c", code, str(folder), str(start)],
+                                     stderr=subprocess.PIPE) for _ in range(3)]
+        for child in children:
+            _, err = child.communicate(timeout=60)
+            if child.returncode:
+                failures.append(err.decode()[-300:])
+        assert StudyStore(folder).schema_version == len(studies.MIGRATIONS)
+    assert not failures, failures[0]

@@ -98,13 +98,13 @@ def data_dir(tmp_path_factory) -> Path:
 @pytest.fixture
 def client(tiny_predictor, data_dir):
     return create_app({"TESTING": True, "PNEUMO_PREDICTOR": tiny_predictor,
-                       "PNEUMO_DATA_DIR": str(data_dir)}).test_client()
+                       "PNEUMO_DATA_DIR": str(data_dir), "PNEUMO_LOCAL_USER": True}).test_client()
 
 
 @pytest.fixture
 def gated_client(gated_predictor, data_dir):
     return create_app({"TESTING": True, "PNEUMO_PREDICTOR": gated_predictor,
-                       "PNEUMO_DATA_DIR": str(data_dir)}).test_client()
+                       "PNEUMO_DATA_DIR": str(data_dir), "PNEUMO_LOCAL_USER": True}).test_client()
 
 
 @pytest.fixture(scope="module")

@@ -216,6 +216,32 @@ def test_oversized_uploads_are_refused_and_the_server_carries_on(served):
         assert response.status == 200
 
 
+@pytest.mark.reliability(27)
+def test_on_loopback_the_history_is_the_local_users_but_not_through_a_proxy(served):
+    """``pneumo serve`` on 127.0.0.1 serves the person at this machine; a request relayed
+    by a reverse proxy on the same machine is someone else's."""
+    with urllib.request.urlopen(served["url"] + "/api/v1/studies", timeout=10) as response:
+        assert response.status == 200
+    for header in ({"X-Forwarded-For": "203.0.113.7"}, {"Forwarded": "for=203.0.113.7"}):
+        request = urllib.request.Request(served["url"] + "/api/v1/studies", headers=header)
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(request, timeout=10)
+        assert refused.value.code == 403
+        refused.value.close()
+
+
+@pytest.mark.reliability(28)
+def test_a_rebound_host_name_is_refused_by_the_real_server(served):
+    """DNS rebinding: a page on attacker.example, its name rebound to 127.0.0.1."""
+    port = int(served["url"].rsplit(":", 1)[1])
+    answer = _raw_exchange(port, b"GET /api/v1/studies HTTP/1.1\r\nHost: attacker.example:"
+                           + str(port).encode() + b"\r\nConnection: close\r\n\r\n")
+    assert answer.startswith(b"HTTP/1.1 400"), answer[:200]
+    answer = _raw_exchange(port, b"GET /api/v1/studies HTTP/1.1\r\nHost: localhost:"
+                           + str(port).encode() + b"\r\nConnection: close\r\n\r\n")
+    assert answer.startswith(b"HTTP/1.1 200"), answer[:200]
+
+
 def test_sigterm_stops_the_server_cleanly(served):
     process = served["process"]
     assert process.poll() is None

@@ -320,3 +320,59 @@ def test_about_page_gives_figures_per_population_and_what_calibrated(tiny_bundle
 def test_about_page_without_population_figures_leaves_the_section_out(client):
     html = client.get("/about").get_data(as_text=True)
     assert 'data-testid="about-populations"' not in html
+
+
+def broken_bundle(tiny_bundle: Path, folder: Path, damage) -> Path:
+    """The tiny bundle with its card changed by ``damage(card)`` (the weights linked)."""
+    folder.mkdir()
+    (folder / "model.keras").symlink_to(tiny_bundle / "model.keras")
+    card = json.loads((tiny_bundle / "card.json").read_text())
+    damage(card)
+    (folder / "card.json").write_text(json.dumps(card))
+    return folder
+
+
+def _no_temperature(card):
+    card["calibration"].pop("temperature")
+
+
+def test_the_whole_card_is_checked_on_load_with_one_clear_error(tiny_bundle, tmp_path):
+    from pneumo.bundle import BundleError, read_card
+
+    def many(card):
+        card["calibration"] = {"method": "x", "temperature": -1}
+        card["input"].pop("size")
+        card["threshold"] = "0.5"
+        card["inconclusive"] = {"lower": 0.6}
+
+    with pytest.raises(BundleError) as caught:
+        read_card(broken_bundle(tiny_bundle, tmp_path / "many", many))
+    message = str(caught.value)
+    assert "\n" not in message and message.count("is invalid") == 1
+    for part in ("'calibration.temperature' must be a positive number", "'input.size' is missing",
+                 "'threshold' must be a number", "'inconclusive.upper' is missing"):
+        assert part in message, message
+    assert read_card(tiny_bundle)  # the real card passes
+
+
+def test_background_loading_of_a_broken_card_reports_failed(tiny_bundle, tmp_path):
+    """A card missing an inner field once left health at "loading" forever."""
+    bundle = broken_bundle(tiny_bundle, tmp_path / "b", _no_temperature)
+    app = create_app({"TESTING": True, "PNEUMO_MODEL": str(bundle),
+                      "PNEUMO_MODEL_LOADING": "background"})
+    assert app.extensions["pneumo.model"].wait(60) is False
+    health = app.test_client().get("/api/v1/health")
+    assert health.status_code == 503
+    body = health.get_json()
+    assert body["status"] == "failed"
+    assert "calibration.temperature" in app.extensions["pneumo.model"].error
+
+
+def test_serve_with_a_broken_card_is_one_line_and_exit_status_2(tiny_bundle, tmp_path):
+    bundle = broken_bundle(tiny_bundle, tmp_path / "b", _no_temperature)
+    result = subprocess.run(
+        [sys.executable, "-m", "pneumo.cli", "serve", "--model", str(bundle), "--port", "0"],
+        capture_output=True, text=True, timeout=180, check=False)
+    assert result.returncode == 2, result.stderr[-500:]
+    assert "calibration.temperature' is missing" in result.stderr
+    assert "Traceback" not in result.stderr

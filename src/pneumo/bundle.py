@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import platform
 import shutil
 from pathlib import Path
@@ -145,10 +146,73 @@ def read_card(directory: str | Path) -> dict:
     if version != FORMAT_VERSION:
         raise BundleError(f"bundle format {version!r} is not supported by this version of "
                           f"pneumo (expects {FORMAT_VERSION})")
-    for key in ("threshold", "calibration", "input", "class_names"):
-        if key not in card:
-            raise BundleError(f"the model card {card_path} lacks '{key}'")
+    problems = card_problems(card)
+    if problems:
+        raise BundleError(f"the model card {card_path} is invalid: " + "; ".join(problems))
     return card
+
+
+def card_problems(card) -> list[str]:
+    """Everything wrong with the fields a loaded model relies on, as plain phrases; empty
+    when the card is usable. Checked whole on load, so that a card missing an inner field
+    fails there with one message, not later with a KeyError in a loading thread."""
+    if not isinstance(card, dict):
+        return ["it is not a JSON object"]
+    problems: list[str] = []
+
+    def number(value) -> bool:
+        return isinstance(value, (int, float)) and not isinstance(value, bool) \
+            and math.isfinite(value)
+
+    def need(path: str, value, ok: bool, what: str) -> None:
+        if value is _MISSING:
+            problems.append(f"'{path}' is missing")
+        elif not ok:
+            problems.append(f"'{path}' must be {what}")
+
+    def get(mapping, key):
+        return mapping.get(key, _MISSING) if isinstance(mapping, dict) else _MISSING
+
+    names = get(card, "class_names")
+    need("class_names", names, isinstance(names, list) and len(names) == 2
+         and all(isinstance(n, str) and n for n in names), "a list of two class names")
+    inputs = get(card, "input")
+    need("input", inputs, isinstance(inputs, dict), "an object")
+    if isinstance(inputs, dict):
+        size = get(inputs, "size")
+        need("input.size", size, isinstance(size, int) and not isinstance(size, bool)
+             and 32 <= size <= 4096, "a whole number of pixels from 32 to 4096")
+    threshold = get(card, "threshold")
+    # a number; one outside [0, 1] is allowed: it makes every image one class
+    need("threshold", threshold, number(threshold), "a number")
+    calibration = get(card, "calibration")
+    need("calibration", calibration, isinstance(calibration, dict), "an object")
+    if isinstance(calibration, dict):
+        temperature = get(calibration, "temperature")
+        need("calibration.temperature", temperature, number(temperature) and temperature > 0,
+             "a positive number")
+        bias = calibration.get("bias", 0.0)
+        need("calibration.bias", bias, number(bias), "a number")
+    for key in ("name", "version"):
+        if key in card:
+            need(key, card[key], isinstance(card[key], str) and card[key] != "", "text")
+    band = card.get("inconclusive")
+    if band is not None:
+        lower, upper = get(band, "lower"), get(band, "upper")
+        need("inconclusive.lower", lower, number(lower), "a number")
+        need("inconclusive.upper", upper, number(upper), "a number")
+        if number(lower) and number(upper) and not 0 <= lower <= upper <= 1:
+            problems.append("'inconclusive' must have 0 <= lower <= upper <= 1")
+    files = card.get("files", {})
+    need("files", files, isinstance(files, dict) and all(
+        isinstance(k, str) and isinstance(v, str) for k, v in files.items()),
+        "an object of file names and checksums")
+    libraries = card.get("libraries", {})
+    need("libraries", libraries, isinstance(libraries, dict), "an object")
+    return problems
+
+
+_MISSING = object()
 
 
 def verify_files(directory: str | Path, card: dict) -> dict[str, str]:

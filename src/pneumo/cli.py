@@ -1,4 +1,5 @@
-"""The ``pneumo`` command: train | evaluate | calibrate | refit-gate | predict | serve | bench.
+"""The ``pneumo`` command: train | evaluate | calibrate | refit-gate | predict | serve | token
+| bench.
 
 Every error a user can cause ends in one line on stderr and exit status 2,
 never a traceback.
@@ -183,6 +184,9 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--corrections-only", action="store_true",
                         help="only the studies whose label the reader corrected")
 
+    commands.add_parser("token", help="print a new strong PNEUMO_API_TOKEN",
+                        description="Print a new random token (32 bytes, URL-safe) for "
+                                    "PNEUMO_API_TOKEN.")
     serve = commands.add_parser("serve", help="run the web app and JSON API",
                                 description="Serve the web page and the JSON API with a "
                                             "production WSGI server.")
@@ -190,6 +194,10 @@ def build_parser() -> argparse.ArgumentParser:
                        help="interface to listen on (loopback by default)")
     serve.add_argument("--port", type=int, default=5000)
     serve.add_argument("--workers", type=int, default=4, help="request threads")
+    serve.add_argument("--behind-proxy", action="store_true",
+                       help="served through one reverse proxy that provides TLS: trust its "
+                            "X-Forwarded-For/-Proto/-Host (one hop), mark the session cookie "
+                            "Secure, and treat no request as the local user's")
     _add_model_option(serve)
 
     from .bench import add_arguments as add_bench_arguments
@@ -289,7 +297,15 @@ def _serve(args) -> int:
         from .web.server import serve
     except ImportError:
         raise RuntimeError("the web app is not installed in this build") from None
-    return serve(host=args.host, port=args.port, workers=args.workers, model=args.model)
+    return serve(host=args.host, port=args.port, workers=args.workers, model=args.model,
+                 behind_proxy=args.behind_proxy)
+
+
+def _token(args) -> int:
+    from .web.auth import make_token
+
+    print(make_token())
+    return 0
 
 
 def _bench(args) -> int:
@@ -312,7 +328,7 @@ def main(argv: list[str] | None = None) -> int:
 
     handlers = {"train": _train, "evaluate": _evaluate, "calibrate": _calibrate,
                 "refit-gate": _refit_gate, "predict": _predict, "export-feedback": _export_feedback, "serve": _serve,
-                "bench": _bench}
+                "token": _token, "bench": _bench}
     try:
         return handlers[args.command](args)
     except (DataError, BundleError, BackboneWeightsError, ImageError, FileNotFoundError,

@@ -22,7 +22,9 @@ a fraction of the time, and the resize to the model's input that follows
 sees the same picture, low-pass filtered. ``DecodedImage.size`` keeps the
 size of the image as sent.
 
-DICOM goes through pydicom, without ``force=True``: only single-frame
+DICOM goes through pydicom, without ``force=True`` (except for a legacy ACR-NEMA file,
+a bare dataset without 'DICM', read only when it is a whole single-frame grayscale
+image: see ``_read_legacy_dicom``): only single-frame
 grayscale radiographs (CR/DX/DR/RG) in a known transfer syntax are decoded,
 compressed ones through pylibjpeg. Pixel values go stored -> modality LUT or
 rescale slope/intercept -> VOI LUT, or window, or (neither) their own range ->
@@ -56,6 +58,18 @@ log = logging.getLogger(__name__)
 MAX_PIXELS = 50_000_000
 #: Largest file accepted, in bytes; also the most a deflated DICOM may inflate to.
 MAX_FILE_BYTES = 64 * 1024 * 1024
+#: Most memory one decoded raster may take (Pillow keeps colour as 4 bytes a pixel): a
+#: 16-bit 7,000 x 7,000 grayscale image fits, a colour one up to 33.5 megapixels.
+MAX_DECODED_BYTES = 128 * 2**20
+#: Most memory decoding one compressed DICOM frame may take, all copies included, as
+#: measured per decoder: the peak of a whole decode, in bytes per pixel for each byte of a
+#: sample, was about 5-5.6 for libjpeg (JPEG baseline and lossless) and RLE, 2.9 for JPEG
+#: 2000 and 1.1-2 for JPEG-LS. A 16-bit JPEG lossless chest film of 4,400 x 4,400 (43 cm
+#: at 100 um is 4,300) fits; at 8 bits, 6,200 x 6,200.
+MAX_DECODER_BYTES = 224 * 2**20
+#: Pixels converted at a time: intermediate arrays (float, colour) are this size, never
+#: the image's, so that a large image costs its decoded size plus a little.
+STRIP_PIXELS = 1 << 20
 #: Modalities that can hold a projection chest radiograph.
 RADIOGRAPHY_MODALITIES = {"CR", "DX", "DR", "RG"}
 #: DICOM header fields that are safe to show (no patient identifiers).
@@ -147,11 +161,16 @@ def load_image(source: bytes | str | Path, reduce_to: int | None = None) -> Deco
     data = _read_bytes(source)
     fmt = sniff_format(data[:132])
     if fmt is None:
-        raise UnsupportedFormat("The file is not a PNG, JPEG or DICOM image "
-                                "(this is checked from its content, not its name).")
+        if _may_be_legacy_dicom(data):
+            return _load_dicom(data, legacy=True)
+        raise UnsupportedFormat(_NOT_ACCEPTED)
     if fmt == "DICOM":
         return _load_dicom(data)
     return _load_raster(data, fmt, reduce_to)
+
+
+_NOT_ACCEPTED = ("The file is not a PNG, JPEG or DICOM image (this is checked from its "
+                 "content, not its name).")
 
 
 def _read_bytes(source: bytes | str | Path) -> bytes:
@@ -183,22 +202,57 @@ def _check_size(width: int, height: int, what: str) -> None:
 
 
 # --------------------------------------------------------------------------------------
-# Warnings. Before Python 3.14 ``warnings.catch_warnings`` swaps process-global state;
-# the lock keeps this module's own concurrent calls (training decodes in threads) from
-# restoring each other's filters. Correctness never depends on the filter alone: the
-# pixel limit is our own check, and every exception a warning may turn into is caught.
-_WARNINGS_LOCK = threading.Lock()
+# Warnings. Before Python 3.14, warning filters are process-global and
+# ``warnings.catch_warnings`` saves and restores the whole list, so concurrent users
+# restore each other's filters unless they serialise, and a lock held across a DICOM
+# decode made every other upload wait for it. Instead, each filter this module needs is
+# narrowed to the libraries that emit the warning and installed while at least one
+# decode needs it (a count per filter): the lock guards only that bookkeeping.
+# Correctness never depends on the filter alone: the pixel limit is our own check, and
+# every exception a warning may turn into is caught.
+
+_FILTERS_LOCK = threading.Lock()
+_FILTER_USERS: dict[tuple, int] = {}
+#: Modules that emit the DICOM libraries' warnings (pydicom attributes some to its caller).
+_DICOM_MODULES = re.compile(r"(pydicom|pylibjpeg|openjpeg|libjpeg|jpeg_ls|rle|pneumo\.imaging)"
+                            r"(\.|$)")
+_PIL_MODULES = re.compile(r"(PIL|pneumo\.imaging)(\.|$)")
+#: Pillow's opening: the bomb warning is an error; its UserWarnings (corrupt EXIF, an MPO
+#: index) are not shown, as Pillow decodes anyway.
+_PIL_FILTERS = (("error", None, Image.DecompressionBombWarning, None, 0),
+                ("ignore", None, UserWarning, _PIL_MODULES, 0))
+#: pydicom warns (and logs) about non-conformant values, which can echo header values.
+_DICOM_FILTERS = (("ignore", None, UserWarning, _DICOM_MODULES, 0),)
 
 
 @contextlib.contextmanager
-def _warnings(*, error: tuple[type[Warning], ...] = (), ignore: tuple[type[Warning], ...] = ()):
-    """Turn the ``error`` warning categories into exceptions and drop the ``ignore`` ones."""
-    with _WARNINGS_LOCK, warnings.catch_warnings():
-        for category in ignore:
-            warnings.simplefilter("ignore", category)
-        for category in error:
-            warnings.simplefilter("error", category)
+def _scoped_filters(entries: tuple[tuple, ...]):
+    """Have the warning filters ``entries`` in force, first, for the duration."""
+    _change_filters(entries, +1)
+    try:
         yield
+    finally:
+        _change_filters(entries, -1)
+
+
+def _change_filters(entries: tuple[tuple, ...], step: int) -> None:
+    with _FILTERS_LOCK:
+        for entry in entries:
+            users = _FILTER_USERS.get(entry, 0) + step
+            _FILTER_USERS[entry] = users
+            present = entry in warnings.filters
+            if users > 0 and not present:
+                warnings.filters.insert(0, entry)
+            elif users <= 0 and present:
+                warnings.filters.remove(entry)
+            else:
+                continue
+            _filters_mutated()
+
+
+#: Makes the warnings module forget its cached decisions, as filterwarnings() does itself
+#: (CPython 3.8-3.13; without it a decision cached for a removed filter may linger).
+_filters_mutated = getattr(warnings, "_filters_mutated", lambda: None)
 
 
 # --------------------------------------------------------------------------------------
@@ -212,10 +266,7 @@ _SWAPS_AXES = (Image.Transpose.TRANSPOSE, Image.Transpose.TRANSVERSE,
 
 def _load_raster(data: bytes, fmt: str, reduce_to: int | None = None) -> DecodedImage:
     try:
-        # Opening and reading EXIF touch headers only, so holding the lock costs microseconds.
-        # Pillow warns (UserWarning) about, e.g., corrupt EXIF or a malformed MPO index and
-        # decodes anyway; so do we, without the warning.
-        with _warnings(error=(Image.DecompressionBombWarning,), ignore=(UserWarning,)):
+        with _scoped_filters(_PIL_FILTERS):
             image = Image.open(io.BytesIO(data), formats=[fmt])
         with image:
             _check_size(image.width, image.height, "image")
@@ -223,12 +274,14 @@ def _load_raster(data: bytes, fmt: str, reduce_to: int | None = None) -> Decoded
             sent = image.size
             if fmt == "JPEG" and reduce_to:
                 image.draft(image.mode, (int(reduce_to), int(reduce_to)))
+            _check_decoded_bytes(image)
             image.load()  # the first frame
-            with _warnings(ignore=(UserWarning,)):
+            with _scoped_filters(_PIL_FILTERS):
                 orientation = image.getexif().get(ExifTags.Base.Orientation, 1)
             method = _EXIF_TRANSPOSE.get(orientation) if isinstance(orientation, int) else None
-            upright = image.transpose(method) if method is not None else image
-            pixels, colorfulness = _to_gray(upright)
+            pixels, colorfulness = _to_gray(image)
+            if method is not None:  # on the 8-bit result: a copy of that, not of the raster
+                pixels = np.ascontiguousarray(_NUMPY_TRANSPOSE[method](pixels))
             if method in _SWAPS_AXES:
                 sent = sent[::-1]
     except ImageError:
@@ -242,6 +295,35 @@ def _load_raster(data: bytes, fmt: str, reduce_to: int | None = None) -> Decoded
     metadata = {"frames": frames} if frames > 1 else {}
     return DecodedImage(pixels=pixels, format=fmt, colorfulness=colorfulness, metadata=metadata,
                         size=(int(sent[0]), int(sent[1])))
+
+
+#: Pillow's transposes, done on a numpy array instead.
+_NUMPY_TRANSPOSE = {
+    Image.Transpose.FLIP_LEFT_RIGHT: lambda a: a[:, ::-1],
+    Image.Transpose.ROTATE_180: lambda a: a[::-1, ::-1],
+    Image.Transpose.FLIP_TOP_BOTTOM: lambda a: a[::-1],
+    Image.Transpose.TRANSPOSE: lambda a: a.T,
+    Image.Transpose.ROTATE_270: lambda a: np.rot90(a, -1),
+    Image.Transpose.TRANSVERSE: lambda a: a[::-1, ::-1].T,
+    Image.Transpose.ROTATE_90: lambda a: np.rot90(a, 1),
+}
+
+#: Bytes a pixel takes in Pillow's memory, by mode (colour modes are stored 4 bytes a pixel).
+_MODE_BYTES = {"1": 1, "L": 1, "P": 1, "I;16": 2, "I;16B": 2, "I;16L": 2, "LA": 4, "PA": 4,
+               "La": 4, "I": 4, "F": 4, "RGB": 4, "RGBA": 4, "RGBX": 4, "RGBa": 4, "CMYK": 4,
+               "YCbCr": 4, "LAB": 4, "HSV": 4}
+
+
+def _check_decoded_bytes(image: Image.Image) -> None:
+    """Refuse, before decoding, an image whose raster would exceed ``MAX_DECODED_BYTES``."""
+    per_pixel = _MODE_BYTES.get(image.mode, 4)
+    needed = image.width * image.height * per_pixel
+    if needed > MAX_DECODED_BYTES:
+        largest = MAX_DECODED_BYTES // per_pixel / 1e6
+        raise ImageTooLarge(f"The image is {image.width} x {image.height} pixels in "
+                            f"{'colour' if per_pixel == 4 else 'this pixel format'}, which takes "
+                            f"{needed / 2**20:.0f} MB to decode; the largest accepted such image "
+                            f"is {largest:.0f} megapixels.")
 
 
 def _raster_error(exc: Exception, data: bytes, fmt: str) -> ImageError:
@@ -268,27 +350,41 @@ def _to_gray(image: Image.Image) -> tuple[np.ndarray, float]:
     """Grayscale uint8 pixels and the mean chroma of colour inputs.
 
     16-bit images are stretched over their own range rather than truncated;
-    transparent pixels are composited on black.
+    transparent pixels are composited on black. The conversion runs on strips of
+    ``STRIP_PIXELS``, so no full-size float, int16 or RGBA copy is ever made.
     """
-    colorfulness = 0.0
-    if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
-        return _stretch_to_uint8(np.asarray(image, dtype=np.float64)), 0.0
-    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
-        image = image.convert("RGBA")
-        background = Image.new("RGBA", image.size, (0, 0, 0, 255))
-        image = Image.alpha_composite(background, image)
-    if image.mode not in ("L", "1"):
-        rgb = np.asarray(image.convert("RGB"), dtype=np.int16)
-        colorfulness = float(np.mean(rgb.max(axis=2) - rgb.min(axis=2)))
-    return np.asarray(image.convert("L"), dtype=np.uint8).copy(), colorfulness
+    width, height = image.size
+    pixels = np.empty((height, width), dtype=np.uint8)
+    wide = image.mode in ("I;16", "I;16B", "I;16L", "I", "F")
+    if wide:
+        lo, hi = (float(v) for v in image.getextrema())
+    transparent = image.mode in ("RGBA", "LA", "PA") or (
+        image.mode == "P" and "transparency" in image.info)
+    colour = not wide and image.mode not in ("L", "1")
+    chroma = 0
+    rows = max(1, STRIP_PIXELS // max(1, width))
+    for top in range(0, height, rows):
+        bottom = min(height, top + rows)
+        strip = image.crop((0, top, width, bottom))
+        if wide:
+            pixels[top:bottom] = _stretch_between(np.asarray(strip, dtype=np.float64), lo, hi)
+            continue
+        if transparent:
+            strip = strip.convert("RGBA")
+            strip = Image.alpha_composite(Image.new("RGBA", strip.size, (0, 0, 0, 255)), strip)
+        if colour:
+            rgb = np.asarray(strip.convert("RGB"), dtype=np.int16)
+            chroma += int((rgb.max(axis=2) - rgb.min(axis=2)).sum(dtype=np.int64))
+        pixels[top:bottom] = np.asarray(strip.convert("L"), dtype=np.uint8)
+    colorfulness = chroma / max(1, width * height) if colour else 0.0
+    return pixels, float(colorfulness)
 
 
-def _stretch_to_uint8(values: np.ndarray) -> np.ndarray:
-    """Map an array's own [min, max] onto [0, 255]; a flat image becomes black."""
-    lo, hi = float(values.min()), float(values.max())
+def _stretch_between(values: np.ndarray, lo: float, hi: float) -> np.ndarray:
+    """Map [lo, hi] onto [0, 255] (values outside are clipped); a flat range becomes black."""
     if hi <= lo:
         return np.zeros(values.shape, dtype=np.uint8)
-    return np.round((values - lo) * (255.0 / (hi - lo))).astype(np.uint8)
+    return np.round((np.clip(values, lo, hi) - lo) * (255.0 / (hi - lo))).astype(np.uint8)
 
 
 # --------------------------------------------------------------------------------------
@@ -348,23 +444,26 @@ def _quiet_dicom_logs():
         _QUIET.active.on = False
 
 
-def _load_dicom(data: bytes) -> DecodedImage:
+def _load_dicom(data: bytes, legacy: bool = False) -> DecodedImage:
     import pydicom
     from pydicom.errors import InvalidDicomError
 
     # pydicom warns (UserWarning) and logs about non-conformant values; such a file is judged
     # by the checks below instead, and the text could echo header values into a log.
-    with _warnings(ignore=(UserWarning,)), _quiet_dicom_logs():
-        syntax = _dicom_transfer_syntax(data)
-        try:
-            ds = pydicom.dcmread(io.BytesIO(data))  # no force=True: the DICM marker is required
-        except InvalidDicomError:
-            raise UnsupportedFormat("The file is not a valid DICOM file: its header or "
-                                    "'DICM' marker is missing.") from None
-        except Exception as exc:  # noqa: BLE001 - pydicom raises many types on bad headers
-            log.debug("DICOM header parsing failed: %s", type(exc).__name__)
-            raise UnreadableImage("The DICOM file's header is damaged and could not be read.") \
-                from None
+    with _scoped_filters(_DICOM_FILTERS), _quiet_dicom_logs():
+        if legacy:
+            ds, syntax = _read_legacy_dicom(data)
+        else:
+            syntax = _dicom_transfer_syntax(data)
+            try:
+                ds = pydicom.dcmread(io.BytesIO(data))  # no force=True: DICM is required
+            except InvalidDicomError:
+                raise UnsupportedFormat("The file is not a valid DICOM file: its header or "
+                                        "'DICM' marker is missing.") from None
+            except Exception as exc:  # noqa: BLE001 - pydicom raises many types on bad headers
+                log.debug("DICOM header parsing failed: %s", type(exc).__name__)
+                raise UnreadableImage("The DICOM file's header is damaged and could not be "
+                                      "read.") from None
         try:
             return _decode_dicom(ds, syntax)
         except ImageError:
@@ -373,6 +472,56 @@ def _load_dicom(data: bytes) -> DecodedImage:
             log.debug("DICOM decoding failed: %s", type(exc).__name__)
             raise UnreadableImage("The DICOM file is damaged and its image could not be "
                                   "decoded.") from None
+
+
+# Legacy files. ACR-NEMA 2.0 files, and datasets some older systems export, are a bare
+# dataset: no 128-byte preamble, no 'DICM', no file meta group saying how they are encoded.
+# They are read only if their first bytes are a little-endian element of group 0008 (where
+# every image dataset begins, and no other accepted or refused format does) and the result
+# is a single-frame grayscale image with every attribute needed to decode it; anything else
+# is refused exactly as an unknown format is.
+
+#: Attributes a bare dataset must have to be read as an image.
+_LEGACY_REQUIRED = ("Rows", "Columns", "BitsAllocated", "BitsStored", "PixelRepresentation",
+                    "PhotometricInterpretation", "PixelData")
+
+
+def _may_be_legacy_dicom(data: bytes) -> bool:
+    """Whether ``data`` starts like a bare little-endian dataset: a group 0008 element, its
+    value length (implicit VR) or VR (explicit VR) plausible."""
+    if len(data) < 256 or data[:2] != b"\x08\x00":
+        return False
+    vr = data[4:6]
+    if vr.isalpha() and vr.isupper():
+        return True
+    return int.from_bytes(data[4:8], "little") < len(data)
+
+
+def _read_legacy_dicom(data: bytes):
+    """(dataset, transfer syntax) of a bare dataset that is a single-frame grayscale image;
+    UnsupportedFormat otherwise."""
+    import pydicom
+    from pydicom import uid
+    from pydicom.dataset import FileMetaDataset
+
+    refused = UnsupportedFormat(_NOT_ACCEPTED)
+    try:
+        # force=True only here, for bytes that passed _may_be_legacy_dicom, and only what
+        # passes the checks below is kept
+        ds = pydicom.dcmread(io.BytesIO(data), force=True)
+        implicit, little = ds.original_encoding
+        present = all(name in ds for name in _LEGACY_REQUIRED)
+    except Exception as exc:  # noqa: BLE001 - untrusted bytes
+        log.debug("legacy DICOM parsing failed: %s", type(exc).__name__)
+        raise refused from None
+    if not present or little is not True or "TransferSyntaxUID" in ds.file_meta \
+            or _code(ds.get("PhotometricInterpretation")) not in ("MONOCHROME1", "MONOCHROME2") \
+            or _int(ds, "SamplesPerPixel", 1) != 1 or _int(ds, "NumberOfFrames", 1) != 1:
+        raise refused
+    syntax = uid.ImplicitVRLittleEndian if implicit else uid.ExplicitVRLittleEndian
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = syntax
+    return ds, syntax
 
 
 def _dicom_transfer_syntax(data: bytes):
@@ -466,6 +615,8 @@ def _decode_dicom(ds, syntax) -> DecodedImage:
                                     "which this installation cannot decode.")
         if "pylibjpeg" in decoder.available_plugins:
             ds.pixel_array_options(decoding_plugin="pylibjpeg")
+        _check_codestream(ds, syntax, rows, columns)
+        _check_decoder_memory(ds, syntax, rows, columns)
     try:
         raw = ds.pixel_array
     except BaseException as exc:  # decoder plugins raise many types, see below
@@ -478,12 +629,147 @@ def _decode_dicom(ds, syntax) -> DecodedImage:
                               "damaged or does not match the image size in its header.") from None
     if raw.shape != (rows, columns):
         raise UnreadableImage("The DICOM pixel data does not match the image size in its header.")
+    # The encoded pixel data is no longer needed: not holding it beside the decoded and the
+    # 8-bit arrays lowers the peak by its size (up to 64 MB for an inflated file).
+    del ds["PixelData"]
 
-    values = _modality_values(raw, ds)
-    pixels = _voi_to_uint8(values, ds)
+    pixels = _dicom_to_uint8(raw, ds)
+    del raw
     if photometric == "MONOCHROME1":  # low values are white: invert after the VOI step
-        pixels = 255 - pixels
+        np.subtract(255, pixels, out=pixels)
     return DecodedImage(pixels=pixels, format="DICOM", metadata=_safe_metadata(ds))
+
+
+# --------------------------------------------------------------------------------------
+# Compressed frames: a decoder allocates what its codestream's own header states, whatever
+# the DICOM header says. That header is read here first, and must agree.
+
+_JPEG_SOF = frozenset({0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE,
+                       0xCF, 0xF7})  # SOF0-15 (T.81) and SOF55 (JPEG-LS, T.87)
+_JP2_SIGNATURE = b"\x00\x00\x00\x0cjP  \r\n\x87\n"
+
+
+def _check_codestream(ds, syntax, rows: int, columns: int) -> None:
+    """Refuse a compressed frame whose codestream states another size than Rows x Columns,
+    more than one component, or no readable size, before any decoder sees it."""
+    from pydicom import uid
+    from pydicom.encaps import generate_frames
+
+    if syntax == uid.RLELossless:  # RLE segments are decoded into a Rows x Columns buffer
+        return
+    try:
+        frame = next(generate_frames(ds.PixelData, number_of_frames=1))
+    except Exception as exc:  # noqa: BLE001 - malformed encapsulation
+        log.debug("DICOM encapsulation unreadable: %s", type(exc).__name__)
+        raise UnreadableImage("The DICOM file's compressed pixel data is damaged: its "
+                              "fragments could not be read.") from None
+    jpeg2000 = syntax in (uid.JPEG2000Lossless, uid.JPEG2000, uid.HTJ2KLossless,
+                          uid.HTJ2KLosslessRPCL, uid.HTJ2K)
+    size = _jpeg2000_size(frame) if jpeg2000 else _jpeg_size(frame)
+    if size is None:
+        raise UnreadableImage(f"The DICOM pixel data, encoded as {_syntax_name(syntax)}, is "
+                              "damaged: its codestream does not state a readable image size.")
+    width, height, components = size
+    if components != 1:
+        raise UnsupportedFormat(f"The DICOM pixel data holds {components} colour components; "
+                                "only grayscale radiographs are accepted.")
+    if (width, height) != (columns, rows):
+        _check_size(width, height, "DICOM pixel data")
+        raise UnreadableImage(f"The DICOM pixel data is encoded as a {width} x {height} image, "
+                              f"but the header says {columns} x {rows}; it was not decoded.")
+
+
+def _check_decoder_memory(ds, syntax, rows: int, columns: int) -> None:
+    """Refuse, before decoding, a compressed frame whose decoding would take more than
+    ``MAX_DECODER_BYTES``, as measured per decoder (``_DECODER_BYTES_PER_SAMPLE_BYTE``)."""
+    from pydicom import uid
+
+    factors = {uid.JPEG2000Lossless: 3, uid.JPEG2000: 3, uid.HTJ2KLossless: 3,
+               uid.HTJ2KLosslessRPCL: 3, uid.HTJ2K: 3, uid.JPEGLSLossless: 2.5,
+               uid.JPEGLSNearLossless: 2.5, uid.RLELossless: 5.5}
+    sample = (max(1, _int(ds, "BitsAllocated", 16)) + 7) // 8
+    per_pixel = sample * factors.get(syntax, 6)  # the libjpeg family (baseline, lossless)
+    needed = rows * columns * per_pixel
+    if needed > MAX_DECODER_BYTES:
+        raise ImageTooLarge(f"The DICOM image is {columns} x {rows} pixels compressed as "
+                            f"{_syntax_name(syntax)}, which takes about {needed / 2**20:.0f} MB "
+                            f"to decode; the largest accepted in this encoding is "
+                            f"{MAX_DECODER_BYTES / per_pixel / 1e6:.1f} megapixels.")
+
+
+def _jpeg_size(stream: bytes) -> tuple[int, int, int] | None:
+    """(width, height, components) from a JPEG or JPEG-LS frame header; None if unreadable.
+
+    A JPEG-LS LSE segment of ID 4 (T.87 C.2.4.1.4) restates the size for images over
+    65535 pixels a side; it wins over the frame header, as in the decoder."""
+    if not stream.startswith(b"\xff\xd8"):
+        return None
+    at, found, oversize = 2, None, None
+    while at + 4 <= len(stream):
+        if stream[at] != 0xFF:
+            return None
+        marker = stream[at + 1]
+        if marker == 0xFF:  # fill byte
+            at += 1
+            continue
+        if marker == 0x01 or 0xD0 <= marker <= 0xD7:  # TEM, RSTn: no length
+            at += 2
+            continue
+        length = int.from_bytes(stream[at + 2:at + 4], "big")
+        segment = stream[at + 4:at + 2 + length]
+        if length < 2 or len(segment) != length - 2:
+            return None
+        if marker in _JPEG_SOF and len(segment) >= 6:
+            height = int.from_bytes(segment[1:3], "big")
+            width = int.from_bytes(segment[3:5], "big")
+            found = (width, height, segment[5])
+        elif marker == 0xF8 and len(segment) >= 2 and segment[0] == 4:
+            wide = segment[1]
+            if wide < 2 or wide > 4 or len(segment) < 2 + 2 * wide:
+                return None
+            height = int.from_bytes(segment[2:2 + wide], "big")
+            width = int.from_bytes(segment[2 + wide:2 + 2 * wide], "big")
+            oversize = (width, height)
+        elif marker == 0xDA:  # start of scan: the headers are over
+            break
+        at += 2 + length
+    if found is None or found[0] == 0 or found[1] == 0:  # 0 rows: given later (DNL), refused
+        return None
+    if oversize is not None:
+        found = (*oversize, found[2])
+    return found
+
+
+def _jpeg2000_size(stream: bytes) -> tuple[int, int, int] | None:
+    """(width, height, components) from a JPEG 2000 (or HTJ2K) SIZ segment, in a bare
+    codestream or inside a JP2 file's ``jp2c`` box; None if unreadable."""
+    if stream.startswith(_JP2_SIGNATURE):
+        at = 0
+        while at + 8 <= len(stream):
+            length = int.from_bytes(stream[at:at + 4], "big")
+            kind = stream[at + 4:at + 8]
+            header = 8
+            if length == 1:
+                length, header = int.from_bytes(stream[at + 8:at + 16], "big"), 16
+            elif length == 0:
+                length = len(stream) - at
+            if kind == b"jp2c":
+                stream = stream[at + header:at + length]
+                break
+            if length < header:
+                return None
+            at += length
+        else:
+            return None
+    # SOC, then SIZ: Lsiz Rsiz Xsiz Ysiz XOsiz YOsiz XTsiz YTsiz XTOsiz YTOsiz Csiz
+    if not stream.startswith(b"\xff\x4f\xff\x51") or len(stream) < 42:
+        return None
+    xsiz, ysiz, xosiz, yosiz = (int.from_bytes(stream[8 + 4 * i:12 + 4 * i], "big")
+                                for i in range(4))
+    components = int.from_bytes(stream[40:42], "big")
+    if xsiz <= xosiz or ysiz <= yosiz:
+        return None
+    return xsiz - xosiz, ysiz - yosiz, components
 
 
 def _check_native_length(ds, rows: int, columns: int) -> None:
@@ -493,16 +779,42 @@ def _check_native_length(ds, rows: int, columns: int) -> None:
     declared = getattr(element, "length", length)  # as read: the length its header states
     if declared != 0xFFFFFFFF and length < declared:
         raise UnreadableImage("The DICOM file is truncated: it ends inside its pixel data.")
-    if length % 2:
-        raise UnreadableImage("The DICOM pixel data has an odd length, which valid DICOM never "
-                              "has.")
     bits = _int(ds, "BitsAllocated", 0)
     if bits not in (1, 8, 16, 32):
         raise UnreadableImage("The DICOM file's header gives an invalid number of bits per pixel.")
     expected = math.ceil(rows * columns * bits / 8)
+    # An odd length is accepted only as exactly the odd number of bytes the image needs:
+    # some vendors leave out the pad byte after an odd Rows x Columns of 8-bit pixels.
+    if length % 2 and length != expected:
+        raise UnreadableImage("The DICOM pixel data has an odd length, which valid DICOM never "
+                              "has.")
     if length not in (expected, expected + expected % 2):
         raise UnreadableImage(f"The DICOM pixel data holds {length} bytes, but Rows x Columns "
                               f"({rows} x {columns}) needs {expected}.")
+
+
+def _dicom_to_uint8(raw: np.ndarray, ds) -> np.ndarray:
+    """Stored values -> modality values -> VOI -> uint8, a strip of rows at a time.
+
+    Every step is a function of each pixel alone, except the fallback stretch over the
+    image's own range, which takes a first pass for the range; so float arrays exist
+    only strip by strip, and the full-size cost is the 8-bit result.
+    """
+    lut, window = _voi_lut(ds), _window(ds)
+    rows = max(1, STRIP_PIXELS // max(1, raw.shape[1]))
+    strips = [slice(top, top + rows) for top in range(0, raw.shape[0], rows)]
+    lo = hi = None
+    if lut is None and window is None:
+        lo, hi = math.inf, -math.inf
+        for strip in strips:
+            values = _modality_values(raw[strip], ds)
+            lo, hi = min(lo, float(values.min())), max(hi, float(values.max()))
+    pixels = np.empty(raw.shape, dtype=np.uint8)
+    for strip in strips:
+        values = _modality_values(raw[strip], ds)
+        pixels[strip] = _stretch_between(values, lo, hi) if lo is not None \
+            else _voi_to_uint8(values, lut, window)
+    return pixels
 
 
 def _modality_values(raw: np.ndarray, ds) -> np.ndarray:
@@ -531,32 +843,22 @@ def _modality_values(raw: np.ndarray, ds) -> np.ndarray:
     return values
 
 
-def _voi_to_uint8(values: np.ndarray, ds) -> np.ndarray:
-    """The VOI step (PS3.3 C.11.2) straight to [0, 255]: LUT, else window, else own range."""
-    lut = _voi_lut(ds)
+def _voi_to_uint8(values: np.ndarray, lut, window) -> np.ndarray:
+    """The VOI step (PS3.3 C.11.2) straight to [0, 255]: the LUT, else the window."""
     if lut is not None:
         first, table = lut
         index = np.clip(np.rint(values) - first, 0, len(table) - 1).astype(np.intp)
         return _stretch_between(table[index], float(table.min()), float(table.max()))
-    window = _window(ds)
-    if window is not None:
-        center, width, function = window
-        if function == "SIGMOID":
-            unit = 1.0 / (1.0 + np.exp(np.clip(-4.0 * (values - center) / width, -700, 700)))
-        elif function == "LINEAR_EXACT":
-            unit = (values - center) / width + 0.5
-        elif width > 1:  # LINEAR, the default
-            unit = (values - (center - 0.5)) / (width - 1) + 0.5
-        else:
-            unit = (values > center - 0.5).astype(np.float64)
-        return np.round(np.clip(unit, 0.0, 1.0) * 255.0).astype(np.uint8)
-    return _stretch_to_uint8(values)
-
-
-def _stretch_between(values: np.ndarray, lo: float, hi: float) -> np.ndarray:
-    if hi <= lo:
-        return np.zeros(values.shape, dtype=np.uint8)
-    return np.round((np.clip(values, lo, hi) - lo) * (255.0 / (hi - lo))).astype(np.uint8)
+    center, width, function = window
+    if function == "SIGMOID":
+        unit = 1.0 / (1.0 + np.exp(np.clip(-4.0 * (values - center) / width, -700, 700)))
+    elif function == "LINEAR_EXACT":
+        unit = (values - center) / width + 0.5
+    elif width > 1:  # LINEAR, the default
+        unit = (values - (center - 0.5)) / (width - 1) + 0.5
+    else:
+        unit = (values > center - 0.5).astype(np.float64)
+    return np.round(np.clip(unit, 0.0, 1.0) * 255.0).astype(np.uint8)
 
 
 def _voi_lut(ds) -> tuple[int, np.ndarray] | None:

@@ -191,21 +191,27 @@ class StudyStore:
         """Run the migrations this database has not seen, each with its version bump in one
         transaction; refuses a database from a newer pneumo."""
         with closing(self._connect()) as db:
-            version = db.execute("PRAGMA user_version").fetchone()[0]
-            if version > len(MIGRATIONS):
-                raise RuntimeError(f"{self.path} has schema version {version}; this pneumo "
-                                   f"knows up to {len(MIGRATIONS)}: upgrade pneumo")
-            for number in range(version + 1, len(MIGRATIONS) + 1):
+            while True:
+                # The version is read inside the write transaction: several processes or
+                # threads opening a new database at once each see the version the previous
+                # one left, never one it is about to change.
                 db.execute("BEGIN IMMEDIATE")
                 try:
-                    for statement in MIGRATIONS[number - 1].split(";"):
-                        if statement.strip():
-                            db.execute(statement)
-                    db.execute(f"PRAGMA user_version = {number}")
+                    version = db.execute("PRAGMA user_version").fetchone()[0]
+                    if version > len(MIGRATIONS):
+                        raise RuntimeError(f"{self.path} has schema version {version}; this "
+                                           f"pneumo knows up to {len(MIGRATIONS)}: upgrade pneumo")
+                    if version < len(MIGRATIONS):
+                        for statement in MIGRATIONS[version].split(";"):
+                            if statement.strip():
+                                db.execute(statement)
+                        db.execute(f"PRAGMA user_version = {version + 1}")
                     db.execute("COMMIT")
                 except BaseException:
                     db.execute("ROLLBACK")
                     raise
+                if version >= len(MIGRATIONS) - 1:
+                    break
             db.execute("PRAGMA journal_mode = WAL")  # kept in the file; see the class
             return len(MIGRATIONS)
 

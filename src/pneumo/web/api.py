@@ -14,8 +14,10 @@ its prediction and carries the reasons in ``input_check``.
 from __future__ import annotations
 
 import base64
+import dataclasses
 import io
 import math
+import time
 
 import numpy as np
 from flask import Blueprint, current_app, jsonify, request
@@ -26,7 +28,7 @@ from ..explain import heatmap_png
 from ..gate import Assessment
 from ..imaging import DecodedImage, ImageError
 from ..studies import input_png
-from . import history, openapi
+from . import auth, history, openapi
 from .errors import ApiError, error_body
 from .model import get_holder, get_predictor, unavailable_message
 from .uploads import clean_name, read_upload, uploaded_files
@@ -179,11 +181,12 @@ def predict():
     assessment = predictor.assess(decoded, prediction, checks=checks)
     if assessment.status == "rejected":
         raise _refusal(assessment)
-    study_id = history.keep(prediction, model_input, assessment, predictor, wanted,
-                            image_png=pngs[0] if pngs else None)
+    study_id, not_kept = history.keep(prediction, model_input, assessment, predictor, wanted,
+                                      image_png=pngs[0] if pngs else None)
     return jsonify({"filename": upload.name,
                     **_fields(prediction, decoded, assessment, with_image=with_image),
-                    "model": model_info(predictor), "study_id": study_id})
+                    "model": model_info(predictor), "study_id": study_id,
+                    **({"study_error": not_kept} if not_kept else {})})
 
 
 @bp.post("/predict/batch")
@@ -197,11 +200,18 @@ def predict_batch():
     if len(files) > limit:
         raise ApiError(413, "too_many_files",
                        f"{len(files)} files were sent; at most {limit} per batch")
+    budget = float(current_app.config["PNEUMO_BATCH_TIME_BUDGET"])
+    started = time.monotonic()
     entries: list[dict] = []
     accepted: list[tuple[int, DecodedImage, Assessment, np.ndarray]] = []
     for index, storage in enumerate(files):
         entry = {"index": index, "filename": clean_name(storage.filename) or None, "ok": False}
         entries.append(entry)
+        if index and time.monotonic() - started > budget:
+            _fail(entry, ApiError(503, "time_budget",
+                                  f"not decoded: this batch used up its {budget:g} s for "
+                                  "decoding before reaching this file; send it again"))
+            continue
         try:
             decoded = _decode(predictor, read_upload(storage).data)
             model_input = predictor.prepare(decoded)
@@ -209,6 +219,9 @@ def predict_batch():
         except ApiError as exc:
             _fail(entry, exc)
             continue
+        # Keep what the answer needs, not the full-size pixels: sixteen large images held
+        # at once would cost sixteen times the memory of one.
+        decoded = dataclasses.replace(decoded, pixels=model_input[:, :, 0])
         accepted.append((index, decoded, checks, model_input))
     succeeded = 0
     if accepted:
@@ -222,11 +235,12 @@ def predict_batch():
                 _fail(entries[index], _refusal(assessment))
                 continue
             succeeded += 1
-            study_id = history.keep(prediction, model_input, assessment, predictor, wanted,
-                                    image_png=pngs[number] if pngs else None)
+            study_id, not_kept = history.keep(prediction, model_input, assessment, predictor,
+                                              wanted, image_png=pngs[number] if pngs else None)
             entries[index].update(ok=True, status=200,
                                   **_fields(prediction, decoded, assessment, with_image=False),
-                                  study_id=study_id)
+                                  study_id=study_id,
+                                  **({"study_error": not_kept} if not_kept else {}))
     return jsonify({"model": model_info(predictor), "count": len(entries),
                     "succeeded": succeeded, "results": entries})
 
@@ -250,13 +264,25 @@ def health():
     return jsonify({"status": "ready", "model": model_info(holder.predictor)})
 
 
+#: What anyone may read of the model card: what the model is, what it expects, how it
+#: decides and how well it did. How it was trained (folders, commands) and which library
+#: versions and files this server runs need the token (or the local user).
+PUBLIC_CARD_FIELDS = ("name", "version", "created", "description", "class_names",
+                      "positive_class", "input", "threshold", "threshold_method", "calibration",
+                      "validation", "inconclusive", "input_gate", "intended_use", "limitations")
+
+
 @bp.get("/model")
 def model_card():
-    """The model card of the loaded bundle."""
-    return jsonify(get_predictor().card)
+    """The model card of the loaded bundle: its public part, or all of it with the token."""
+    card = get_predictor().card
+    if not auth.authenticated():
+        card = {key: card[key] for key in PUBLIC_CARD_FIELDS if key in card}
+    return jsonify(card)
 
 
 @bp.get("/openapi.json")
 def openapi_json():
-    """The OpenAPI 3.1 description of this API."""
-    return jsonify(openapi.spec(request.host_url.rstrip("/")))
+    """The OpenAPI 3.1 description of this API (relative server URL: never the Host
+    header a client sent)."""
+    return jsonify(openapi.spec())

@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 
 from flask import Flask, current_app, jsonify, make_response, render_template, request
+from flask.globals import request_ctx
 from werkzeug.exceptions import HTTPException
 
 log = logging.getLogger(__name__)
@@ -70,6 +71,9 @@ def _wants_json() -> bool:
 def _respond(status: int, code: str, message: str, headers=None, extra=None):
     if _wants_json():
         response = jsonify({**error_body(code, message), **(extra or {})})
+    elif request_ctx.url_adapter is None:  # an untrusted Host: no URL can be built for it
+        response = make_response(f"{status}: {PAGE_MESSAGES.get(status, message)}\n")
+        response.mimetype = "text/plain"
     else:
         response = make_response(render_template(
             "error.html", status=status, message=PAGE_MESSAGES.get(status, message)))

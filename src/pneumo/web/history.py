@@ -1,17 +1,21 @@
 """Kept studies: the history and study pages, feedback, reports and their API routes.
 
-Keeping studies is on by default only when the server listens on loopback
-(``PNEUMO_KEEP_STUDIES``: None decides so, True/False force it). With
-``PNEUMO_API_TOKEN`` set, every route here needs it (``auth.py``), and only
-authenticated predictions are kept; a server beyond loopback that keeps studies
-refuses to start without it: the history holds results about patients.
+The history holds results about patients, so every route here needs the API
+token, unless the app was started for one local user (``auth.py``). Studies
+are kept by default when someone can read them: with a token, or for the
+local user (``PNEUMO_KEEP_STUDIES``: None decides so, True/False force it);
+only predictions that could read the history are kept. An app told to keep
+studies that nobody could read refuses to start.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import logging
 import math
 import re
+import sqlite3
+import threading
 
 from flask import (Blueprint, Flask, abort, current_app, jsonify, redirect, render_template,
                    request, url_for)
@@ -22,6 +26,7 @@ from . import auth
 from .errors import ApiError
 
 bp = Blueprint("history", __name__)
+log = logging.getLogger(__name__)
 
 
 @bp.before_request
@@ -30,22 +35,24 @@ def _authenticate():
     return auth.require(api=request.path.startswith("/api/"))
 
 _EXTENSION = "pneumo.studies"
+_FAILURES = "pneumo.studies.failures"
 
 
 def init_app(app: Flask) -> None:
     """Open (creating or migrating) the database when studies are kept."""
     keep = app.config.get("PNEUMO_KEEP_STUDIES")
-    exposed = bool(app.config.get("PNEUMO_EXPOSED"))
+    readable = bool(app.config.get("PNEUMO_LOCAL_USER")) or bool(app.extensions.get("pneumo.auth"))
     if keep is None:
-        keep = not exposed
-    if keep and exposed and not app.extensions.get("pneumo.auth"):
-        raise RuntimeError("a server reachable from the network that keeps studies needs "
-                           "an API token: set PNEUMO_API_TOKEN (16+ characters), or serve on "
-                           "loopback, or set PNEUMO_KEEP_STUDIES=0")
+        keep = readable
+    if keep and not readable:
+        raise RuntimeError("keeping studies needs an API token: set PNEUMO_API_TOKEN (see "
+                           "`pneumo token`), or serve on loopback for one local user, or set "
+                           "PNEUMO_KEEP_STUDIES=0")
     store = None
     if keep:
         store = StudyStore(app.config.get("PNEUMO_DATA_DIR") or default_data_dir())
     app.extensions[_EXTENSION] = store
+    app.extensions[_FAILURES] = _WriteFailures()
     app.register_blueprint(bp)
 
     @app.context_processor
@@ -64,15 +71,52 @@ def will_keep(wanted: bool = True) -> bool:
     return get_store() is not None and wanted and auth.authenticated()
 
 
+#: What a prediction says when its study could not be written.
+NOT_KEPT = ("this result was not kept in the history: the database could not be written "
+            "(the disk may be full); it is shown here only")
+
+
+class _WriteFailures:
+    """Logs a failing database once, when writes start failing, and once when they work
+    again: a full disk would otherwise log every prediction until someone frees space."""
+
+    def __init__(self):
+        self.failing = False
+        self._lock = threading.Lock()
+
+    def failed(self, exc: BaseException) -> None:
+        with self._lock:
+            first, self.failing = not self.failing, True
+        if first:
+            log.error("studies are not being kept: writing to the database failed (%s: %s); "
+                      "predictions are answered without being kept until a write succeeds",
+                      type(exc).__name__, exc)
+
+    def succeeded(self) -> None:
+        with self._lock:
+            was, self.failing = self.failing, False
+        if was:
+            log.info("studies are being kept again: a database write succeeded")
+
+
 def keep(prediction, model_input, assessment, predictor, wanted: bool = True,
-         image_png: bytes | None = None) -> str | None:
-    """Keep a prediction as a study if ``will_keep(wanted)``; returns its id or None.
+         image_png: bytes | None = None) -> tuple[str | None, str | None]:
+    """Keep a prediction as a study if ``will_keep(wanted)``: ``(study id, None)``, or
+    ``(None, None)`` when it is not to be kept, or ``(None, NOT_KEPT)`` when writing it
+    failed. The prediction is answered in every case: it is already made.
     ``image_png``: ``studies.input_png(model_input)``, if already encoded."""
     if not will_keep(wanted):
-        return None
-    return get_store().add(prediction, model_input, input_status=assessment.status,
-                           model_name=predictor.name, model_version=predictor.version,
-                           image_png=image_png)
+        return None, None
+    failures: _WriteFailures = current_app.extensions[_FAILURES]
+    try:
+        study_id = get_store().add(prediction, model_input, input_status=assessment.status,
+                                   model_name=predictor.name, model_version=predictor.version,
+                                   image_png=image_png)
+    except (sqlite3.Error, OSError) as exc:
+        failures.failed(exc)
+        return None, NOT_KEPT
+    failures.succeeded()
+    return study_id, None
 
 
 def _store_or_404(api: bool) -> StudyStore:
@@ -158,9 +202,10 @@ def api_thumbnail(study_id: str):
     return current_app.response_class(data, mimetype="image/png")
 
 
-@bp.get("/api/v1/studies/<study_id>/report.pdf")
+@bp.route("/api/v1/studies/<study_id>/report.pdf", methods=["GET", "POST"])
 def api_report(study_id: str):
-    """The study's one-page PDF report; ``?notes=`` adds the reader's typed notes."""
+    """The study's one-page PDF report; a POST's form field ``notes`` adds the reader's
+    typed notes (never in the URL, which proxies and servers log)."""
     import io
 
     import numpy as np
@@ -169,8 +214,12 @@ def api_report(study_id: str):
     from ..report import study_report_pdf
     from .model import get_holder, get_predictor
 
+    if "notes" in request.args:
+        raise ApiError(400, "bad_request", "notes are not accepted in the URL, where proxy "
+                                           "and server logs keep them: POST them as the form "
+                                           "field 'notes'")
     study = _get(study_id, api=True)
-    notes = request.args.get("notes", "")
+    notes = request.form.get("notes", "") if request.method == "POST" else ""
     if len(notes) > 2000:
         raise ApiError(400, "bad_request", "notes are longer than 2000 characters")
     with Image.open(io.BytesIO(get_store().image(study_id, "model_input"))) as image:

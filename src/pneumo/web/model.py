@@ -120,12 +120,15 @@ class ModelHolder:
 
         try:
             predictor = Predictor.from_bundle(self.bundle_path)
-        except (BundleError, RuntimeError) as exc:
-            self.error = str(exc)
-            log.error("model bundle could not be loaded: %s", exc)
+        except Exception as exc:  # noqa: BLE001 - any failure must end "loading" (health: failed)
+            known = isinstance(exc, (BundleError, RuntimeError))
+            self.error = str(exc) if known else \
+                f"the model bundle {self.bundle_path} could not be loaded ({type(exc).__name__})"
+            log.error("model bundle could not be loaded: %s", self.error,
+                      exc_info=None if known else exc)
             self._ready.set()
             if raise_errors:
-                raise
+                raise exc if known else BundleError(self.error) from exc
             return
         log.info("model %s %s loaded from %s (engine: %s)", predictor.name, predictor.version,
                  self.bundle_path, getattr(predictor.engine, "name", "?"))

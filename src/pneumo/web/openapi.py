@@ -14,7 +14,7 @@ from .uploads import ALLOWED_EXTENSIONS
 _ERROR_CODES = ["bad_request", "missing_file", "cross_origin", "forbidden", "not_found",
                 "method_not_allowed", "too_large", "too_many_files", "unsupported_type",
                 "unreadable_image", "not_a_chest_xray", "internal_error", "model_unavailable",
-                "timeout", "http_error"]
+                "timeout", "time_budget", "http_error"]
 
 _MODEL = {
     "type": "object",
@@ -111,6 +111,11 @@ _PREDICTION_FIELDS = {
     "disclaimer": {"type": "string"},
 }
 
+_STUDY_ERROR = {"type": "string",
+                "description": "Present only when this prediction was to be kept but writing "
+                               "it to the history failed (e.g. a full disk): the result is "
+                               "still given, and `study_id` is null."}
+
 _PREDICTION = {
     "type": "object",
     "required": ["filename", "label", "probability", "threshold", "inconclusive", "input_check",
@@ -129,6 +134,7 @@ _PREDICTION = {
                      "description": "The id of the study this prediction was kept as "
                                     "(GET /api/v1/studies/{id}); null when the server keeps "
                                     "no studies or ?keep=false was given."},
+        "study_error": _STUDY_ERROR,
     },
 }
 
@@ -156,7 +162,7 @@ _STUDY = {
     },
 }
 
-#: The studies need the token when the server has one, and nothing when it has none.
+#: The studies need the token, or nothing for the local user of a server started for one.
 _TOKEN = [{"token": []}, {}]
 
 _STUDY_ID = {"name": "study_id", "in": "path", "required": True, "schema": {"type": "string"}}
@@ -176,6 +182,7 @@ _BATCH_OK = {
         "study_id": {"type": ["string", "null"],
                      "description": "The study this prediction was kept as, as for one "
                                     "file; null when no studies are kept."},
+        "study_error": _STUDY_ERROR,
     },
 }
 
@@ -187,8 +194,10 @@ _BATCH_ERROR = {
         "index": {"type": "integer", "minimum": 0},
         "filename": {"type": ["string", "null"]},
         "ok": {"const": False},
-        "status": {"type": "integer", "enum": [400, 413, 415, 422],
-                   "description": "The status this file alone would have been given."},
+        "status": {"type": "integer", "enum": [400, 413, 415, 422, 503],
+                   "description": "The status this file alone would have been given; 503 "
+                                  "`time_budget`: not decoded, the batch's decoding time "
+                                  "was used up first (send the file again)."},
         "error": {"$ref": "#/components/schemas/ErrorObject"},
         "input_check": {"$ref": "#/components/schemas/InputCheckRejected"},
     },
@@ -210,7 +219,9 @@ def _file(media_type: str, description: str) -> dict:
 def _errors(*statuses: int) -> dict:
     descriptions = {
         400: "Bad request: no file part, no file name, or a bad query parameter.",
-        403: "A browser post from another site.",
+        403: "A browser post from another site (`cross_origin`); for the studies, also a "
+             "server with no API token that was not started for one local user, or a "
+             "request that is not that user's (`forbidden`).",
         401: "This server has an API token and the request did not carry it "
              "(`Authorization: Bearer <token>`).",
         404: "No such study, or this server keeps no studies (`history_off`).",
@@ -314,14 +325,17 @@ def spec(server_url: str = "") -> dict:
             }},
             "/api/v1/model": {"get": {
                 "operationId": "model",
-                "summary": "The model card (training data, validation metrics, threshold)",
+                "summary": "The model card (validation metrics, threshold, intended use)",
+                "description": "Without the token (or the local user), only its public part: "
+                               "no training folders or commands, library versions or files.",
                 "responses": {"200": _json("ModelCard", "The card of the loaded bundle."),
                               **_errors(405, 503)},
             }},
             "/api/v1/studies": {"get": {
                 "operationId": "studies",
                 "summary": "Kept studies, newest first, 20 a page",
-                "description": "Only when the server keeps studies (by default, on loopback); "
+                "description": "Only when the server keeps studies (by default, with a token, "
+                               "or for the one local user of `pneumo serve` on loopback); "
                                "otherwise 404 `history_off`.",
                 "parameters": [
                     {"name": "since", "in": "query", "schema": {"type": "string", "format": "date"},
@@ -333,7 +347,7 @@ def spec(server_url: str = "") -> dict:
                     {"name": "page", "in": "query", "schema": {"type": "integer", "minimum": 1}},
                 ],
                 "responses": {"200": _json("StudyList", "A page of studies."),
-                              **_errors(400, 401, 404, 405, 429)},
+                              **_errors(400, 401, 403, 404, 405, 429)},
                 "security": _TOKEN,
             }},
             "/api/v1/studies/{study_id}": {"get": {
@@ -341,7 +355,7 @@ def spec(server_url: str = "") -> dict:
                 "summary": "One study and its feedback",
                 "parameters": [_STUDY_ID],
                 "responses": {"200": _json("Study", "The study."),
-                              **_errors(401, 404, 405, 429)},
+                              **_errors(401, 403, 404, 405, 429)},
                 "security": _TOKEN,
             }},
             "/api/v1/studies/{study_id}/thumbnail.png": {"get": {
@@ -350,7 +364,7 @@ def spec(server_url: str = "") -> dict:
                            "at most 160 pixels a side)",
                 "parameters": [_STUDY_ID],
                 "responses": {"200": _file("image/png", "PNG."),
-                              **_errors(401, 404, 405, 429)},
+                              **_errors(401, 403, 404, 405, 429)},
                 "security": _TOKEN,
             }},
             "/api/v1/studies/{study_id}/report.pdf": {"get": {
@@ -360,12 +374,23 @@ def spec(server_url: str = "") -> dict:
                                "operating point, the model, the dates, the 'second opinion, "
                                "not a diagnosis' statement and the reader's notes. No file "
                                "name and no DICOM field is ever stored, so none can appear.",
-                "parameters": [_STUDY_ID,
-                               {"name": "notes", "in": "query",
-                                "schema": {"type": "string", "maxLength": 2000},
-                                "description": "The reader's notes, printed on the report."}],
+                "parameters": [_STUDY_ID],
                 "responses": {"200": _file("application/pdf", "PDF."),
-                              **_errors(400, 401, 404, 405, 429, 503, 504)},
+                              **_errors(400, 401, 403, 404, 405, 429, 503, 504)},
+                "security": _TOKEN,
+            }, "post": {
+                "operationId": "studyReportWithNotes",
+                "summary": "The study's one-page PDF report, with the reader's notes",
+                "description": "As GET, with the notes printed as plain text. They travel in "
+                               "the body, never in the URL (proxy and server logs).",
+                "parameters": [_STUDY_ID],
+                "requestBody": {"required": False, "content": {
+                    "application/x-www-form-urlencoded": {"schema": {
+                        "type": "object", "properties": {
+                            "notes": {"type": "string", "maxLength": 2000,
+                                      "description": "The reader's notes."}}}}}},
+                "responses": {"200": _file("application/pdf", "PDF."),
+                              **_errors(400, 401, 403, 404, 405, 429, 503, 504)},
                 "security": _TOKEN,
             }},
             "/api/v1/studies/{study_id}/feedback": {"post": {

@@ -23,8 +23,46 @@ import time
 from waitress import wasyncore
 from waitress.channel import HTTPChannel
 from waitress.server import create_server
+from waitress.task import ErrorTask
 
 log = logging.getLogger(__name__)
+
+#: waitress's connection handling, chosen rather than inherited (README, "The server").
+#: A half-sent request holds a connection, not a thread: waitress reads every request
+#: completely before a thread sees it. So connections are many, and cheap:
+LIMITS = {
+    # waitress's default is 100: 100 slow clients then kept everyone else, the health
+    # check included, waiting in the listen backlog for a channel timeout. Each open
+    # connection may buffer one request body, so this times the upload limit bounds
+    # the memory that clients who really send bodies can take.
+    "connection_limit": 250,
+    # poll() rather than select(), whose 1024-descriptor ceiling is near that limit
+    "asyncore_use_poll": True,
+    # a connection that sends nothing for this long is closed (waitress: 120 s) ...
+    "channel_timeout": 30,
+    # ... checked this often (waitress: 30 s), so a timed-out slot frees within 35 s
+    "cleanup_interval": 5,
+    # connections the kernel queues while all slots are taken
+    "backlog": 1024,
+}
+#: Answers up to this size stay in memory (the largest: a batch with heatmaps, or the
+#: decoded image at PNEUMO_IMAGE_SIDE, a few MB); waitress's default spools over 1 MB.
+OUTBUF_OVERFLOW = 64 * 2**20
+
+
+class _ErrorTask(ErrorTask):
+    """waitress's own error answer, with the headers every answer of the app carries."""
+
+    def execute(self):
+        from .security import HEADERS
+
+        self.response_headers.extend(HEADERS.items())
+        self.response_headers.append(("Cache-Control", "no-store"))
+        super().execute()
+
+
+class _Channel(HTTPChannel):
+    error_task_class = _ErrorTask
 
 
 class Server:
@@ -45,8 +83,17 @@ class Server:
             # them with a JSON 413; anything larger (an endless chunked upload
             # included) is cut off by waitress itself.
             max_request_body_size=limit + 2**20,
-            expose_tracebacks=False, clear_untrusted_proxy_headers=True,
-            channel_timeout=60)
+            # Request bodies and answers stay in memory: waitress would otherwise spool
+            # any body over 512 kB (a DICOM file with the patient's name) and any answer
+            # over 1 MB to the system's temporary folder.
+            inbuf_overflow=limit + 2**20, outbuf_overflow=OUTBUF_OVERFLOW,
+            expose_tracebacks=False,
+            # Proxy headers reach the app: it never trusts them for an address, but one
+            # marks a request as relayed, hence not the local user's (auth.py).
+            clear_untrusted_proxy_headers=False,
+            **LIMITS)
+        # waitress's own answers (400, 413, 431...) carry the app's security headers too
+        self._server.channel_class = _Channel
         self.grace = grace
         self._stopping = threading.Event()
         self._stopped = threading.Event()
@@ -127,8 +174,25 @@ def _is_loopback(host: str) -> bool:
         return False
 
 
+def trusted_hosts(host: str) -> list[str] | None:
+    """The Host names to accept: ``$PNEUMO_TRUSTED_HOSTS`` if set, else the names of the
+    bound address (loopback: ``LOCAL_HOSTS``; a given name or address: itself). None for
+    a wildcard address, whose names this process cannot know."""
+    from . import LOCAL_HOSTS
+
+    configured = [name.strip() for name in os.environ.get("PNEUMO_TRUSTED_HOSTS", "").split(",")
+                  if name.strip()]
+    if configured:
+        return configured
+    if _is_loopback(host):
+        return list(LOCAL_HOSTS)
+    if host.strip("[]") in ("0.0.0.0", "::", ""):
+        return None
+    return [host]
+
+
 def serve(host: str = "127.0.0.1", port: int = 5000, workers: int = 4,
-          model: str | None = None) -> int:
+          model: str | None = None, behind_proxy: bool = False) -> int:
     """Load the model, serve the app until SIGTERM or SIGINT, return the exit status (0).
 
     Raises:
@@ -140,7 +204,12 @@ def serve(host: str = "127.0.0.1", port: int = 5000, workers: int = 4,
 
     if workers < 1:
         raise ValueError(f"--workers must be at least 1, not {workers}")
-    config = {"PNEUMO_EXPOSED": not _is_loopback(host)}
+    # On loopback the app serves the person at this machine; anywhere else, the token rules.
+    # Behind a proxy every request is someone's over the network, under whatever host name
+    # the proxy is reached by (PNEUMO_TRUSTED_HOSTS).
+    local = _is_loopback(host) and not behind_proxy
+    config = {"PNEUMO_LOCAL_USER": local, "PNEUMO_BEHIND_PROXY": behind_proxy,
+              "TRUSTED_HOSTS": trusted_hosts("0.0.0.0" if behind_proxy else host)}
     if model:
         config["PNEUMO_MODEL"] = str(model)
     keep = os.environ.get("PNEUMO_KEEP_STUDIES", "").strip().lower()
@@ -156,6 +225,9 @@ def serve(host: str = "127.0.0.1", port: int = 5000, workers: int = 4,
                     "behind a reverse proxy that provides it); history %s", host,
                     "kept, behind the API token" if app.extensions.get("pneumo.studies")
                     else "not kept")
+    if app.config["TRUSTED_HOSTS"] is None:
+        log.warning("any Host header is accepted on %s: set PNEUMO_TRUSTED_HOSTS to the names "
+                    "clients use for this server", host)
 
     def handle(signum, _frame):
         log.info("received %s, stopping", signal.Signals(signum).name)

@@ -1,6 +1,8 @@
 """Uploaded files: kept in memory, named safely, screened by name before decoding.
 
-Nothing a client sends is ever written to disk. The file's *content* decides
+Nothing a client sends is ever written to disk: not by Flask (``InMemoryRequest``),
+and not by waitress, whose spooling threshold ``web/server.py`` raises above the
+body limit. The file's *content* decides
 its format (``pneumo.imaging``); the name is only checked against an
 allow-list of extensions as a second gate (OWASP), case-insensitively on
 purpose, and a name without extension is allowed because DICOM exports often

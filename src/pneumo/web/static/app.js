@@ -166,6 +166,8 @@
     verdict.classList.toggle("is-doubtful", doubtful || data.inconclusive === true);
     $("result-inconclusive").hidden = data.inconclusive !== true;
     $("result-study").hidden = !data.study_id;
+    $("result-not-kept").hidden = !data.study_error;
+    $("result-not-kept").textContent = data.study_error ? "Not kept: " + data.study_error + "." : "";
     if (data.study_id) {
       $("report-link").href = "/api/v1/studies/" + encodeURIComponent(data.study_id) + "/report.pdf";
       $("study-link").href = "/studies/" + encodeURIComponent(data.study_id);
