@@ -233,7 +233,6 @@ def test_waitress_serve_call_create_app_publishes_no_history(tiny_bundle, tmp_pa
     real waitress, the app built with no arguments, asked from loopback."""
     import json
     import os
-    import subprocess
     import sys
     import urllib.error
     import urllib.request

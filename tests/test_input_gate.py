@@ -23,7 +23,7 @@ from PIL import Image
 from conftest import TINY_SIZE, encode, synthetic_xray
 from non_xrays import all_samples, knee_like
 from pneumo.cli import main
-from pneumo.gate import GATE_FILE, FeatureGate
+from pneumo.gate import GATE_FILE, WARN_REASON, FeatureGate
 from pneumo.predictor import Predictor
 from pneumo.web import create_app
 from test_api_openapi import upload, validate

@@ -376,3 +376,13 @@ def test_serve_with_a_broken_card_is_one_line_and_exit_status_2(tiny_bundle, tmp
     assert result.returncode == 2, result.stderr[-500:]
     assert "calibration.temperature' is missing" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_a_card_naming_an_unknown_normalisation_is_refused_on_load(tiny_bundle, tmp_path):
+    from pneumo.bundle import BundleError, read_card
+
+    def unknown(card):
+        card["input"]["normalization"] = "gamma"
+
+    with pytest.raises(BundleError, match="'input.normalization' must be one of none, clahe"):
+        read_card(broken_bundle(tiny_bundle, tmp_path / "gamma", unknown))

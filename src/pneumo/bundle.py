@@ -182,6 +182,11 @@ def card_problems(card) -> list[str]:
         size = get(inputs, "size")
         need("input.size", size, isinstance(size, int) and not isinstance(size, bool)
              and 32 <= size <= 4096, "a whole number of pixels from 32 to 4096")
+        from .preprocessing import NORMALIZATIONS
+
+        normalization = inputs.get("normalization", "none")
+        need("input.normalization", normalization, normalization in NORMALIZATIONS,
+             "one of " + ", ".join(NORMALIZATIONS))
     threshold = get(card, "threshold")
     # a number; one outside [0, 1] is allowed: it makes every image one class
     need("threshold", threshold, number(threshold), "a number")
