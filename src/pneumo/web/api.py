@@ -29,7 +29,8 @@ from ..gate import Assessment
 from ..imaging import DecodedImage, ImageError
 from ..studies import input_png
 from . import auth, history, openapi
-from .errors import ApiError, error_body
+from .errors import (BAD_REQUEST, ERRORS, MODEL_UNAVAILABLE, NOT_A_CHEST_XRAY,
+                     TIME_BUDGET, TOO_MANY_FILES, ApiError, error_body)
 from .model import get_holder, get_predictor, unavailable_message
 from .uploads import clean_name, read_upload, uploaded_files
 
@@ -73,15 +74,14 @@ def _flag(name: str, default: bool) -> bool:
         return True
     if value in ("0", "false", "no", "off"):
         return False
-    raise ApiError(400, "bad_request",
-                   f"query parameter '{name}' must be true or false, not {raw[:20]!r}")
+    raise BAD_REQUEST(f"query parameter '{name}' must be true or false, not {raw[:20]!r}")
 
 
 def _decode(predictor, data: bytes, at_least: int | None = None) -> DecodedImage:
     try:
         return predictor.decode(data, at_least)
     except ImageError as exc:
-        raise ApiError(exc.status, exc.code, str(exc)) from None
+        raise ERRORS[exc.code](str(exc)) from None
 
 
 def _fit(width: int, height: int, side: int) -> tuple[int, int]:
@@ -109,10 +109,8 @@ def model_info(predictor) -> dict:
 
 def _refusal(assessment: Assessment) -> ApiError:
     """ApiError 422 ``not_a_chest_xray`` for a rejected input: its reasons, no label."""
-    return ApiError(422, "not_a_chest_xray",
-                    "this does not look like a chest X-ray the model can read: "
-                    + "; ".join(assessment.reasons),
-                    extra={"input_check": assessment.to_dict()})
+    return NOT_A_CHEST_XRAY(f"{NOT_A_CHEST_XRAY.message}: " + "; ".join(assessment.reasons),
+                            extra={"input_check": assessment.to_dict()})
 
 
 def _checked(predictor, decoded: DecodedImage, model_input: np.ndarray) -> Assessment:
@@ -169,8 +167,7 @@ def predict():
     predictor = get_predictor()
     files = uploaded_files()
     if len(files) > 1:
-        raise ApiError(400, "bad_request",
-                       f"{len(files)} files were sent; send one, or use /api/v1/predict/batch")
+        raise BAD_REQUEST(f"{len(files)} files were sent; send one, or use /api/v1/predict/batch")
     upload = read_upload(files[0])
     decoded = _decode(predictor, upload.data,
                       current_app.config["PNEUMO_IMAGE_SIDE"] if with_image else None)
@@ -198,8 +195,7 @@ def predict_batch():
     files = uploaded_files()
     limit = int(current_app.config["PNEUMO_MAX_BATCH_FILES"])
     if len(files) > limit:
-        raise ApiError(413, "too_many_files",
-                       f"{len(files)} files were sent; at most {limit} per batch")
+        raise TOO_MANY_FILES(f"{len(files)} files were sent; at most {limit} per batch")
     budget = float(current_app.config["PNEUMO_BATCH_TIME_BUDGET"])
     started = time.monotonic()
     entries: list[dict] = []
@@ -208,9 +204,8 @@ def predict_batch():
         entry = {"index": index, "filename": clean_name(storage.filename) or None, "ok": False}
         entries.append(entry)
         if index and time.monotonic() - started > budget:
-            _fail(entry, ApiError(503, "time_budget",
-                                  f"not decoded: this batch used up its {budget:g} s for "
-                                  "decoding before reaching this file; send it again"))
+            _fail(entry, TIME_BUDGET(f"not decoded: this batch used up its {budget:g} s for "
+                                     "decoding before reaching this file; send it again"))
             continue
         try:
             decoded = _decode(predictor, read_upload(storage).data)
@@ -247,7 +242,7 @@ def predict_batch():
 
 def _fail(entry: dict, error: ApiError) -> None:
     """Turn a batch entry into the error this file alone would have been given."""
-    entry.update(status=error.status, **error_body(error.code, error.message), **error.extra)
+    entry.update(status=error.status, **error.body())
 
 
 @bp.get("/health")
@@ -257,7 +252,7 @@ def health():
     if holder.predictor is None:
         status = "failed" if holder.error else "loading"
         response = jsonify({"status": status,
-                            **error_body("model_unavailable", unavailable_message(holder))})
+                            **error_body(MODEL_UNAVAILABLE.code, unavailable_message(holder))})
         response.status_code = 503
         response.headers["Retry-After"] = "5"
         return response
@@ -285,4 +280,5 @@ def model_card():
 def openapi_json():
     """The OpenAPI 3.1 description of this API (relative server URL: never the Host
     header a client sent)."""
-    return jsonify(openapi.spec())
+    return jsonify(openapi.spec(
+        max_batch_files=int(current_app.config["PNEUMO_MAX_BATCH_FILES"])))

@@ -40,10 +40,10 @@ import threading
 import time
 from urllib.parse import urlsplit
 
-from flask import (Blueprint, Flask, abort, current_app, g, jsonify, redirect,
+from flask import (Blueprint, Flask, current_app, g, redirect,
                    render_template, request, session, url_for)
 
-from .errors import error_body
+from .errors import FORBIDDEN, NOT_FOUND, TOO_MANY_ATTEMPTS, UNAUTHORIZED, wants_json
 
 bp = Blueprint("auth", __name__)
 
@@ -240,34 +240,22 @@ def _throttled() -> int:
     return math.ceil(current_app.extensions[_FAILURES].wait(_address()))
 
 
-def require(api: bool):
-    """None when authenticated; otherwise the response that stops the request: 401 for
-    the API, the login page for people. For ``before_request``."""
+def require():
+    """None when authenticated; otherwise stops the request: 401 (or 429 while this
+    address must wait) for the API, the login page for people; 403 for both when the
+    history is closed. For ``before_request``."""
     if authenticated():
         return None
     if current_app.extensions.get(_EXTENSION) is None:
-        message = ("the history is closed: this server has no API token (PNEUMO_API_TOKEN) "
-                   "and was not started for one local user")
-        if api:
-            response = jsonify(error_body("forbidden", message))
-            response.status_code = 403
-            return response
-        abort(403, message)
-    if api:
-        wait = _throttled()
-        if wait:
-            response = jsonify(error_body(
-                "too_many_attempts", f"too many wrong tokens from this address; try again "
-                                     f"in {wait} s"))
-            response.status_code = 429
-            response.headers["Retry-After"] = str(wait)
-            return response
-        response = jsonify(error_body("unauthorized", "this needs the API token: send "
-                                                      "Authorization: Bearer <token>"))
-        response.status_code = 401
-        response.headers["WWW-Authenticate"] = 'Bearer realm="pneumo"'
-        return response
-    return redirect(url_for("auth.login", next=request.full_path.rstrip("?")))
+        raise FORBIDDEN("the history is closed: this server has no API token "
+                        "(PNEUMO_API_TOKEN) and was not started for one local user")
+    if not wants_json():
+        return redirect(url_for("auth.login", next=request.full_path.rstrip("?")))
+    wait = _throttled()
+    if wait:
+        raise TOO_MANY_ATTEMPTS(f"too many wrong tokens from this address; try again in "
+                                f"{wait} s", headers={"Retry-After": str(wait)})
+    raise UNAUTHORIZED(headers={"WWW-Authenticate": 'Bearer realm="pneumo"'})
 
 
 def _safe_next(target: str | None) -> str:
@@ -283,7 +271,7 @@ def login():
     """The page login: the API token once, then a session cookie."""
     token = current_app.extensions.get(_EXTENSION)
     if token is None:
-        abort(404, "this server needs no login")
+        raise NOT_FOUND("this server needs no login")
     failed, wait = False, 0
     if request.method == "POST":
         if _presented(request.form.get("token", ""), token):

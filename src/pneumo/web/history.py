@@ -17,13 +17,13 @@ import re
 import sqlite3
 import threading
 
-from flask import (Blueprint, Flask, abort, current_app, jsonify, redirect, render_template,
+from flask import (Blueprint, Flask, current_app, jsonify, redirect, render_template,
                    request, url_for)
 
 from ..config import CLASS_NAMES
-from ..studies import VERDICTS, StudyNotFound, StudyStore, default_data_dir
+from ..studies import PAGE_SIZE, VERDICTS, StudyNotFound, StudyStore, default_data_dir
 from . import auth
-from .errors import ApiError
+from .errors import BAD_REQUEST, HISTORY_OFF, NOT_FOUND
 
 bp = Blueprint("history", __name__)
 log = logging.getLogger(__name__)
@@ -32,7 +32,7 @@ log = logging.getLogger(__name__)
 @bp.before_request
 def _authenticate():
     """History, studies, feedback and reports need the token when one is configured."""
-    return auth.require(api=request.path.startswith("/api/"))
+    return auth.require()
 
 _EXTENSION = "pneumo.studies"
 _FAILURES = "pneumo.studies.failures"
@@ -119,18 +119,20 @@ def keep(prediction, model_input, assessment, predictor, wanted: bool = True,
     return study_id, None
 
 
-def _store_or_404(api: bool) -> StudyStore:
+#: The highest page number accepted: nine digits.
+MAX_PAGE = 999_999_999
+
+
+def _store_or_404() -> StudyStore:
     store = get_store()
     if store is None:
-        if api:
-            raise ApiError(404, "history_off", "this server does not keep studies")
-        abort(404, "this server does not keep studies")
+        raise HISTORY_OFF()
     return store
 
 
-def _date(name: str, api: bool) -> dt.date | None:
-    value = request.args.get(name)
-    if value is None or (not value.strip() and not api):  # the page's form sends empty fields
+def _date(query: dict, name: str) -> dt.date | None:
+    value = query.get(name)
+    if value is None:
         return None
     value = value.strip()
     try:
@@ -138,42 +140,45 @@ def _date(name: str, api: bool) -> dt.date | None:
             raise ValueError(value)
         return dt.date.fromisoformat(value)
     except ValueError:
-        if api:
-            raise ApiError(400, "bad_request", f"{name} must be a date as YYYY-MM-DD") from None
-        abort(400, f"{name} must be a date as YYYY-MM-DD")
+        raise BAD_REQUEST(f"{name} must be a date as YYYY-MM-DD") from None
 
 
-def _search(api: bool) -> dict:
-    store = _store_or_404(api)
-    label = request.args.get("label")
-    if label is not None and not api:
-        label = label.strip().upper() or None
+_FORM_FIELDS = ("since", "until", "label")
+
+
+def _form_query() -> dict:
+    """The history page's search form, read as the API reads its query: the form sends
+    empty fields for 'any', and a label typed in any case."""
+    query = {name: value for name, value in request.args.items()
+             if name not in _FORM_FIELDS or value.strip()}
+    if "label" in query:
+        query["label"] = query["label"].strip().upper()
+    return query
+
+
+def _search(query) -> dict:
+    store = _store_or_404()
+    label = query.get("label")
     if label is not None and label not in CLASS_NAMES:
-        if api:
-            raise ApiError(400, "bad_request", "label must be NORMAL or PNEUMONIA")
-        abort(400, "label must be NORMAL or PNEUMONIA")
-    raw_page = request.args.get("page", "1").strip()
-    if not re.fullmatch(r"[0-9]{1,9}", raw_page) or int(raw_page) < 1:
-        if api:
-            raise ApiError(400, "bad_request", "page must be a whole number from 1")
-        abort(400, "page must be a whole number from 1")
+        raise BAD_REQUEST("label must be NORMAL or PNEUMONIA")
+    raw_page = query.get("page", "1").strip()
+    if not re.fullmatch(r"[0-9]{1,9}", raw_page) or not 1 <= int(raw_page) <= MAX_PAGE:
+        raise BAD_REQUEST("page must be a whole number from 1")
     page = int(raw_page)
-    since, until = _date("since", api), _date("until", api)
+    since, until = _date(query, "since"), _date(query, "until")
     studies, total = store.search(since=since, until=until, label=label, page=page)
     return {"studies": studies, "total": total, "page": page,
-            "pages": max(1, math.ceil(total / 20)),
+            "pages": max(1, math.ceil(total / PAGE_SIZE)),
             "query": {"since": since.isoformat() if since else "",
                       "until": until.isoformat() if until else "", "label": label or ""}}
 
 
-def _get(study_id: str, api: bool):
-    store = _store_or_404(api)
+def _get(study_id: str):
+    store = _store_or_404()
     try:
         return store.get(study_id)
     except StudyNotFound:
-        if api:
-            raise ApiError(404, "not_found", "no study with this id") from None
-        abort(404, "no study with this id")
+        raise NOT_FOUND("no study with this id") from None
 
 
 # -- API -----------------------------------------------------------------------------------
@@ -181,24 +186,24 @@ def _get(study_id: str, api: bool):
 @bp.get("/api/v1/studies")
 def api_studies():
     """Kept studies, newest first: ?since=&until= (YYYY-MM-DD, UTC), ?label=, ?page=."""
-    found = _search(api=True)
+    found = _search(request.args)
     return jsonify({**found, "studies": [s.to_dict() for s in found["studies"]]})
 
 
 @bp.get("/api/v1/studies/<study_id>")
 def api_study(study_id: str):
     """One study and its feedback."""
-    return jsonify(_get(study_id, api=True).to_dict())
+    return jsonify(_get(study_id).to_dict())
 
 
 @bp.get("/api/v1/studies/<study_id>/thumbnail.png")
 def api_thumbnail(study_id: str):
     """The study's thumbnail (PNG)."""
-    store = _store_or_404(api=True)
+    store = _store_or_404()
     try:
         data = store.image(study_id)
     except StudyNotFound:
-        raise ApiError(404, "not_found", "no study with this id") from None
+        raise NOT_FOUND("no study with this id") from None
     return current_app.response_class(data, mimetype="image/png")
 
 
@@ -215,13 +220,12 @@ def api_report(study_id: str):
     from .model import get_holder, get_predictor
 
     if "notes" in request.args:
-        raise ApiError(400, "bad_request", "notes are not accepted in the URL, where proxy "
-                                           "and server logs keep them: POST them as the form "
-                                           "field 'notes'")
-    study = _get(study_id, api=True)
+        raise BAD_REQUEST("notes are not accepted in the URL, where proxy and server logs keep "
+                          "them: POST them as the form field 'notes'")
+    study = _get(study_id)
     notes = request.form.get("notes", "") if request.method == "POST" else ""
     if len(notes) > 2000:
-        raise ApiError(400, "bad_request", "notes are longer than 2000 characters")
+        raise BAD_REQUEST("notes are longer than 2000 characters")
     with Image.open(io.BytesIO(get_store().image(study_id, "model_input"))) as image:
         gray = np.asarray(image.convert("L"))
     heatmap = None
@@ -242,18 +246,18 @@ def api_report(study_id: str):
 @bp.post("/api/v1/studies/<study_id>/feedback")
 def api_feedback(study_id: str):
     """The reader's verdict: JSON ``{"verdict": "agree"|"NORMAL"|"PNEUMONIA", "comment"}``."""
-    store = _store_or_404(api=True)
+    store = _store_or_404()
     body = request.get_json(silent=True)
     if not isinstance(body, dict) or not isinstance(body.get("verdict"), str) \
             or not isinstance(body.get("comment", ""), str):
-        raise ApiError(400, "bad_request", "send JSON with 'verdict' (agree, NORMAL or "
-                                           "PNEUMONIA) and optionally 'comment' (text)")
+        raise BAD_REQUEST("send JSON with 'verdict' (agree, NORMAL or PNEUMONIA) and "
+                          "optionally 'comment' (text)")
     try:
         study = store.set_feedback(study_id, body["verdict"], body.get("comment", ""))
     except StudyNotFound:
-        raise ApiError(404, "not_found", "no study with this id") from None
+        raise NOT_FOUND("no study with this id") from None
     except ValueError as exc:
-        raise ApiError(400, "bad_request", str(exc)) from None
+        raise BAD_REQUEST(str(exc)) from None
     return jsonify(study.to_dict())
 
 
@@ -261,28 +265,28 @@ def api_feedback(study_id: str):
 
 @bp.get("/history")
 def history_page():
-    """Kept studies, searchable by date and result, 20 a page."""
-    return render_template("history.html", **_search(api=False), labels=CLASS_NAMES)
+    """Kept studies, searchable by date and result, ``PAGE_SIZE`` a page."""
+    return render_template("history.html", **_search(_form_query()), labels=CLASS_NAMES)
 
 
 @bp.get("/studies/<study_id>")
 def study_page(study_id: str):
     """One study with its feedback form."""
-    return render_template("study.html", study=_get(study_id, api=False), labels=CLASS_NAMES,
+    return render_template("study.html", study=_get(study_id), labels=CLASS_NAMES,
                            saved=request.args.get("saved") == "1")
 
 
 @bp.post("/studies/<study_id>/feedback")
 def study_feedback(study_id: str):
     """The feedback form (cross-site posts are refused by security.py)."""
-    store = _store_or_404(api=False)
+    store = _store_or_404()
     verdict = request.form.get("verdict", "")
     if verdict not in VERDICTS:
-        abort(400, "choose agree, NORMAL or PNEUMONIA")
+        raise BAD_REQUEST("choose agree, NORMAL or PNEUMONIA")
     try:
         store.set_feedback(study_id, verdict, request.form.get("comment", ""))
     except StudyNotFound:
-        abort(404, "no study with this id")
+        raise NOT_FOUND("no study with this id") from None
     except ValueError as exc:
-        abort(400, str(exc))
+        raise BAD_REQUEST(str(exc)) from None
     return redirect(url_for("history.study_page", study_id=study_id, saved=1), code=303)

@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 from flask import Flask, current_app, g, request
 
-from .errors import ApiError
+from .errors import MODEL_UNAVAILABLE, TIMEOUT
 
 log = logging.getLogger(__name__)
 
@@ -169,7 +169,7 @@ class ModelHolder:
                 self._arriving = max(0, self._arriving - 1)
             if self._stopped:
                 self._condition.notify_all()
-                raise ApiError(503, "model_unavailable", "the server is shutting down")
+                raise MODEL_UNAVAILABLE("the server is shutting down")
             self._queue.append(job)
             self._condition.notify_all()
         if meanwhile is not None:
@@ -182,8 +182,8 @@ class ModelHolder:
         # A waiting thread may get the interpreter back only after the answer came: late
         # is late either way, so the time limit holds however the threads were scheduled.
         if not job.future.done() or time.monotonic() > deadline:
-            raise ApiError(504, "timeout", f"the model did not answer within {timeout:g} s; "
-                           "the server is busy, please try again")
+            raise TIMEOUT(f"the model did not answer within {timeout:g} s; "
+                          "the server is busy, please try again")
         return result
 
     def _serve(self) -> None:
@@ -327,7 +327,7 @@ def get_predictor():
     """The loaded predictor, or ApiError 503 while it is loading or if it failed."""
     holder = get_holder()
     if holder.predictor is None:
-        raise ApiError(503, "model_unavailable", unavailable_message(holder))
+        raise MODEL_UNAVAILABLE(unavailable_message(holder))
     return holder.predictor
 
 

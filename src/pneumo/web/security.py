@@ -11,7 +11,7 @@ from urllib.parse import urlsplit
 
 from flask import Flask, request
 
-from .errors import ApiError
+from .errors import CROSS_ORIGIN
 
 _POLICY_DIRECTIVES = (
     "default-src 'self'",
@@ -51,12 +51,12 @@ def reject_cross_site_posts() -> None:
     site = request.headers.get("Sec-Fetch-Site")
     if site is not None:
         if site not in ("same-origin", "none"):
-            raise ApiError(403, "cross_origin", "cross-site requests are not accepted")
+            raise CROSS_ORIGIN()
         return
     origin = request.headers.get("Origin")
     if origin is not None and (origin == "null"
                                or urlsplit(origin).netloc.lower() != request.host.lower()):
-        raise ApiError(403, "cross_origin", "cross-site requests are not accepted")
+        raise CROSS_ORIGIN()
 
 
 def add_headers(response):

@@ -18,7 +18,7 @@ import unicodedata
 
 from flask import Request, request
 
-from .errors import ApiError
+from .errors import MISSING_FILE, UNSUPPORTED_TYPE
 
 #: Extensions a file name may end with (compared lower-case).
 ALLOWED_EXTENSIONS = ("png", "jpg", "jpeg", "dcm", "dicom")
@@ -57,9 +57,9 @@ def check_extension(name: str) -> None:
         return
     extension = name.rsplit(".", 1)[-1].lower()
     if extension not in ALLOWED_EXTENSIONS:
-        raise ApiError(415, "unsupported_type",
-                       f"files ending in .{extension[:16]} are not accepted; send a PNG, "
-                       "JPEG or DICOM chest X-ray")
+        raise UNSUPPORTED_TYPE(
+            f"files ending in .{extension[:16]} are not accepted; send a PNG, "
+            "JPEG or DICOM chest X-ray")
 
 
 def uploaded_files(field: str = "file") -> list:
@@ -68,8 +68,8 @@ def uploaded_files(field: str = "file") -> list:
     if not files:
         others = sorted(request.files)
         hint = f" (found {', '.join(repr(n[:40]) for n in others[:5])})" if others else ""
-        raise ApiError(400, "missing_file",
-                       f"no file was sent: upload it as multipart/form-data field '{field}'{hint}")
+        raise MISSING_FILE(
+            f"no file was sent: upload it as multipart/form-data field '{field}'{hint}")
     return files
 
 
@@ -77,6 +77,6 @@ def read_upload(storage) -> Upload:
     """A part's bytes and cleaned name; ApiError 400 without a file name, 415 for a refused one."""
     name = clean_name(storage.filename)
     if not storage.filename or not name:
-        raise ApiError(400, "missing_file", "a file part has no file name: no file was chosen")
+        raise MISSING_FILE("a file part has no file name: no file was chosen")
     check_extension(name)
     return Upload(name=name, data=storage.read())
