@@ -14,7 +14,10 @@ from werkzeug.datastructures import FileStorage, MultiDict
 from werkzeug.test import encode_multipart
 
 from conftest import encode, synthetic_xray
+from pneumo.imaging import ImageError
 from pneumo.web import create_app
+from pneumo.web.auth import MAX_FAILURES, make_token
+from pneumo.web.errors import ERRORS, HTTP_CODES
 
 SPEC_URI = "urn:pneumo:openapi"
 
@@ -44,12 +47,16 @@ def _pointer(*parts: str) -> str:
 
 
 def validate(spec: dict, response, path: str, method: str) -> None:
-    """Fail unless ``response`` is documented for ``method path`` and matches its schema."""
+    """Fail unless ``response`` is documented for ``method path`` and matches its schema
+    (a file answer, e.g. a PDF, only by its media type)."""
     operation = spec["paths"][path][method]
     status = str(response.status_code)
     assert status in operation["responses"], \
         f"{method.upper()} {path} answered {status}, which the description does not list"
-    assert response.mimetype == "application/json"
+    content = operation["responses"][status]["content"]
+    assert response.mimetype in content, (path, status, response.mimetype)
+    if response.mimetype != "application/json":
+        return
     schema = {"$ref": SPEC_URI + _pointer("paths", path, method, "responses", status, "content",
                                           "application/json", "schema")}
     registry = Registry().with_resource(
@@ -161,3 +168,120 @@ def test_unknown_api_paths_answer_the_documented_error_shape(client, spec):
         SPEC_URI, Resource.from_contents(spec, default_specification=DRAFT202012))
     Draft202012Validator({"$ref": SPEC_URI + "#/components/schemas/Error"},
                          registry=registry).validate(response.get_json())
+
+
+# -- the error registry and the routes behind the token -------------------------------------
+
+def _subclasses(cls):
+    for sub in cls.__subclasses__():
+        yield sub
+        yield from _subclasses(sub)
+
+
+def test_every_error_code_is_registered_once_with_the_status_it_is_sent_with(spec):
+    """The registry is the description's list of codes, and the decoder's errors are in it
+    with the same status, so a code cannot be sent that a client was not told about."""
+    enum = spec["components"]["schemas"]["ErrorObject"]["properties"]["code"]["enum"]
+    assert enum == list(ERRORS)
+    for cls in [ImageError, *_subclasses(ImageError)]:
+        assert ERRORS[cls.code].status == cls.status, cls
+    for status, kind in HTTP_CODES.items():
+        assert kind.status == status
+    documented = {int(status) for ops in spec["paths"].values() for op in ops.values()
+                  for status in op["responses"]}
+    assert {kind.status for kind in ERRORS.values()} - documented <= {ERRORS["http_error"].status}
+
+
+def test_the_described_limits_are_the_enforced_ones(client, app, spec, tmp_path):
+    """A page past MAX_PAGE, an empty or oversized batch: refused, and the description
+    says so, so a client built from it is not surprised."""
+    batch = spec["paths"]["/api/v1/predict/batch"]["post"]["requestBody"]["content"][
+        "multipart/form-data"]
+    files = batch["schema"]["properties"]["file"]
+    assert files["minItems"] == 1
+    assert files["maxItems"] == app.config["PNEUMO_MAX_BATCH_FILES"] == 3
+    assert batch["encoding"]["file"]["contentType"]
+    page = next(p for p in spec["paths"]["/api/v1/studies"]["get"]["parameters"]
+                if p["name"] == "page")["schema"]
+    assert page["minimum"] == 1
+    store_app = create_app({"TESTING": True, "PNEUMO_PREDICTOR": app.config["PNEUMO_PREDICTOR"],
+                            "PNEUMO_LOCAL_USER": True, "PNEUMO_DATA_DIR": str(tmp_path)})
+    local = store_app.test_client()
+    ok = local.get(f"/api/v1/studies?page={page['maximum']}",
+                   environ_base={"REMOTE_ADDR": "127.0.0.1"})
+    assert ok.status_code == 200 and ok.get_json()["studies"] == []
+    beyond = local.get(f"/api/v1/studies?page={page['maximum'] + 1}",
+                       environ_base={"REMOTE_ADDR": "127.0.0.1"})
+    assert beyond.status_code == 400
+
+
+@pytest.fixture
+def token_app(tiny_predictor, tmp_path):
+    return create_app({"TESTING": True, "PNEUMO_PREDICTOR": tiny_predictor,
+                       "PNEUMO_API_TOKEN": make_token(), "PNEUMO_DATA_DIR": str(tmp_path)})
+
+
+def test_history_responses_match(token_app, spec):
+    """Every studies route, success and failure, with the token and without."""
+    client = token_app.test_client()
+    bearer = {"Authorization": f"Bearer {token_app.config['PNEUMO_API_TOKEN']}"}
+    png = encode(synthetic_xray(2, (120, 90)))
+    items = MultiDict([("file", FileStorage(io.BytesIO(png), filename="a.png"))])
+    boundary, body = encode_multipart(items)
+    kept = client.post("/api/v1/predict?heatmap=false", data=body, headers=bearer,
+                       content_type=f"multipart/form-data; boundary={boundary}")
+    study_id = kept.get_json()["study_id"]
+    assert study_id
+    one, thumb = "/api/v1/studies/{study_id}", "/api/v1/studies/{study_id}/thumbnail.png"
+    report, feedback = "/api/v1/studies/{study_id}/report.pdf", \
+        "/api/v1/studies/{study_id}/feedback"
+    cases = [
+        ("get", "/api/v1/studies", "/api/v1/studies", {}, 200),
+        ("get", "/api/v1/studies?page=0", "/api/v1/studies", {}, 400),
+        ("get", "/api/v1/studies?since=yesterday", "/api/v1/studies", {}, 400),
+        ("get", "/api/v1/studies?label=maybe", "/api/v1/studies", {}, 400),
+        ("get", f"/api/v1/studies/{study_id}", one, {}, 200),
+        ("get", "/api/v1/studies/nope", one, {}, 404),
+        ("get", f"/api/v1/studies/{study_id}/thumbnail.png", thumb, {}, 200),
+        ("get", "/api/v1/studies/nope/thumbnail.png", thumb, {}, 404),
+        ("get", f"/api/v1/studies/{study_id}/report.pdf", report, {}, 200),
+        ("get", f"/api/v1/studies/{study_id}/report.pdf?notes=x", report, {}, 400),
+        ("post", f"/api/v1/studies/{study_id}/report.pdf", report, {"data": {"notes": "x" * 2001}},
+         400),
+        ("post", f"/api/v1/studies/{study_id}/feedback", feedback,
+         {"json": {"verdict": "agree"}}, 200),
+        ("post", f"/api/v1/studies/{study_id}/feedback", feedback,
+         {"json": {"verdict": "perhaps"}}, 400),
+        ("post", "/api/v1/studies/nope/feedback", feedback, {"json": {"verdict": "agree"}}, 404),
+        ("delete", "/api/v1/studies", "/api/v1/studies", {}, 405),
+    ]
+    for method, url, path, kwargs, status in cases:
+        response = getattr(client, method)(url, headers=bearer, **kwargs)
+        assert response.status_code == status, (url, status, response.get_data()[:200])
+        validate(spec, response, path, "get" if method == "delete" else method)
+    for method, path in [("get", "/api/v1/studies"), ("get", one), ("get", thumb),
+                         ("get", report), ("post", report), ("post", feedback)]:
+        response = getattr(client, method)(path.replace("{study_id}", study_id))
+        assert response.status_code == 401
+        assert response.headers["WWW-Authenticate"].startswith("Bearer")
+        validate(spec, response, path, method)
+    wrong = {"Authorization": "Bearer " + "w" * 43}
+    for _ in range(MAX_FAILURES - 1):
+        assert client.get("/api/v1/studies", headers=wrong).status_code == 401
+    throttled = client.get("/api/v1/studies", headers=wrong)  # the last allowed failure
+    assert throttled.status_code == 429 and int(throttled.headers["Retry-After"]) > 0
+    validate(spec, throttled, "/api/v1/studies", "get")
+
+
+def test_closed_and_absent_history_responses_match(tiny_predictor, spec):
+    closed = create_app({"TESTING": True, "PNEUMO_PREDICTOR": tiny_predictor})
+    response = closed.test_client().get("/api/v1/studies")
+    assert response.status_code == 403 and response.get_json()["error"]["code"] == "forbidden"
+    validate(spec, response, "/api/v1/studies", "get")
+    token = make_token()
+    off = create_app({"TESTING": True, "PNEUMO_PREDICTOR": tiny_predictor,
+                      "PNEUMO_API_TOKEN": token, "PNEUMO_KEEP_STUDIES": False})
+    response = off.test_client().get("/api/v1/studies/x",
+                                     headers={"Authorization": f"Bearer {token}"})
+    assert response.status_code == 404 and response.get_json()["error"]["code"] == "history_off"
+    validate(spec, response, "/api/v1/studies/{study_id}", "get")

@@ -9,12 +9,16 @@ a shape, so a new field must be documented here before a test passes.
 from __future__ import annotations
 
 from .. import __version__
+from ..studies import PAGE_SIZE
+from .errors import ERRORS
+from .history import MAX_PAGE
 from .uploads import ALLOWED_EXTENSIONS
 
-_ERROR_CODES = ["bad_request", "missing_file", "cross_origin", "forbidden", "not_found",
-                "method_not_allowed", "too_large", "too_many_files", "unsupported_type",
-                "unreadable_image", "not_a_chest_xray", "internal_error", "model_unavailable",
-                "timeout", "time_budget", "http_error"]
+#: The closed list of error codes: the registry's, so the two cannot drift apart.
+_ERROR_CODES = list(ERRORS)
+
+#: Media types a client may give the ``file`` part; the server decides by content.
+_FILE_MEDIA_TYPES = "image/png, image/jpeg, application/dicom, application/octet-stream"
 
 _MODEL = {
     "type": "object",
@@ -56,7 +60,6 @@ def _input_check(statuses: list[str], description: str) -> dict:
                                "no feature gate."},
         },
     }
-
 
 _INPUT_CHECK_PASSED = _input_check(
     ["ok", "warning"],
@@ -165,6 +168,8 @@ _STUDY = {
 #: The studies need the token, or nothing for the local user of a server started for one.
 _TOKEN = [{"token": []}, {}]
 
+_DATE = {"type": "string", "format": "date", "pattern": "^[0-9]{4}-[0-9]{2}-[0-9]{2}$"}
+
 _STUDY_ID = {"name": "study_id", "in": "path", "required": True, "schema": {"type": "string"}}
 
 _BATCH_OK = {
@@ -203,18 +208,15 @@ _BATCH_ERROR = {
     },
 }
 
-
 def _json(schema_name: str, description: str) -> dict:
     return {"description": description,
             "content": {"application/json": {
                 "schema": {"$ref": f"#/components/schemas/{schema_name}"}}}}
 
-
 def _file(media_type: str, description: str) -> dict:
     """A response whose body is a file (an image, a PDF)."""
     return {"description": description, "content": {media_type: {"schema": {
         "type": "string", "format": "binary"}}}}
-
 
 def _errors(*statuses: int) -> dict:
     descriptions = {
@@ -239,20 +241,26 @@ def _errors(*statuses: int) -> dict:
         503: "The model is loading or failed to load.",
         504: "The model did not answer in time; try again.",
     }
-    return {str(s): _json("Error", descriptions[s]) for s in statuses}
+    return {str(s): _json("Error", descriptions[s] + " Codes: " + ", ".join(
+        f"`{e.code}`" for e in ERRORS.values() if e.status == s) + ".") for s in statuses}
 
+_FILE = {"type": "string", "format": "binary",
+         "description": "A frontal chest X-ray: PNG, JPEG or DICOM, decided by content. Bytes "
+                        "that are no such image are answered 415 (`unsupported_type`) or "
+                        "422 (`unreadable_image`); an image the input gate refuses (a 1x1 "
+                        "PNG, a photograph, a blank) 422 (`not_a_chest_xray`)."}
 
 _UPLOAD_BODY = {
     "required": True,
     "content": {"multipart/form-data": {
-        "schema": {"type": "object", "required": ["file"],
-                   "properties": {"file": {"type": "string", "format": "binary"}}},
+        "schema": {"type": "object", "required": ["file"], "properties": {"file": _FILE}},
+        "encoding": {"file": {"contentType": _FILE_MEDIA_TYPES}},
     }},
 }
 
-
-def spec(server_url: str = "") -> dict:
-    """The OpenAPI document; ``server_url`` is this server's root URL."""
+def spec(server_url: str = "", max_batch_files: int = 16) -> dict:
+    """The OpenAPI document; ``server_url`` is this server's root URL, ``max_batch_files``
+    the most files it takes in one batch (``PNEUMO_MAX_BATCH_FILES``)."""
     flag = {"type": "boolean"}
     return {
         "openapi": "3.1.0",
@@ -311,8 +319,11 @@ def spec(server_url: str = "") -> dict:
                                                "server keeps studies (false: do not)."}],
                 "requestBody": {"required": True, "content": {"multipart/form-data": {
                     "schema": {"type": "object", "required": ["file"], "properties": {
-                        "file": {"type": "array",
-                                 "items": {"type": "string", "format": "binary"}}}}}}},
+                        "file": {"type": "array", "items": _FILE, "minItems": 1,
+                                 "maxItems": max_batch_files,
+                                 "description": f"1 to {max_batch_files} files; more are "
+                                                "refused whole (413 `too_many_files`)."}}},
+                    "encoding": {"file": {"contentType": _FILE_MEDIA_TYPES}}}}},
                 "responses": {"200": _json("BatchResult", "One entry per file."),
                               **_errors(400, 403, 405, 413, 500, 503, 504)},
             }},
@@ -333,18 +344,21 @@ def spec(server_url: str = "") -> dict:
             }},
             "/api/v1/studies": {"get": {
                 "operationId": "studies",
-                "summary": "Kept studies, newest first, 20 a page",
+                "summary": f"Kept studies, newest first, {PAGE_SIZE} a page",
                 "description": "Only when the server keeps studies (by default, with a token, "
                                "or for the one local user of `pneumo serve` on loopback); "
                                "otherwise 404 `history_off`.",
                 "parameters": [
-                    {"name": "since", "in": "query", "schema": {"type": "string", "format": "date"},
+                    {"name": "since", "in": "query", "schema": _DATE,
                      "description": "First UTC day, YYYY-MM-DD."},
-                    {"name": "until", "in": "query", "schema": {"type": "string", "format": "date"},
+                    {"name": "until", "in": "query", "schema": _DATE,
                      "description": "Last UTC day, YYYY-MM-DD (inclusive)."},
                     {"name": "label", "in": "query",
                      "schema": {"type": "string", "enum": ["NORMAL", "PNEUMONIA"]}},
-                    {"name": "page", "in": "query", "schema": {"type": "integer", "minimum": 1}},
+                    {"name": "page", "in": "query",
+                     "schema": {"type": "integer", "minimum": 1, "maximum": MAX_PAGE,
+                                "default": 1},
+                     "description": f"1 to {MAX_PAGE}; a page past the last is empty."},
                 ],
                 "responses": {"200": _json("StudyList", "A page of studies."),
                               **_errors(400, 401, 403, 404, 405, 429)},
