@@ -79,7 +79,9 @@ def test_trained_bundle_scores_inputs_with_its_gate(trained_run):
     prediction = predictor.predict(image)
     # standard deviations from typical training X-rays: any finite number, negative too
     assert prediction.feature_score is not None and np.isfinite(prediction.feature_score)
-    assessment = predictor.assess(image, prediction)
+    from pneumo.screening import assess
+
+    assessment = assess(predictor, image, prediction)
     assert assessment.feature_score == pytest.approx(prediction.feature_score)
     # a generated 96-pixel film is only warned about by the image checks: it is refused
     # exactly when its features lie beyond the gate's cut-off

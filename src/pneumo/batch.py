@@ -32,8 +32,8 @@ from typing import Iterable, Iterator
 import numpy as np
 
 from .data import IMAGE_SUFFIXES
-from .imaging import ImageError
 from .predictor import Prediction, Predictor
+from .screening import Admitted, Refusal, admit, conclude
 
 COLUMNS = ["path", "probability", "label", "inconclusive", "status"]
 
@@ -138,8 +138,9 @@ class Screened:
 
 def screen_paths(predictor: Predictor, paths: list[Path], batch_size: int | None = None,
                  progress: bool = True, stats: RunStats | None = None) -> Iterator[Screened]:
-    """Every file through decode -> image checks -> network -> feature gate, in input
-    order; decoding of later files overlaps inference of earlier ones.
+    """Every file through the screening flow (``screening.admit``, the network in
+    batches, ``screening.conclude``), in input order; decoding of later files overlaps
+    inference of earlier ones.
 
     ``batch_size``: None chooses it on the run (``BatchSizer``). ``stats``, if
     given, is filled in as the results are produced."""
@@ -150,18 +151,12 @@ def screen_paths(predictor: Predictor, paths: list[Path], batch_size: int | None
     started = time.perf_counter()
 
     def decode(path: Path):
-        """(model input or None, image checks or None, status for a refused file)."""
-        try:
-            decoded = predictor.decode(path)
-        except ImageError as exc:
-            return None, None, str(exc)
-        except OSError as exc:
-            return None, None, f"cannot read file: {exc}"
-        model_input = predictor.prepare(decoded)
-        checks = predictor.check_input(decoded, model_input)
-        if checks.status == "rejected":
-            return None, checks, checks.summary()
-        return model_input, checks, "ok"
+        """The file admitted (its model input and checks; the full-size pixels are
+        dropped, since only the checks needed them), or its refusal."""
+        admitted = admit(predictor, path)
+        if isinstance(admitted, Admitted):
+            return admitted.model_input, admitted.checks
+        return admitted
 
     depth = 2 * max(batch_size or 0, *CANDIDATE_BATCH_SIZES)
     with ThreadPoolExecutor(max_workers=DECODE_THREADS) as pool, \
@@ -179,20 +174,21 @@ def screen_paths(predictor: Predictor, paths: list[Path], batch_size: int | None
             stats.inference_seconds += took
             stats.batch_size = sizer.size
             for (path, _, checks), result in zip(pending, results):
-                assessment = predictor.assess(None, result, checks=checks)
-                yield Screened(path, result, assessment.summary())
+                outcome = conclude(predictor, checks, result)
+                yield Screened(path, result, outcome.reason if isinstance(outcome, Refusal)
+                               else outcome.status)
             bar.update(len(pending))
             pending.clear()
             stats.seconds = time.perf_counter() - started
 
-        for path, (array, checks, status) in zip(paths, decoded):
-            if array is None:
+        for path, admitted in zip(paths, decoded):
+            if isinstance(admitted, Refusal):
                 if pending:
                     yield from flush()
                 bar.update(1)
-                yield Screened(path, None, status)
+                yield Screened(path, None, admitted.reason)
                 continue
-            pending.append((path, array, checks))
+            pending.append((path, *admitted))
             if len(pending) >= sizer.size:
                 yield from flush()
         if pending:

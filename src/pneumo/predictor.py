@@ -7,7 +7,6 @@ card's calibration and threshold; nothing here is a typed constant.
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import threading
 from pathlib import Path
@@ -127,21 +126,6 @@ class Predictor:
                 feature_score=None if scores[i] is None else float(scores[i]),
                 inconclusive=in_band(float(probability), self.inconclusive_band)))
         return results
-
-    def assess(self, image: DecodedImage | None, prediction: Prediction | None = None, *,
-               checks: Assessment | None = None) -> Assessment:
-        """Is ``image`` a chest X-ray this model can read? Image statistics first, then,
-        given its prediction, the distance of its features from the training X-rays.
-
-        ``checks``: the image checks already made for ``image`` (callers run them
-        before the network, to refuse cheaply); they are copied, not changed, and
-        ``image`` may then be None."""
-        if checks is None and image is None:
-            raise ValueError("assess() needs the image or its checks")
-        result = copy.deepcopy(checks) if checks is not None else image_checks(image)
-        if prediction is not None and prediction.feature_score is not None and self.gate:
-            self.gate.judge(prediction.feature_score, result)
-        return result
 
     def predict(self, image, heatmap: bool = True) -> Prediction:
         """One image (decoded, a path or raw bytes) -> its prediction."""

@@ -4,9 +4,9 @@ The label, probability and threshold always come from the ``Predictor`` (the
 bundle's card); this module only moves them into JSON. The contract is
 written down in ``openapi.py`` and checked against real responses by the tests.
 
-Every prediction passes the input gate (``pneumo.gate``): the image checks run
-before the network, so a photograph or a blank costs no inference; the
-feature distance comes with the forward pass. A rejected input is answered
+Every prediction goes through the screening flow (``pneumo.screening``): the
+image checks run before the network, so a photograph or a blank costs no
+inference; the feature distance comes with the forward pass. A rejected input is answered
 422 ``not_a_chest_xray`` with the reasons and no label; a doubtful one keeps
 its prediction and carries the reasons in ``input_check``.
 """
@@ -27,6 +27,7 @@ from PIL import Image
 from ..explain import heatmap_png
 from ..gate import Assessment
 from ..imaging import DecodedImage, ImageError
+from ..screening import Admitted, Refusal, admit, conclude
 from ..studies import input_png
 from . import auth, history, openapi
 from .errors import (BAD_REQUEST, ERRORS, MODEL_UNAVAILABLE, NOT_A_CHEST_XRAY,
@@ -77,11 +78,24 @@ def _flag(name: str, default: bool) -> bool:
     raise BAD_REQUEST(f"query parameter '{name}' must be true or false, not {raw[:20]!r}")
 
 
-def _decode(predictor, data: bytes, at_least: int | None = None) -> DecodedImage:
-    try:
-        return predictor.decode(data, at_least)
-    except ImageError as exc:
-        raise ERRORS[exc.code](str(exc)) from None
+def _admit(predictor, data: bytes, at_least: int | None = None) -> Admitted:
+    """``screening.admit``; a refusal raised as the error this file is answered with."""
+    admitted = admit(predictor, data, at_least)
+    if isinstance(admitted, Refusal):
+        raise _error(admitted)
+    return admitted
+
+
+def _error(refusal: Refusal) -> ApiError:
+    """The status and code a refusal is answered with: the decoder's own for a file it
+    cannot read, 422 ``not_a_chest_xray`` with the reasons and no label for the gate's."""
+    if isinstance(refusal.error, ImageError):
+        return ERRORS[refusal.error.code](str(refusal.error))
+    if refusal.error is not None:
+        raise refusal.error
+    assessment = refusal.assessment
+    return NOT_A_CHEST_XRAY(f"{NOT_A_CHEST_XRAY.message}: " + "; ".join(assessment.reasons),
+                            extra={"input_check": assessment.to_dict()})
 
 
 def _fit(width: int, height: int, side: int) -> tuple[int, int]:
@@ -105,20 +119,6 @@ def _gray_png(pixels: np.ndarray, size: tuple[int, int]) -> bytes:
 
 def model_info(predictor) -> dict:
     return {"name": predictor.name, "version": predictor.version}
-
-
-def _refusal(assessment: Assessment) -> ApiError:
-    """ApiError 422 ``not_a_chest_xray`` for a rejected input: its reasons, no label."""
-    return NOT_A_CHEST_XRAY(f"{NOT_A_CHEST_XRAY.message}: " + "; ".join(assessment.reasons),
-                            extra={"input_check": assessment.to_dict()})
-
-
-def _checked(predictor, decoded: DecodedImage, model_input: np.ndarray) -> Assessment:
-    """The image checks, before any inference; ApiError 422 if they reject the input."""
-    checks = predictor.check_input(decoded, model_input)
-    if checks.status == "rejected":
-        raise _refusal(checks)
-    return checks
 
 
 def _fields(prediction, decoded: DecodedImage, assessment: Assessment, *,
@@ -169,19 +169,18 @@ def predict():
     if len(files) > 1:
         raise BAD_REQUEST(f"{len(files)} files were sent; send one, or use /api/v1/predict/batch")
     upload = read_upload(files[0])
-    decoded = _decode(predictor, upload.data,
+    admitted = _admit(predictor, upload.data,
                       current_app.config["PNEUMO_IMAGE_SIDE"] if with_image else None)
-    model_input = predictor.prepare(decoded)
-    checks = _checked(predictor, decoded, model_input)
-    pngs, meanwhile = _study_pngs([model_input], wanted)
-    prediction = _infer(predictor, model_input[None], heatmaps, meanwhile)[0]
-    assessment = predictor.assess(decoded, prediction, checks=checks)
-    if assessment.status == "rejected":
-        raise _refusal(assessment)
-    study_id, not_kept = history.keep(prediction, model_input, assessment, predictor, wanted,
-                                      image_png=pngs[0] if pngs else None)
+    pngs, meanwhile = _study_pngs([admitted.model_input], wanted)
+    prediction = _infer(predictor, admitted.model_input[None], heatmaps, meanwhile)[0]
+    screened = conclude(predictor, admitted.checks, prediction)
+    if isinstance(screened, Refusal):
+        raise _error(screened)
+    study_id, not_kept = history.keep(prediction, admitted.model_input, screened.assessment,
+                                      predictor, wanted, image_png=pngs[0] if pngs else None)
     return jsonify({"filename": upload.name,
-                    **_fields(prediction, decoded, assessment, with_image=with_image),
+                    **_fields(prediction, admitted.decoded, screened.assessment,
+                              with_image=with_image),
                     "model": model_info(predictor), "study_id": study_id,
                     **({"study_error": not_kept} if not_kept else {})})
 
@@ -199,7 +198,7 @@ def predict_batch():
     budget = float(current_app.config["PNEUMO_BATCH_TIME_BUDGET"])
     started = time.monotonic()
     entries: list[dict] = []
-    accepted: list[tuple[int, DecodedImage, Assessment, np.ndarray]] = []
+    accepted: list[tuple[int, Admitted]] = []
     for index, storage in enumerate(files):
         entry = {"index": index, "filename": clean_name(storage.filename) or None, "ok": False}
         entries.append(entry)
@@ -208,32 +207,32 @@ def predict_batch():
                                      "decoding before reaching this file; send it again"))
             continue
         try:
-            decoded = _decode(predictor, read_upload(storage).data)
-            model_input = predictor.prepare(decoded)
-            checks = _checked(predictor, decoded, model_input)
+            admitted = _admit(predictor, read_upload(storage).data)
         except ApiError as exc:
             _fail(entry, exc)
             continue
         # Keep what the answer needs, not the full-size pixels: sixteen large images held
         # at once would cost sixteen times the memory of one.
-        decoded = dataclasses.replace(decoded, pixels=model_input[:, :, 0])
-        accepted.append((index, decoded, checks, model_input))
+        admitted.decoded = dataclasses.replace(admitted.decoded,
+                                               pixels=admitted.model_input[:, :, 0])
+        accepted.append((index, admitted))
     succeeded = 0
     if accepted:
-        inputs = [item[3] for item in accepted]
+        inputs = [admitted.model_input for _, admitted in accepted]
         pngs, meanwhile = _study_pngs(inputs, wanted)
         predictions = _infer(predictor, np.stack(inputs), heatmaps, meanwhile)
-        for number, ((index, decoded, checks, model_input), prediction) in enumerate(
-                zip(accepted, predictions)):
-            assessment = predictor.assess(decoded, prediction, checks=checks)
-            if assessment.status == "rejected":
-                _fail(entries[index], _refusal(assessment))
+        for number, ((index, admitted), prediction) in enumerate(zip(accepted, predictions)):
+            screened = conclude(predictor, admitted.checks, prediction)
+            if isinstance(screened, Refusal):
+                _fail(entries[index], _error(screened))
                 continue
             succeeded += 1
-            study_id, not_kept = history.keep(prediction, model_input, assessment, predictor,
-                                              wanted, image_png=pngs[number] if pngs else None)
+            study_id, not_kept = history.keep(prediction, admitted.model_input,
+                                              screened.assessment, predictor, wanted,
+                                              image_png=pngs[number] if pngs else None)
             entries[index].update(ok=True, status=200,
-                                  **_fields(prediction, decoded, assessment, with_image=False),
+                                  **_fields(prediction, admitted.decoded, screened.assessment,
+                                            with_image=False),
                                   study_id=study_id,
                                   **({"study_error": not_kept} if not_kept else {}))
     return jsonify({"model": model_info(predictor), "count": len(entries),
