@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 
 from conftest import encode, synthetic_xray
-from pneumo import batch as batch_module
-from pneumo.batch import BatchSizer, RunStats, predict_paths
+from pneumo import predict_files
+from pneumo.predict_files import BatchSizer, RunStats, predict_paths
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -113,7 +113,7 @@ def test_decoding_runs_a_bounded_distance_ahead():
         return item * 2
 
     with ThreadPoolExecutor(max_workers=2) as pool:
-        results = batch_module._ahead(pool, work, list(range(100)), depth=5)
+        results = predict_files._ahead(pool, work, list(range(100)), depth=5)
         assert next(results) == 0
         with lock:
             assert len(started) <= 6  # never the whole folder at once

@@ -1,4 +1,4 @@
-"""Micro-batching in the server (``web/model.py``): requests waiting together run as
+"""Micro-batching in the server (``web/inference.py``): requests waiting together run as
 one batch, never more than the bound, and each gets exactly its own answer."""
 
 from __future__ import annotations

@@ -9,7 +9,7 @@ import numpy as np
 from werkzeug.datastructures import FileStorage, MultiDict
 from werkzeug.test import encode_multipart
 
-from pneumo.batch import predict_paths
+from pneumo.predict_files import predict_paths
 from pneumo.imaging import ImageError
 from pneumo.screening import Admitted, Refusal, Screened, admit, conclude, screen
 from pneumo.web import create_app

@@ -12,7 +12,7 @@ from pneumo.bundle import read_card, sha256_of, verify_files
 from pneumo.calibration import choose_inconclusive_band, in_band, sigmoid
 from pneumo.cli import main
 from pneumo.metrics import images_needed, sample_size_report
-from pneumo.site import fit_site, site_version
+from pneumo.site_calibration import fit_site, site_version
 from synthetic import make_dataset
 
 

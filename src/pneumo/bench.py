@@ -148,7 +148,7 @@ def write_images(folder: Path, count: int, side: int, source: str | None = None,
 
     originals = []
     if source:
-        from .batch import expand_paths
+        from .predict_files import expand_paths
 
         originals = list(expand_paths([source])) if Path(source).is_dir() else []
         if not originals:

@@ -239,7 +239,7 @@ def _evaluate(args) -> int:
 
 
 def _calibrate(args) -> int:
-    from .site import calibrate_site, summary
+    from .site_calibration import calibrate_site, summary
 
     metrics = calibrate_site(args.data_dir, args.out, args.model,
                              target_sensitivity=args.target_sensitivity)
@@ -263,7 +263,7 @@ def _refit_gate(args) -> int:
 
 
 def _predict(args) -> int:
-    from .batch import RunStats, expand_paths, predict_paths, write_rows
+    from .predict_files import RunStats, expand_paths, predict_paths, write_rows
     from .predictor import Predictor
 
     paths = list(expand_paths(args.paths))

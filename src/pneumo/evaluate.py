@@ -118,7 +118,7 @@ def evaluate(data_dirs: list[str | Path] | str | Path, out_dir: str | Path,
              seed: int = 0) -> dict:
     """Measure the bundle on every set; write the report into ``out_dir`` and return
     ``{"model": ..., "sets": {name: metrics}}``."""
-    from .batch import screen_paths
+    from .predict_files import screen_paths
 
     if isinstance(data_dirs, (str, Path)):
         data_dirs = [data_dirs]

@@ -1,6 +1,6 @@
 """The web page and JSON API, built by ``create_app`` (the Flask tutorial's factory).
 
-The model is loaded once per application by ``model.init_app`` and shared by
+The model is loaded once per application by ``inference.init_app`` and shared by
 every request thread; nothing here imports TensorFlow at import time.
 
 Configuration keys (defaults below; pass a mapping to ``create_app`` to change them):
@@ -20,7 +20,7 @@ Configuration keys (defaults below; pass a mapping to ``create_app`` to change t
     reached by then are answered 503 ``time_budget`` (each file's own memory is bounded
     by ``imaging.MAX_DECODED_BYTES`` and ``imaging.MAX_DECODER_BYTES``).
 ``PNEUMO_BATCH_MAX_IMAGES`` / ``PNEUMO_BATCH_WAIT_MS``
-    Micro-batching (``model.py``): concurrent predictions run together, at most
+    Micro-batching (``inference.py``): concurrent predictions run together, at most
     this many images, the inference thread waiting at most this long for
     requests still being decoded.
 ``PNEUMO_API_TOKEN``
@@ -100,7 +100,7 @@ def create_app(config: dict | None = None) -> Flask:
     # No SECRET_KEY unless a token is set (auth.py then makes one per process for the
     # login session). Debug stays as Flask decides it (off) unless DEBUG=True is passed.
 
-    from . import api, auth, errors, history, model, security, ui, uploads
+    from . import api, auth, errors, history, inference, security, ui, uploads
 
     app.request_class = uploads.InMemoryRequest
     app.json = api.StrictJSONProvider(app)
@@ -110,5 +110,5 @@ def create_app(config: dict | None = None) -> Flask:
     app.register_blueprint(api.bp)
     auth.init_app(app)
     history.init_app(app)
-    model.init_app(app)
+    inference.init_app(app)
     return app

@@ -32,7 +32,7 @@ from ..studies import input_png
 from . import auth, history, openapi
 from .errors import (BAD_REQUEST, ERRORS, MODEL_UNAVAILABLE, NOT_A_CHEST_XRAY,
                      TIME_BUDGET, TOO_MANY_FILES, ApiError, error_body)
-from .model import get_holder, get_predictor, unavailable_message
+from .inference import get_holder, get_predictor, unavailable_message
 from .uploads import clean_name, read_upload, uploaded_files
 
 bp = Blueprint("api", __name__, url_prefix="/api/v1")

@@ -217,7 +217,7 @@ def api_report(study_id: str):
     from PIL import Image
 
     from ..report import study_report_pdf
-    from .model import get_holder, get_predictor
+    from .inference import get_holder, get_predictor
 
     if "notes" in request.args:
         raise BAD_REQUEST("notes are not accepted in the URL, where proxy and server logs keep "

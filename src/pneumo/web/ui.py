@@ -12,7 +12,7 @@ import math
 from flask import Blueprint, abort, current_app, render_template, send_file
 
 from .errors import human_size
-from .model import get_holder
+from .inference import get_holder
 
 bp = Blueprint("ui", __name__)
 
