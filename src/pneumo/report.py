@@ -18,10 +18,9 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from .explain import overlay
+from .screening import DISCLAIMER
 
-STATEMENT = ("A second opinion, not a diagnosis: a clinician must read the image and decide. "
-             "The heatmap shows where the evidence for the result lies, not the extent of "
-             "disease.")
+STATEMENT = DISCLAIMER
 A4 = (8.27, 11.69)
 
 

@@ -29,6 +29,10 @@ from .gate import Assessment, image_checks
 from .imaging import DecodedImage, ImageError
 from .predictor import Prediction, Predictor
 
+#: Said with every screened result: in the API, on the page and in the PDF report.
+DISCLAIMER = ("A second opinion, not a diagnosis: a clinician must read the image and decide. "
+              "The heatmap shows where the evidence lies, not the extent of disease.")
+
 
 @dataclasses.dataclass
 class Admitted:

@@ -27,7 +27,7 @@ from PIL import Image
 from ..explain import heatmap_png
 from ..gate import Assessment
 from ..imaging import DecodedImage, ImageError
-from ..screening import Admitted, Refusal, admit, conclude
+from ..screening import DISCLAIMER, Admitted, Refusal, admit, conclude
 from ..studies import input_png
 from . import auth, history, openapi
 from .errors import (BAD_REQUEST, ERRORS, MODEL_UNAVAILABLE, NOT_A_CHEST_XRAY,
@@ -37,9 +37,6 @@ from .uploads import clean_name, read_upload, uploaded_files
 
 bp = Blueprint("api", __name__, url_prefix="/api/v1")
 
-#: Shown with every prediction, in the API as on the page.
-DISCLAIMER = ("A second opinion, not a diagnosis: a clinician must read the image and decide. "
-              "The heatmap shows where the evidence lies, not the extent of disease.")
 
 
 class StrictJSONProvider(DefaultJSONProvider):

@@ -9,7 +9,8 @@ a shape, so a new field must be documented here before a test passes.
 from __future__ import annotations
 
 from .. import __version__
-from ..studies import PAGE_SIZE
+from ..config import CLASS_NAMES
+from ..studies import PAGE_SIZE, VERDICTS
 from .errors import ERRORS
 from .history import MAX_PAGE
 from .uploads import ALLOWED_EXTENSIONS
@@ -71,7 +72,7 @@ _INPUT_CHECK_REJECTED = _input_check(
 _PNG_DATA_URL = {"type": "string", "pattern": "^data:image/png;base64,[A-Za-z0-9+/]+=*$"}
 
 _PREDICTION_FIELDS = {
-    "label": {"type": "string", "enum": ["NORMAL", "PNEUMONIA"],
+    "label": {"type": "string", "enum": list(CLASS_NAMES),
               "description": "PNEUMONIA when probability >= threshold."},
     "probability": {"type": "number", "minimum": 0, "maximum": 1,
                     "description": "Calibrated probability of pneumonia (temperature scaling "
@@ -149,7 +150,7 @@ _STUDY = {
     "properties": {
         "id": {"type": "string", "description": "Made by the server; no patient data."},
         "created": {"type": "string", "format": "date-time", "description": "UTC."},
-        "label": {"type": "string", "enum": ["NORMAL", "PNEUMONIA"]},
+        "label": {"type": "string", "enum": list(CLASS_NAMES)},
         "probability": {"type": "number", "minimum": 0, "maximum": 1},
         "threshold": {"type": "number", "minimum": 0, "maximum": 1},
         "inconclusive": {"type": "boolean"},
@@ -159,7 +160,7 @@ _STUDY = {
             "type": "object", "required": ["verdict", "comment", "updated"],
             "additionalProperties": False,
             "properties": {"verdict": {"type": "string",
-                                       "enum": ["agree", "NORMAL", "PNEUMONIA"]},
+                                       "enum": list(VERDICTS)},
                            "comment": {"type": "string"},
                            "updated": {"type": "string", "format": "date-time"}}}]},
     },
@@ -354,7 +355,7 @@ def spec(server_url: str = "", max_batch_files: int = 16) -> dict:
                     {"name": "until", "in": "query", "schema": _DATE,
                      "description": "Last UTC day, YYYY-MM-DD (inclusive)."},
                     {"name": "label", "in": "query",
-                     "schema": {"type": "string", "enum": ["NORMAL", "PNEUMONIA"]}},
+                     "schema": {"type": "string", "enum": list(CLASS_NAMES)}},
                     {"name": "page", "in": "query",
                      "schema": {"type": "integer", "minimum": 1, "maximum": MAX_PAGE,
                                 "default": 1},
@@ -414,7 +415,7 @@ def spec(server_url: str = "", max_batch_files: int = 16) -> dict:
                 "requestBody": {"required": True, "content": {"application/json": {"schema": {
                     "type": "object", "required": ["verdict"],
                     "properties": {
-                        "verdict": {"type": "string", "enum": ["agree", "NORMAL", "PNEUMONIA"],
+                        "verdict": {"type": "string", "enum": list(VERDICTS),
                                     "description": "agree with the label, or correct it"},
                         "comment": {"type": "string", "maxLength": 2000}}}}}},
                 "responses": {"200": _json("Study", "The study with its feedback."),

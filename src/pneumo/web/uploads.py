@@ -18,10 +18,12 @@ import unicodedata
 
 from flask import Request, request
 
+from ..data import IMAGE_SUFFIXES
 from .errors import MISSING_FILE, UNSUPPORTED_TYPE
 
-#: Extensions a file name may end with (compared lower-case).
-ALLOWED_EXTENSIONS = ("png", "jpg", "jpeg", "dcm", "dicom")
+#: Extensions a file name may end with (compared lower-case): those a folder of images is
+#: searched for, so the server takes what ``pneumo predict`` and training take.
+ALLOWED_EXTENSIONS = tuple(sorted(suffix.lstrip(".") for suffix in IMAGE_SUFFIXES))
 #: Longest file name echoed back, in characters.
 MAX_NAME_CHARS = 120
 
