@@ -5,7 +5,7 @@ PYTHON ?= python3
 HOST ?= 127.0.0.1
 PORT ?= 5000
 
-.PHONY: setup run test browser clean
+.PHONY: setup run test test-fast reliability-report browser clean
 
 setup: $(VENV)/.installed
 
@@ -28,6 +28,15 @@ browser:
 
 test: setup browser
 	$(VENV)/bin/python -m pytest
+
+# Everyday work: everything but the tests marked slow (training, the real Xception, real
+# servers, the real benchmark) and the browser tests; under 2 minutes on two cores.
+test-fast: setup
+	$(VENV)/bin/python -m pytest -m "not slow and not browser"
+
+# The whole suite, then docs/reliability.md refreshed from it (only if every row passed).
+reliability-report: setup browser
+	PNEUMO_REFRESH_REPORT=1 $(VENV)/bin/python -m pytest
 
 clean:
 	rm -rf $(VENV) .pytest_cache test-artifacts

@@ -6,6 +6,7 @@ weights: every code path runs for real, in seconds.
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from pathlib import Path
@@ -174,3 +175,18 @@ def app(tiny_predictor):
 @pytest.fixture
 def client(app):
     return app.test_client()
+
+
+@pytest.fixture(scope="session")
+def sharp_bundle(tiny_bundle, tiny_predictor, tmp_path_factory) -> Path:
+    """The tiny bundle with a card whose temperature spreads its (nearly equal) logits
+    over the probability range, so that results of different images really differ. For
+    the tests that start the real server."""
+    logit = tiny_predictor.predict(encode(synthetic_xray(0)), heatmap=False).logit
+    target = tmp_path_factory.mktemp("sharp") / "bundle"
+    target.mkdir()
+    (target / "model.keras").symlink_to(tiny_bundle / "model.keras")
+    card = json.loads((tiny_bundle / "card.json").read_text())
+    card["calibration"] = {**card["calibration"], "temperature": abs(logit) / 1.5 or 1.0}
+    (target / "card.json").write_text(json.dumps(card))
+    return target

@@ -177,6 +177,7 @@ def test_row05_hostile_names_write_nothing_anywhere(client, data_dir, name):
     assert batch.status_code == 200
 
 
+@pytest.mark.slow
 @pytest.mark.reliability(5)
 def test_row05_through_the_real_server_a_large_upload_writes_nothing_anywhere(app, data_dir):
     """The real waitress server in front of the app: it buffers the whole body before Flask

@@ -227,6 +227,7 @@ def test_for_the_local_user_a_proxied_or_remote_request_counts_as_remote(
     assert answer["study_id"] is None  # screened, but not written into the local history
 
 
+@pytest.mark.slow
 @pytest.mark.reliability(27)
 def test_waitress_serve_call_create_app_publishes_no_history(tiny_bundle, tmp_path):
     """The deployment the README's proxy advice and ``waitress-serve --call`` give: the
@@ -237,7 +238,7 @@ def test_waitress_serve_call_create_app_publishes_no_history(tiny_bundle, tmp_pa
     import urllib.error
     import urllib.request
 
-    from test_serve import free_port, start, wait_ready
+    from real_server import free_port, start, wait_ready
 
     port = free_port()
     env = {"PNEUMO_MODEL": str(tiny_bundle), "PNEUMO_DATA_DIR": str(tmp_path / "data")}

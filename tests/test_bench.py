@@ -38,6 +38,7 @@ TARGETS = ["x bare single-image forward", "faster than the naive pattern",
            "ready to serve within 5 s", "under 1 GB resident memory"]
 
 
+@pytest.mark.slow
 def test_bench_prints_every_row_and_writes_the_report(tiny_bundle, tmp_path):
     pytest.importorskip("onnxruntime")
     report = tmp_path / "performance.md"

@@ -16,11 +16,12 @@ import pytest
 
 from conftest import encode, synthetic_xray
 from pneumo import studies
-from test_serve import free_port, http_post, start, wait_ready
+from real_server import free_port, http_post, start, wait_ready
 
 CLIENTS = 6
 
 
+@pytest.mark.slow
 @pytest.mark.reliability(34)
 def test_kill_9_during_a_burst_keeps_every_answered_study(tiny_bundle, tmp_path, monkeypatch,
                                                           reliability_figures):

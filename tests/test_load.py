@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 
 from synthetic import encode, synthetic_xray
-from test_serve import free_port, http_post, sharp_bundle, start, wait_ready  # noqa: F401
+from real_server import free_port, http_post, start, wait_ready
 
 pytestmark = [
     pytest.mark.slow,
@@ -38,7 +38,7 @@ FIGURES = "The real server under load (rows 21 and 22)"
 
 
 @pytest.fixture(scope="module")
-def server(sharp_bundle, tmp_path_factory):  # noqa: F811  (the fixture imported above)
+def server(sharp_bundle, tmp_path_factory):
     """``pneumo serve`` with 4 request threads on the sharp tiny bundle."""
     port = free_port()
     log_path = tmp_path_factory.mktemp("load") / "server.log"

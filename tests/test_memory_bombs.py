@@ -22,7 +22,7 @@ import hostile
 from dicom_factory import make_dataset, radiograph, to_bytes
 from pneumo.imaging import (MAX_DECODED_BYTES, ImageTooLarge, UnreadableImage, _jpeg2000_size,
                             _jpeg_size, load_image)
-from test_serve import free_port, http_post, start, wait_ready
+from real_server import free_port, http_post, start, wait_ready
 
 #: The most an upload may raise the server's peak resident memory (issue 12).
 MAX_PEAK_INCREASE_MB = 300
@@ -185,6 +185,7 @@ def bare_server(tiny_bundle, tmp_path_factory):
     process.wait()
 
 
+@pytest.mark.slow
 @pytest.mark.reliability(9, 15, 26)
 def test_hostile_uploads_raise_the_servers_peak_memory_by_under_300_mb(
         bare_server, reliability_figures):

@@ -89,3 +89,18 @@ def test_the_report_groups_cases_and_shows_figures(tmp_path):
     written = reliability.write(tmp_path, outcomes, figures, {"passed": 3, "failed": 0,
                                                               "skipped": 1, "seconds": 1.0})
     assert written == [tmp_path / "test-artifacts" / "reliability.md"]  # incomplete: no docs/
+
+
+def test_a_complete_run_refreshes_the_docs_copy_only_when_asked(tmp_path, monkeypatch):
+    """Running the tests must not rewrite a tracked file: docs/ only with the explicit
+    ``make reliability-report`` (PNEUMO_REFRESH_REPORT=1)."""
+    outcomes = reliability.Outcomes()
+    monkeypatch.setattr(outcomes, "complete", lambda: True)  # every row passed
+    (tmp_path / "docs").mkdir()
+    totals = {"passed": 1, "failed": 0, "skipped": 0, "seconds": 1.0}
+    monkeypatch.delenv("PNEUMO_REFRESH_REPORT", raising=False)
+    assert reliability.write(tmp_path, outcomes, reliability.Figures(), totals) == [
+        tmp_path / "test-artifacts" / "reliability.md"]
+    monkeypatch.setenv("PNEUMO_REFRESH_REPORT", "1")
+    assert reliability.write(tmp_path, outcomes, reliability.Figures(), totals)[-1] == \
+        tmp_path / "docs" / "reliability.md"

@@ -27,75 +27,12 @@ from conftest import encode, synthetic_xray
 from pneumo.predictor import Predictor
 from pneumo.web import create_app
 from pneumo.web.server import Server
+from real_server import free_port, http_post, start, stop, wait_ready
+
+#: Every test here starts a real server.
+pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parents[1]
-START_TIMEOUT = 120  # seconds: importing TensorFlow on a busy 2-core machine is slow
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def start(command: list[str], log_path: Path) -> subprocess.Popen:
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONUNBUFFERED": "1"}
-    with open(log_path, "wb") as log:  # the child keeps its own copy of the descriptor
-        return subprocess.Popen(command, cwd=ROOT, env=env, stdout=log,
-                                stderr=subprocess.STDOUT)
-
-
-def wait_ready(url: str, process: subprocess.Popen, log_path: Path) -> dict:
-    deadline = time.monotonic() + START_TIMEOUT
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            pytest.fail(f"server exited with {process.returncode}:\n{log_path.read_text()}")
-        try:
-            with urllib.request.urlopen(url + "/api/v1/health", timeout=5) as response:
-                return json.loads(response.read())
-        except (urllib.error.URLError, ConnectionError, TimeoutError):
-            time.sleep(0.3)
-    pytest.fail(f"server not ready after {START_TIMEOUT} s:\n{log_path.read_text()}")
-
-
-def stop(process: subprocess.Popen, signum: int) -> int:
-    process.send_signal(signum)
-    try:
-        return process.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait()
-        pytest.fail(f"server ignored {signal.Signals(signum).name} for 30 s")
-
-
-def http_post(url: str, files: list[tuple[str, bytes]], timeout: float = 60):
-    """(status, headers, parsed JSON) of a multipart POST."""
-    items = MultiDict([("file", FileStorage(io.BytesIO(data), filename=name))
-                       for name, data in files])
-    boundary, body = encode_multipart(items)
-    request = urllib.request.Request(
-        url, data=body, method="POST",
-        headers={"Content-Type": f"multipart/form-data; boundary={boundary}"})
-    try:
-        with urllib.request.urlopen(request, timeout=timeout) as response:
-            return response.status, response.headers, json.loads(response.read())
-    except urllib.error.HTTPError as error:
-        with error:
-            return error.code, error.headers, json.loads(error.read())
-
-
-@pytest.fixture(scope="module")
-def sharp_bundle(tiny_bundle, tiny_predictor, tmp_path_factory) -> Path:
-    """The tiny bundle with a card whose temperature spreads its (nearly equal) logits
-    over the probability range, so that results of different images really differ."""
-    logit = tiny_predictor.predict(encode(synthetic_xray(0)), heatmap=False).logit
-    target = tmp_path_factory.mktemp("sharp") / "bundle"
-    target.mkdir()
-    (target / "model.keras").symlink_to(tiny_bundle / "model.keras")
-    card = json.loads((tiny_bundle / "card.json").read_text())
-    card["calibration"] = {**card["calibration"], "temperature": abs(logit) / 1.5 or 1.0}
-    (target / "card.json").write_text(json.dumps(card))
-    return target
 
 
 @pytest.fixture(scope="module")

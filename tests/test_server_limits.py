@@ -20,6 +20,9 @@ from pneumo.web import create_app
 from pneumo.web.security import HEADERS
 from pneumo.web.server import LIMITS, Server
 
+#: Every test here starts a real server.
+pytestmark = pytest.mark.slow
+
 SLOW_CLIENTS = 110
 
 
