@@ -48,7 +48,7 @@ class Predictor:
         self.card = card
         self.bundle_path = bundle_path
         self.image_size = int(card["input"]["size"])
-        # intensity normalisation after the resize; cards written before it had none
+        # intensity normalisation after the resize; a card without the field asks for none
         self.normalization = card["input"].get("normalization", "none")
         self.threshold = float(card["threshold"])
         self.temperature = float(card["calibration"]["temperature"])
