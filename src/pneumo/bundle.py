@@ -68,20 +68,37 @@ def save_bundle(directory: str | Path, model, card: dict,
     """Write ``model``, ``card`` and ``extras`` (bundle-relative name -> source file)
     to a sibling folder, then rename it into place, so a crash never leaves half a bundle."""
     directory = Path(directory)
-    staging = directory.with_name(directory.name + ".partial")
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir(parents=True)
+    staging = _staging(directory)
     model.save(staging / MODEL_FILE)
-    files = {MODEL_FILE: sha256_of(staging / MODEL_FILE)}
-    for name, source in (extras or {}).items():
-        target = staging / name
-        target.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(source, target)
-        files[name] = sha256_of(target)
+    files = {MODEL_FILE: sha256_of(staging / MODEL_FILE), **_copy_in(staging, extras or {})}
     card = {**card, "format_version": FORMAT_VERSION, "libraries": library_versions(),
             "files": files}
     card.setdefault("intended_use", INTENDED_USE)
     card.setdefault("limitations", LIMITATIONS)
+    return _publish(staging, directory, card)
+
+
+def _staging(directory: Path) -> Path:
+    """An empty sibling folder to build the bundle in, so a crash never leaves half of one."""
+    staging = directory.with_name(directory.name + ".partial")
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    return staging
+
+
+def _copy_in(staging: Path, sources: dict[str, Path]) -> dict[str, str]:
+    """Copy bundle-relative name -> source file into ``staging``; their checksums."""
+    files = {}
+    for name, source in sources.items():
+        target = staging / name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(source, target)
+        files[name] = sha256_of(target)
+    return files
+
+
+def _publish(staging: Path, directory: Path, card: dict) -> Path:
+    """Write the card, then rename the finished bundle into place."""
     (staging / CARD_FILE).write_text(json.dumps(card, indent=2, sort_keys=False) + "\n")
     if directory.exists():
         shutil.rmtree(directory)
@@ -108,25 +125,14 @@ def rebundle(source: str | Path, directory: str | Path, card: dict,
     if directory.resolve() == source.resolve():
         raise BundleError("the new bundle must go to another folder than the one it is made from")
     check_destination(directory)
-    staging = directory.with_name(directory.name + ".partial")
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir(parents=True)
+    staging = _staging(directory)
     names = [MODEL_FILE] + [name for name in old.get("files", {}) if name != MODEL_FILE]
     sources = {name: source / name for name in names}
     sources.update(extras or {})
-    files = {}
-    for name, path in sources.items():
-        target = staging / name
-        target.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(path, target)
-        files[name] = sha256_of(target)
     card = {**card, "format_version": FORMAT_VERSION,
-            "libraries": old.get("libraries", card.get("libraries")), "files": files}
-    (staging / CARD_FILE).write_text(json.dumps(card, indent=2, sort_keys=False) + "\n")
-    if directory.exists():
-        shutil.rmtree(directory)
-    staging.rename(directory)
-    return directory
+            "libraries": old.get("libraries", card.get("libraries")),
+            "files": _copy_in(staging, sources)}
+    return _publish(staging, directory, card)
 
 
 def read_card(directory: str | Path) -> dict:
