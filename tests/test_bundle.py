@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import json
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
 
-from pneumo.bundle import BundleError, load_bundle, read_card
+from pneumo.bundle import BundleError, ModelCard, load_bundle, read_card
 from pneumo.predictor import Predictor
 from synthetic import encode, synthetic_xray
 
@@ -89,3 +90,20 @@ def test_heatmap_is_the_exact_decomposition_of_the_logit(tiny_predictor):
     for result in tiny_predictor.predict_batch(batch):
         assert result.heatmap.shape == features.shape[1:3]
         assert 0.0 <= result.heatmap.min() and result.heatmap.max() <= 1.0
+
+
+def test_the_shipped_card_reads_as_a_typed_card_and_writes_back_unchanged(tmp_path):
+    path = Path(__file__).resolve().parents[1] / "models" / "pneumo-xception" / "card.json"
+    card = ModelCard.read(path)
+    assert card.schema_version == 1 and card.class_names == ("NORMAL", "PNEUMONIA")
+    assert card.input.size == 224 and 0 < card.threshold < 1 and card.calibration.temperature > 0
+    card.write(tmp_path / "card.json")
+    assert json.loads((tmp_path / "card.json").read_text()) == json.loads(path.read_text())
+
+
+def test_a_typed_card_names_the_bad_field_and_says_how_to_update_an_old_one(tiny_bundle):
+    card = json.loads((tiny_bundle / "card.json").read_text())
+    with pytest.raises(BundleError, match=r"'calibration.temperature' must be a positive"):
+        ModelCard.from_dict({**card, "calibration": {"temperature": -1}})
+    with pytest.raises(BundleError, match="format None.*use the pneumo that wrote it"):
+        ModelCard.from_dict({k: v for k, v in card.items() if k != "format_version"})

@@ -8,6 +8,7 @@ checksum. The threshold travels with the weights, never typed at a call site.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import math
@@ -38,6 +39,94 @@ LIMITATIONS = [
 
 class BundleError(RuntimeError):
     """A bundle that is missing, corrupt or incompatible; the message says which."""
+
+
+@dataclasses.dataclass(frozen=True)
+class InputSpec:
+    """What the network takes: ``size`` x ``size`` 8-bit gray, after ``normalization``."""
+
+    size: int
+    normalization: str = "none"  # a card without the field asks for none
+
+
+@dataclasses.dataclass(frozen=True)
+class Calibration:
+    """p = sigmoid(logit / temperature + bias), fitted on validation."""
+
+    temperature: float
+    bias: float = 0.0
+
+
+@dataclasses.dataclass(frozen=True)
+class Band:
+    """Calibrated probabilities where validation accuracy was clearly lower."""
+
+    lower: float
+    upper: float
+
+    def __contains__(self, probability: float) -> bool:
+        return self.lower <= probability <= self.upper
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelCard:
+    """The typed view of ``card.json``: the fields a loaded model relies on, checked on
+    load (``card_problems`` names the bad field). ``raw`` is the whole card, every other
+    field included, written back unchanged by ``to_dict``; ``schema_version`` is the
+    card's ``format_version``."""
+
+    schema_version: int
+    class_names: tuple[str, str]
+    input: InputSpec
+    threshold: float
+    calibration: Calibration
+    inconclusive: Band | None
+    name: str
+    version: str
+    raw: dict = dataclasses.field(repr=False, compare=False)
+
+    @classmethod
+    def from_dict(cls, card, source: str = "the model card") -> ModelCard:
+        """Check ``card`` whole (format version first) and type it; BundleError naming
+        every bad field otherwise."""
+        version = card.get("format_version") if isinstance(card, dict) else None
+        if version != FORMAT_VERSION:
+            raise BundleError(
+                f"{source} has format {version!r}, which this version of pneumo does not "
+                f"read (it reads {FORMAT_VERSION}); use the pneumo that wrote it, or "
+                "train the model again with this one")
+        problems = card_problems(card)
+        if problems:
+            raise BundleError(f"{source} is invalid: " + "; ".join(problems))
+        band = card.get("inconclusive")
+        calibration = card["calibration"]
+        return cls(
+            schema_version=version, class_names=tuple(card["class_names"]),
+            input=InputSpec(int(card["input"]["size"]),
+                            card["input"].get("normalization", "none")),
+            threshold=float(card["threshold"]),
+            calibration=Calibration(float(calibration["temperature"]),
+                                    float(calibration.get("bias", 0.0))),
+            inconclusive=Band(float(band["lower"]), float(band["upper"])) if band else None,
+            name=card.get("name", "pneumo-xception"), version=card.get("version", "unknown"),
+            raw=card)
+
+    def to_dict(self) -> dict:
+        """The card as JSON holds it, every field it was read with kept."""
+        return self.raw
+
+    @classmethod
+    def read(cls, path: str | Path) -> ModelCard:
+        """A ``card.json`` file, read and checked."""
+        path = Path(path)
+        try:
+            card = json.loads(path.read_text())
+        except (OSError, ValueError) as exc:
+            raise BundleError(f"the model card {path} is unreadable: {exc}") from None
+        return cls.from_dict(card, f"the model card {path}")
+
+    def write(self, path: str | Path) -> None:
+        Path(path).write_text(json.dumps(self.to_dict(), indent=2, sort_keys=False) + "\n")
 
 
 def sha256_of(path: Path) -> str:
@@ -99,7 +188,7 @@ def _copy_in(staging: Path, sources: dict[str, Path]) -> dict[str, str]:
 
 def _publish(staging: Path, directory: Path, card: dict) -> Path:
     """Write the card, then rename the finished bundle into place."""
-    (staging / CARD_FILE).write_text(json.dumps(card, indent=2, sort_keys=False) + "\n")
+    ModelCard.from_dict(card, "the new model card").write(staging / CARD_FILE)
     if directory.exists():
         shutil.rmtree(directory)
     staging.rename(directory)
@@ -144,18 +233,7 @@ def read_card(directory: str | Path) -> dict:
     card_path = directory / CARD_FILE
     if not card_path.is_file():
         raise BundleError(f"{directory} is not a model bundle: {CARD_FILE} is missing")
-    try:
-        card = json.loads(card_path.read_text())
-    except (OSError, ValueError) as exc:
-        raise BundleError(f"the model card {card_path} is unreadable: {exc}") from None
-    version = card.get("format_version")
-    if version != FORMAT_VERSION:
-        raise BundleError(f"bundle format {version!r} is not supported by this version of "
-                          f"pneumo (expects {FORMAT_VERSION})")
-    problems = card_problems(card)
-    if problems:
-        raise BundleError(f"the model card {card_path} is invalid: " + "; ".join(problems))
-    return card
+    return ModelCard.read(card_path).to_dict()
 
 
 def card_problems(card) -> list[str]:

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .bundle import read_card
-from .calibration import calibrate, in_band
+from .bundle import ModelCard, read_card
+from .calibration import calibrate
 from .config import CLASS_NAMES, default_bundle_path
 from .explain import class_activation_maps, evidence_map
 from .gate import GATE_FILE, Assessment, FeatureGate, image_checks
@@ -44,17 +44,18 @@ class Predictor:
     Keras model given instead is run with TensorFlow.
     """
 
-    def __init__(self, engine, card: dict, bundle_path: Path | None = None):
-        self.card = card
+    def __init__(self, engine, card: dict | ModelCard, bundle_path: Path | None = None):
+        typed = card if isinstance(card, ModelCard) else ModelCard.from_dict(card)
+        self.typed_card = typed
+        self.card = typed.to_dict()  # the whole card, for the API and the pages
         self.bundle_path = bundle_path
-        self.image_size = int(card["input"]["size"])
-        # intensity normalisation after the resize; a card without the field asks for none
-        self.normalization = card["input"].get("normalization", "none")
-        self.threshold = float(card["threshold"])
-        self.temperature = float(card["calibration"]["temperature"])
-        self.bias = float(card["calibration"].get("bias", 0.0))
+        self.image_size = typed.input.size
+        self.normalization = typed.input.normalization
+        self.threshold = typed.threshold
+        self.temperature = typed.calibration.temperature
+        self.bias = typed.calibration.bias
         # probabilities where validation accuracy was clearly lower; None: no band
-        self.inconclusive_band = card.get("inconclusive")
+        self.inconclusive_band = typed.inconclusive
         from .engine import TensorFlowEngine, hold_blas_to_one_thread
 
         hold_blas_to_one_thread()
@@ -78,11 +79,11 @@ class Predictor:
 
     @property
     def name(self) -> str:
-        return self.card.get("name", "pneumo-xception")
+        return self.typed_card.name
 
     @property
     def version(self) -> str:
-        return self.card.get("version", "unknown")
+        return self.typed_card.version
 
     def calibrate(self, logits: np.ndarray) -> np.ndarray:
         """Calibrated P(PNEUMONIA) for raw logits, with the card's calibration."""
@@ -124,7 +125,8 @@ class Predictor:
                 threshold=self.threshold, logit=float(logit),
                 heatmap=evidence_map(cams[i], positive) if heatmaps else None,
                 feature_score=None if scores[i] is None else float(scores[i]),
-                inconclusive=in_band(float(probability), self.inconclusive_band)))
+                inconclusive=self.inconclusive_band is not None
+                and float(probability) in self.inconclusive_band))
         return results
 
     def predict(self, image, heatmap: bool = True) -> Prediction:
