@@ -30,7 +30,7 @@ test: setup browser
 	$(VENV)/bin/python -m pytest
 
 # Everyday work: everything but the tests marked slow (training, the real Xception, real
-# servers, the real benchmark) and the browser tests; under 2 minutes on two cores.
+# servers, the real benchmark) and the browser tests.
 test-fast: setup
 	$(VENV)/bin/python -m pytest -m "not slow and not browser"
 
