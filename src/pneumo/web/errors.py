@@ -68,6 +68,7 @@ MODEL_UNAVAILABLE = _register("model_unavailable", 503, "the model is loading or
                                                         "load")
 TIME_BUDGET = _register("time_budget", 503, "not decoded: the batch used up its decoding time")
 TIMEOUT = _register("timeout", 504, "the model did not answer in time")
+#: Any other status werkzeug raises; sent with that status (400 is only its placeholder).
 HTTP_ERROR = _register("http_error", 400, "another HTTP error")
 
 #: The code for an HTTP error Flask or werkzeug raises, by status (else ``http_error``).

@@ -11,7 +11,7 @@ from __future__ import annotations
 from .. import __version__
 from ..config import CLASS_NAMES
 from ..studies import PAGE_SIZE, VERDICTS
-from .errors import ERRORS
+from .errors import ERRORS, HTTP_ERROR
 from .history import MAX_PAGE
 from .uploads import ALLOWED_EXTENSIONS
 
@@ -243,7 +243,8 @@ def _errors(*statuses: int) -> dict:
         504: "The model did not answer in time; try again.",
     }
     return {str(s): _json("Error", descriptions[s] + " Codes: " + ", ".join(
-        f"`{e.code}`" for e in ERRORS.values() if e.status == s) + ".") for s in statuses}
+        f"`{e.code}`" for e in ERRORS.values() if e.status == s and e is not HTTP_ERROR) + ".")
+        for s in statuses}
 
 _FILE = {"type": "string", "format": "binary",
          "description": "A frontal chest X-ray: PNG, JPEG or DICOM, decided by content. Bytes "
