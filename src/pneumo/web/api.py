@@ -85,7 +85,8 @@ def _admit(predictor, data: bytes, at_least: int | None = None) -> Admitted:
 
 def _error(refusal: Refusal) -> ApiError:
     """The status and code a refusal is answered with: the decoder's own for a file it
-    cannot read, 422 ``not_a_chest_xray`` with the reasons and no label for the gate's."""
+    cannot read, 422 ``not_a_chest_xray`` with the reasons and no label for the gate's.
+    Any other error reading the upload is the server's, raised again (500)."""
     if isinstance(refusal.error, ImageError):
         return ERRORS[refusal.error.code](str(refusal.error))
     if refusal.error is not None:
