@@ -196,7 +196,7 @@ def test_a_doubtful_input_keeps_its_prediction_and_says_why(client, tiny_predict
 def test_the_feature_gate_refuses_what_the_network_finds_unlike_xrays(gated_client,
                                                                       gated_predictor, spec):
     response = upload(gated_client, "/api/v1/predict", [("knee.png", knee())])
-    check = _refused(response, "does not look like a frontal chest X-ray")
+    check = _refused(response, "does not look like a chest X-ray")
     assert check["feature_score"] > gated_predictor.gate.reject_above
     validate(spec, response, "/api/v1/predict", "post")
 
@@ -235,7 +235,7 @@ def test_batch_gives_each_file_its_verdict(gated_client, gated_predictor, spec, 
     assert results[4]["input_check"]["status"] == "warning"
     assert "low resolution" in results[4]["input_check"]["reasons"][0]
     for entry, reason in zip(results[1:4], ("colour photograph", "almost blank",
-                                            "does not look like a frontal chest X-ray")):
+                                            "does not look like a chest X-ray")):
         assert entry["ok"] is False and "label" not in entry
         assert entry["error"]["code"] == "not_a_chest_xray"
         assert entry["input_check"]["status"] == "rejected"
@@ -270,7 +270,7 @@ def test_cli_status_column_says_ok_warning_or_rejected(gated_bundle, tmp_path, f
         "rejected: looks like a colour photograph, not a radiograph"
     assert rows["c-small.png"]["status"] == "warning: low resolution (160x150 pixels)"
     assert rows["d-knee.png"]["status"].startswith(
-        "rejected: does not look like a frontal chest X-ray")
+        "rejected: does not look like a chest X-ray")
     assert rows["e-noise.png"]["status"] == "rejected: looks like random noise, not a radiograph"
     assert "truncated" in rows["f-broken.png"]["status"]
     for name in ("a-good.png", "c-small.png"):
