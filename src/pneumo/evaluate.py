@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from . import plots
-from .calibration import sigmoid
+from .calibration import expected_calibration_error, log_loss, sigmoid
 from .config import CLASS_NAMES
 from .data import DataError, Sample, discover, source_name, subgroups
 from .metrics import screening_metrics
@@ -108,9 +108,12 @@ def _set_metrics(predictor: Predictor, samples: list[Sample], screened: dict, se
     if len(np.unique(y)) < 2:
         return {**counts, "n": len(answered), "note": "fewer than two classes answered"}
     p = np.array([screened[s.path].prediction.probability for s in answered])
+    logits = np.array([screened[s.path].prediction.logit for s in answered])
+    # the network's own probabilities beside the calibrated ones: did calibration help here?
+    raw = sigmoid(logits)
     return {**counts, **screening_metrics(y, p, predictor.threshold, seed=seed),
-            "_y": y, "_p": p,
-            "_logits": np.array([screened[s.path].prediction.logit for s in answered])}
+            "ece_uncalibrated": expected_calibration_error(y, raw),
+            "loss_uncalibrated": log_loss(y, raw), "_y": y, "_p": p, "_logits": logits}
 
 
 def evaluate(data_dirs: list[str | Path] | str | Path, out_dir: str | Path,

@@ -231,9 +231,17 @@ def _calibrate(val_logits: np.ndarray, val: list, extra: dict[str, tuple[np.ndar
         rows.update({group: [index[id(s)] for s in part] for group, part in
                      subgroups(name, [samples[i] for i in members]).items()})
     metrics["by_set"] = {
-        name: screening_metrics(y[members], calibrate(logits[members], temperature, bias),
-                                threshold, seed=config.seed)
+        name: {**screening_metrics(y[members], calibrate(logits[members], temperature, bias),
+                                   threshold, seed=config.seed),
+               "ece_uncalibrated": expected_calibration_error(y[members], sigmoid(logits[members])),
+               "loss_uncalibrated": log_loss(y[members], sigmoid(logits[members]))}
         for name, members in rows.items()}
+    # what calibration was fitted to: every set counting equally (subgroups excluded)
+    whole = [metrics["by_set"][name] for name in dict.fromkeys(sets.tolist())]
+    metrics["calibration_check"] = {
+        "measured_on": "the mean over the calibration sets, each counting equally",
+        "ece_before": float(np.mean([m["ece_uncalibrated"] for m in whole])),
+        "ece_after": float(np.mean([m["ece"] for m in whole]))}
     plots.all_evaluation_plots(y_val, p, metrics, run_dir, p_uncalibrated=p_raw)
     return metrics
 
@@ -289,7 +297,9 @@ def _model_card(config: TrainConfig, command: str, run_name: str, metrics: dict,
         "calibration": {"method": "temperature scaling with bias (Platt): "
                                   "p = sigmoid(logit / temperature + bias)",
                         "temperature": metrics["temperature"], "bias": metrics["calibration_bias"],
-                        "ece_before": metrics["ece_uncalibrated"], "ece_after": metrics["ece"],
+                        "ece_before": metrics["calibration_check"]["ece_before"],
+                        "ece_after": metrics["calibration_check"]["ece_after"],
+                        "ece_measured_on": metrics["calibration_check"]["measured_on"],
                         "fitted_on": metrics["calibrated_on"]},
         "training": {
             "command": command,
