@@ -5,7 +5,8 @@ weights (``head.weights.h5``). This rebuilds the model of phase 1 (ImageNet
 backbone, frozen, with that head), and measures it and the finished bundle on
 the same sets: every source's validation part (as training split it) and
 labelled folders never trained on. ROC AUC only, with 95% bootstrap intervals:
-the threshold and calibration were fitted for the finished model.
+the threshold and calibration were fitted for the finished model. A run stopped
+during fine-tuning is measured at its last checkpoint (``last.weights.h5``).
 
     python benchmarks/head_only.py runs/v2 ../shared/data/shift-dev
 """
@@ -32,7 +33,7 @@ def main() -> int:
     from pneumo.config import TrainConfig
     from pneumo.data import discover, load_images, subgroups
     from pneumo.metrics import bootstrap_interval
-    from pneumo.models import build_model, head_only
+    from pneumo.models import build_model, head_only, set_trainable_blocks, training_model
     from pneumo.train import prepare_split
 
     fields = json.loads((args.run / "config.json").read_text())
@@ -50,7 +51,12 @@ def main() -> int:
 
     frozen = build_model(config.image_size, config.backbone_weights, config.dropout)
     head_only(frozen).load_weights(args.run / "head.weights.h5")  # shares frozen's head layers
-    finished = keras.saving.load_model(args.run / "bundle" / "model.keras", compile=False)
+    if (args.run / "bundle" / "model.keras").is_file():
+        finished = keras.saving.load_model(args.run / "bundle" / "model.keras", compile=False)
+    else:  # a run stopped during fine-tuning: its last epoch's checkpoint of the trainer
+        finished = build_model(config.image_size, config.backbone_weights, config.dropout)
+        set_trainable_blocks(finished, config.fine_tune_blocks)
+        training_model(finished, config.seed).load_weights(args.run / "last.weights.h5")
     everything = list({s.path: s for part in sets.values() for s in part}.values())
     kept, images = load_images(everything, config.image_size, normalization=config.normalization,
                                use_cache=False)
