@@ -93,14 +93,9 @@ def _model_line(shipped: Predictor, figures) -> None:
                     f"{gate['false_rejection_train'] * 100:.2f}%")
 
 
-def test_gate_on_the_training_xrays_measured_and_as_the_card_says(shipped, client, train_data,
-                                                               reliability_figures):
-    files = sorted(p for p in train_data.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
-    population = len(files)
-    if SAMPLE != "all":
-        chosen = np.random.default_rng(0).choice(len(files), size=min(int(SAMPLE), len(files)),
-                                                  replace=False)
-        files = [files[i] for i in sorted(chosen)]
+def gate_verdicts(client, files) -> tuple[collections.Counter, collections.Counter]:
+    """The gate's verdict on every file (ok / warning / rejected, or error), through the
+    app's batch endpoint 16 at a time, and how often each reason was given."""
     verdicts: collections.Counter = collections.Counter()
     reasons: collections.Counter = collections.Counter()
     for start in range(0, len(files), 16):
@@ -113,6 +108,18 @@ def test_gate_on_the_training_xrays_measured_and_as_the_card_says(shipped, clien
             verdicts[entry["input_check"]["status"] if "input_check" in entry else "error"] += 1
             if entry.get("input_check", {}).get("status") != "ok":
                 reasons.update(entry.get("input_check", {}).get("reasons", ["unreadable"]))
+    return verdicts, reasons
+
+
+def test_gate_on_the_training_xrays_measured_and_as_the_card_says(shipped, client, train_data,
+                                                               reliability_figures):
+    files = sorted(p for p in train_data.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+    population = len(files)
+    if SAMPLE != "all":
+        chosen = np.random.default_rng(0).choice(len(files), size=min(int(SAMPLE), len(files)),
+                                                  replace=False)
+        files = [files[i] for i in sorted(chosen)]
+    verdicts, reasons = gate_verdicts(client, files)
     n = sum(verdicts.values())
     _model_line(shipped, reliability_figures)
     what = f"all {n}" if n == population else f"a fixed sample of {n} of {population}"
@@ -139,14 +146,7 @@ def test_gate_on_adult_xrays_from_another_hospital(shipped, client, adult_data,
     (issue 11: at most 10%; at most 1% on the validation part of each training source,
     which the card measures at training time)."""
     files = sorted(p for p in adult_data.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
-    verdicts: collections.Counter = collections.Counter()
-    for start in range(0, len(files), 16):
-        chunk = files[start:start + 16]
-        response = upload(client, "/api/v1/predict/batch?heatmap=false",
-                          [(p.name, p.read_bytes()) for p in chunk])
-        assert response.status_code == 200
-        for entry in response.get_json()["results"]:
-            verdicts[entry.get("input_check", {}).get("status", "error")] += 1
+    verdicts, _ = gate_verdicts(client, files)
     n = sum(verdicts.values())
     _model_line(shipped, reliability_figures)
     reliability_figures.add(FIGURES, f"NIH development X-rays refused (all {n}, mostly adults; "

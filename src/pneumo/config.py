@@ -16,6 +16,14 @@ CLASS_NAMES: tuple[str, str] = ("NORMAL", "PNEUMONIA")
 #: training collection was prepared.
 IMAGE_SIZE = 299
 
+#: The file names of the plots a run folder and a bundle carry: the one home that
+#: ``plots``, training and the About page read (here, so the web app need not import
+#: matplotlib to know them).
+ROC, PRECISION_RECALL, CONFUSION, RELIABILITY, LEARNING_CURVES = (
+    "roc.png", "precision_recall.png", "confusion_matrix.png", "reliability.png",
+    "learning_curves.png")
+RUN_PLOTS = (LEARNING_CURVES, ROC, PRECISION_RECALL, CONFUSION, RELIABILITY)
+
 #: Environment variable naming a local ImageNet Xception ``.weights.h5`` file.
 BACKBONE_WEIGHTS_ENV = "PNEUMO_BACKBONE_WEIGHTS"
 

@@ -16,7 +16,7 @@ import numpy as np  # noqa: E402
 from sklearn.metrics import precision_recall_curve, roc_curve  # noqa: E402
 
 from .calibration import reliability_bins  # noqa: E402
-from .config import CLASS_NAMES  # noqa: E402
+from .config import CLASS_NAMES, CONFUSION, PRECISION_RECALL, RELIABILITY, ROC  # noqa: E402
 
 _STYLE = {"figure.dpi": 110, "axes.spines.top": False, "axes.spines.right": False,
           "axes.grid": True, "grid.alpha": 0.3, "font.size": 10}
@@ -126,11 +126,11 @@ def reliability(y: np.ndarray, p_before: np.ndarray | None, p_after: np.ndarray,
 def all_evaluation_plots(y, p, metrics: dict, out_dir: Path, p_uncalibrated=None) -> list[Path]:
     out_dir = Path(out_dir)
     return [
-        roc(y, p, metrics["threshold"], metrics["roc_auc"], out_dir / "roc.png",
+        roc(y, p, metrics["threshold"], metrics["roc_auc"], out_dir / ROC,
             metrics.get("roc_auc_ci95")),
-        precision_recall(y, p, metrics["threshold"], out_dir / "precision_recall.png"),
-        confusion(metrics["confusion_matrix"], out_dir / "confusion_matrix.png"),
-        reliability(y, p_uncalibrated, p, out_dir / "reliability.png"),
+        precision_recall(y, p, metrics["threshold"], out_dir / PRECISION_RECALL),
+        confusion(metrics["confusion_matrix"], out_dir / CONFUSION),
+        reliability(y, p_uncalibrated, p, out_dir / RELIABILITY),
     ]
 
 

@@ -27,7 +27,7 @@ from . import __version__, plots
 from .bundle import save_bundle
 from .calibration import calibrate, choose_inconclusive_band, choose_threshold, \
     expected_calibration_error, fit_calibration, log_loss, sigmoid
-from .config import CLASS_NAMES, TrainConfig
+from .config import CLASS_NAMES, LEARNING_CURVES, RUN_PLOTS, TrainConfig
 from .data import DataError, discover, limit_per_class, load_images, make_dataset, \
     merge_duplicates, source_name, split_by_block, split_by_patient, subgroups
 from .gate import GATE_FILE, fit_gate
@@ -36,10 +36,6 @@ from .models import build_model, head_only, resolve_backbone_weights, set_traina
 from .preprocessing import PREPROCESSING_DESCRIPTION, PREPROCESSING_VERSION
 
 log = logging.getLogger(__name__)
-
-#: Plots written to the run folder and copied into the bundle for the model card page.
-PLOT_FILES = ("learning_curves.png", "roc.png", "precision_recall.png", "confusion_matrix.png",
-              "reliability.png")
 
 
 def sample_weights(samples, balance: str) -> np.ndarray:
@@ -351,7 +347,7 @@ def run_training(config: TrainConfig, command: str = "") -> Path:
     rows += _fine_tune(model, run_dir, data, config)
     timings["phase2_seconds"] = round(time.monotonic() - t0, 1)
     _write_history(rows, run_dir / "history.csv")
-    plots.learning_curves(rows, run_dir / "learning_curves.png")
+    plots.learning_curves(rows, run_dir / LEARNING_CURVES)
 
     # One pass of the final model over both splits: logits to calibrate, features for the gate.
     t0 = time.monotonic()
@@ -370,7 +366,7 @@ def run_training(config: TrainConfig, command: str = "") -> Path:
 
     card = _model_card(config, command, run_name, metrics, gate,
                        _data_summary(config, train, val, n_duplicates), timings)
-    extras = {f"plots/{name}": run_dir / name for name in PLOT_FILES}
+    extras = {f"plots/{name}": run_dir / name for name in RUN_PLOTS}
     extras[GATE_FILE] = run_dir / GATE_FILE
     save_bundle(run_dir / "bundle", model, card, extras)
     log.info("run written to %s (%.0f s)", run_dir, timings["total_seconds"])

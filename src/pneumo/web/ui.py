@@ -11,6 +11,7 @@ import math
 
 from flask import Blueprint, abort, current_app, render_template, send_file
 
+from .. import config
 from .errors import human_size
 from .inference import get_holder
 
@@ -18,17 +19,17 @@ bp = Blueprint("ui", __name__)
 
 #: Plots a bundle may carry in ``plots/``, in page order, with their captions.
 PLOTS = (
-    ("roc.png", "ROC curve",
+    (config.ROC, "ROC curve",
      ("Sensitivity against 1 - specificity over all thresholds, on validation; the marked "
       "point is the operating threshold.")),
-    ("confusion_matrix.png", "Confusion matrix",
+    (config.CONFUSION, "Confusion matrix",
      "Validation images by true and predicted class at the operating threshold."),
-    ("precision_recall.png", "Precision-recall curve",
+    (config.PRECISION_RECALL, "Precision-recall curve",
      "Positive predictive value against sensitivity, on validation."),
-    ("reliability.png", "Calibration",
+    (config.RELIABILITY, "Calibration",
      ("Predicted probability against the observed share of pneumonia, before and after "
       "calibration; the diagonal is perfect calibration.")),
-    ("learning_curves.png", "Learning curves",
+    (config.LEARNING_CURVES, "Learning curves",
      ("Accuracy and loss per epoch, training against validation; the dashed line marks "
       "the start of fine-tuning.")),
 )
