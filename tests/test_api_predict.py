@@ -332,10 +332,13 @@ def test_the_public_card_hides_training_paths_and_versions(shipped_bundle):
 
     card = read_card(shipped_bundle)
     public = str({key: card[key] for key in PUBLIC_CARD_FIELDS if key in card})
-    assert card["training"]["data"]["source"] in str(card)
-    for private in (card["training"]["data"]["source"], card["training"]["command"],
-                    card["libraries"]["tensorflow"], "model.keras"):
+    folders = [source["folder"] for source in card["training"]["data"]["sources"].values()]
+    assert folders and all(folder in str(card) for folder in folders)
+    for private in (*folders, card["training"]["command"], card["libraries"]["tensorflow"],
+                    "model.keras"):
         assert private not in public, private
+    # the figures per population are public: integrators choose by them
+    assert "validation_by_set" in public and "development_sets" in public
 
 
 def test_openapi_never_echoes_the_host_header(client):

@@ -169,8 +169,9 @@ def test_predict_writes_one_row_per_file_and_survives_bad_files(trained_run, tmp
     assert len(good) >= 12
     assert all("low resolution (96x96 pixels)" in r["status"] for r in readable)
     threshold = json.loads((run_dir / "bundle" / "card.json").read_text())["threshold"]
+    # the threshold is one image's own score, and the rows give six decimals: allow that
     assert all(r["label"] == ("PNEUMONIA" if float(r["probability"]) >= threshold else "NORMAL")
-               for r in good)
+               or abs(float(r["probability"]) - threshold) <= 5e-7 for r in good)
     assert all(not r["label"] and not r["probability"] for r in readable if r not in good)
 
 

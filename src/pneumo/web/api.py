@@ -261,7 +261,8 @@ def health():
 #: versions and files this server runs need the token (or the local user).
 PUBLIC_CARD_FIELDS = ("name", "version", "created", "description", "class_names",
                       "positive_class", "input", "threshold", "threshold_method", "calibration",
-                      "validation", "inconclusive", "input_gate", "intended_use", "limitations")
+                      "validation", "validation_by_set", "development_sets", "inconclusive",
+                      "input_gate", "intended_use", "limitations")
 
 
 @bp.get("/model")
