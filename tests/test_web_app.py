@@ -314,6 +314,7 @@ def test_about_page_gives_figures_per_population_and_what_calibrated(tiny_bundle
     assert "<th scope=\"row\">nih-dev (validation part), AP view</th>" in text
     assert "0.812" in text and "0.700 – 0.900" in text and "3 (0.3%)" in text
     assert 'class="subgroup"' in html  # the view row sits under its set
+    assert "Measured by pneumo evaluate;" in text
     assert "chest_xray (1,044 images), shift-dev (295 images), each set counting equally" in text
 
 

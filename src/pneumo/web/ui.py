@@ -148,7 +148,7 @@ def population_rows(card: dict) -> tuple[list[dict], str | None]:
     from training's own pass over the sets."""
     measured = card.get("development_sets")
     if measured:
-        sets, how = measured.get("sets") or {}, measured.get("by")
+        sets, how = measured.get("sets") or {}, f"by {measured.get('by') or 'pneumo evaluate'}"
     else:
         sets, how = card.get("validation_by_set") or {}, "at training, on every image"
     rows = []
