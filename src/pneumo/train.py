@@ -208,29 +208,26 @@ def _calibrate(val_logits: np.ndarray, val: list, extra: dict[str, tuple[np.ndar
     y_val = y[:len(val)]
     weights = _equal_set_weights(sets) if len(set(sets.tolist())) > 1 else None
     temperature, bias = fit_calibration(logits, y, weights)
-    threshold, method = choose_threshold(y, calibrate(logits, temperature, bias),
-                                         config.target_sensitivity, weights)
-    p_raw, p = sigmoid(val_logits), calibrate(val_logits, temperature, bias)
+    p_all, p_all_raw = calibrate(logits, temperature, bias), sigmoid(logits)
+    threshold, method = choose_threshold(y, p_all, config.target_sensitivity, weights)
+    p_raw, p = p_all_raw[:len(val)], p_all[:len(val)]
     metrics = screening_metrics(y_val, p, threshold, seed=config.seed)
     metrics.update(threshold_method=method, ece_uncalibrated=expected_calibration_error(y_val, p_raw),
                    loss_uncalibrated=log_loss(y_val, p_raw), temperature=temperature,
                    calibration_bias=bias,
                    calibrated_on={name: int(n) for name, n in Counter(sets.tolist()).items()})
     # None when the sets show no region of clearly lower accuracy near the threshold
-    metrics["inconclusive"] = choose_inconclusive_band(y, calibrate(logits, temperature, bias),
-                                                       threshold)
-    rows = {}
+    metrics["inconclusive"] = choose_inconclusive_band(y, p_all, threshold)
+    rows = {}  # row name -> indices into samples: each set, then its subgroups
     for name in dict.fromkeys(sets.tolist()):
-        members = [i for i, s in enumerate(sets) if s == name]
-        rows[name] = members
-        index = {id(samples[i]): i for i in members}
-        rows.update({group: [index[id(s)] for s in part] for group, part in
-                     subgroups(name, [samples[i] for i in members]).items()})
+        rows[name] = [i for i, s in enumerate(sets) if s == name]
+        position = {id(samples[i]): i for i in rows[name]}
+        for group, part in subgroups(name, [samples[i] for i in rows[name]]).items():
+            rows[group] = [position[id(s)] for s in part]
     metrics["by_set"] = {
-        name: {**screening_metrics(y[members], calibrate(logits[members], temperature, bias),
-                                   threshold, seed=config.seed),
-               "ece_uncalibrated": expected_calibration_error(y[members], sigmoid(logits[members])),
-               "loss_uncalibrated": log_loss(y[members], sigmoid(logits[members]))}
+        name: {**screening_metrics(y[members], p_all[members], threshold, seed=config.seed),
+               "ece_uncalibrated": expected_calibration_error(y[members], p_all_raw[members]),
+               "loss_uncalibrated": log_loss(y[members], p_all_raw[members])}
         for name, members in rows.items()}
     # what calibration was fitted to: every set counting equally (subgroups excluded)
     whole = [metrics["by_set"][name] for name in dict.fromkeys(sets.tolist())]
