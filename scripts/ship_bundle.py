@@ -21,6 +21,10 @@ import sys
 import tempfile
 from pathlib import Path
 
+DESCRIPTION = (
+    "Xception (ImageNet) at 299 x 299, frozen, with a head trained on its features to tell "
+    "NORMAL from PNEUMONIA on frontal chest X-rays of children (Guangzhou) and adults (NIH)."
+)
 INTENDED_USE = (
     "A second opinion for clinicians reading frontal (PA or AP) chest radiographs of "
     "children and adults: it flags images that look like pneumonia so that a clinician "
@@ -77,6 +81,7 @@ def main() -> int:
         + "), each counting equally, by pneumo evaluate")
     if args.note:
         card["training"]["note"] = args.note
+    card["description"] = DESCRIPTION
     card["intended_use"] = INTENDED_USE
     card["limitations"] = LIMITATIONS
     card["development_sets"] = {

@@ -272,12 +272,14 @@ def _model_card(config: TrainConfig, command: str, run_name: str, metrics: dict,
                 data_summary: dict, timings: dict) -> dict:
     metrics = dict(metrics)
     validation_by_set = metrics.pop("by_set")
+    how = (f"its top {config.fine_tune_blocks} blocks fine-tuned" if config.fine_tune_blocks
+           else "frozen, with a head trained on its features")
     return {
         "name": "pneumo-xception",
         "version": f"{__version__}+{run_name}",
         "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        "description": "Xception (ImageNet) fine-tuned to tell NORMAL from PNEUMONIA on "
-                       "frontal chest X-rays (" + ", ".join(data_summary["sources"]) + ").",
+        "description": f"Xception (ImageNet), {how}, telling NORMAL from PNEUMONIA on frontal "
+                       "chest X-rays (" + ", ".join(data_summary["sources"]) + ").",
         "class_names": list(CLASS_NAMES),
         "positive_class": CLASS_NAMES[1],
         "input": {"size": config.image_size, "channels": 1, "dtype": "uint8",
