@@ -5,7 +5,7 @@ PYTHON ?= python3
 HOST ?= 127.0.0.1
 PORT ?= 5000
 
-.PHONY: setup run test test-fast reliability-report browser clean
+.PHONY: setup run test test-fast reliability-report browser pacs clean
 
 setup: $(VENV)/.installed
 
@@ -26,7 +26,16 @@ browser:
 	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
 	  else echo "chromium not found: browser tests will be skipped (sudo apt-get install chromium)"; fi; }
 
-test: setup browser
+# The DICOM integration tests run a real PACS: Debian's Orthanc with its DICOMweb plugin,
+# started by the tests on loopback ports; they skip with a reason without it.
+pacs:
+	@command -v Orthanc >/dev/null 2>&1 && [ -e /usr/share/orthanc/plugins/libOrthancDicomWeb.so ] || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    echo "installing Debian's Orthanc for the DICOM integration tests"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq orthanc orthanc-dicomweb >/dev/null; \
+	  else echo "Orthanc not found: PACS tests will be skipped (sudo apt-get install orthanc orthanc-dicomweb)"; fi; }
+
+test: setup browser pacs
 	$(VENV)/bin/python -m pytest
 
 # Everyday work: everything but the tests marked slow (training, the real Xception, real
@@ -35,7 +44,7 @@ test-fast: setup
 	$(VENV)/bin/python -m pytest -m "not slow and not browser"
 
 # The whole suite, then docs/reliability.md refreshed from it (only if every row passed).
-reliability-report: setup browser
+reliability-report: setup browser pacs
 	PNEUMO_REFRESH_REPORT=1 $(VENV)/bin/python -m pytest
 
 clean:
