@@ -1,9 +1,12 @@
 """A kept study as a FHIR R4 DiagnosticReport: validated by fhir.resources (parsed back,
-byte for byte), every field held against the study it comes from, R4's elements only."""
+byte for byte), every field held against the study it comes from, R4's elements only,
+and the endpoint behind the same authentication as the other study routes, through the
+real app and a real model."""
 
 from __future__ import annotations
 
 import datetime as dt
+import io
 import json
 
 import pydantic
@@ -13,7 +16,10 @@ from fhir.resources.R4B.diagnosticreport import DiagnosticReport
 from pneumo import fhir
 from pneumo.screening import DISCLAIMER
 from pneumo.studies import Study
+from pneumo.web import create_app
+from synthetic import encode, synthetic_xray
 
+TOKEN = "fhir-test-token-Zq8v1Lr5Xw3Np7Kd2Hs6Jm4B"
 STUDY_ID = "0f1e2d3c4b5a69788796a5b4c3d2e1f0"
 
 #: The elements of FHIR R4 (4.0.1) for the resources and types written, from R4's own
@@ -198,3 +204,108 @@ def test_the_validation_is_not_vacuous():
     """fhir.resources refuses what is not FHIR: a time that is no dateTime."""
     with pytest.raises(pydantic.ValidationError):
         fhir.diagnostic_report(study(created="yesterday at noon"))
+
+
+# -- the endpoint -----------------------------------------------------------------------------
+
+def bearer(token: str = TOKEN) -> dict:
+    return {"Authorization": f"Bearer {token}"}
+
+
+@pytest.fixture
+def app(tiny_predictor, tmp_path):
+    return create_app({"TESTING": True, "PNEUMO_PREDICTOR": tiny_predictor,
+                       "PNEUMO_DATA_DIR": str(tmp_path), "PNEUMO_API_TOKEN": TOKEN})
+
+
+def predict(client, data: bytes | None = None, name: str = "a.png", headers=None) -> dict:
+    data = data or encode(synthetic_xray(2, (300, 260)))
+    response = client.post("/api/v1/predict?heatmap=false", headers=headers or bearer(),
+                           data={"file": (io.BytesIO(data), name)})
+    assert response.status_code == 200, response.get_json()
+    return response.get_json()
+
+
+def test_the_endpoint_answers_fhir_json_made_of_the_kept_study(app):
+    client = app.test_client()
+    answer = predict(client)
+    url = f"/api/v1/studies/{answer['study_id']}/fhir"
+    response = client.get(url, headers=bearer())
+    assert response.status_code == 200
+    assert response.headers["Content-Type"] == "application/fhir+json; fhirVersion=4.0"
+    assert response.mimetype == "application/fhir+json"
+    kept = app.extensions["pneumo.studies"].get(answer["study_id"])
+    check_against(parse(response.data).model_dump(mode="json"), kept)
+    # ... which is what the prediction said, and the JSON API says, of it
+    assert (kept.label, kept.probability, kept.threshold, kept.inconclusive) == (
+        answer["label"], answer["probability"], answer["threshold"], answer["inconclusive"])
+    assert (kept.model_name, kept.model_version) == (answer["model"]["name"],
+                                                     answer["model"]["version"])
+    assert kept.to_dict() == client.get(f"/api/v1/studies/{kept.id}", headers=bearer()).get_json()
+    # the reader's feedback, once given, is in it
+    client.post(f"/api/v1/studies/{kept.id}/feedback", headers=bearer(),
+                json={"verdict": "NORMAL", "comment": "clear lungs"})
+    reviewed = app.extensions["pneumo.studies"].get(kept.id)
+    report = json.loads(client.get(url, headers=bearer()).data)
+    check_against(report, reviewed)
+    assert components(contained(report)["finding"])["reader-verdict"][
+        "valueCodeableConcept"]["coding"][0]["code"] == "NORMAL"
+
+
+def test_a_dicom_studys_report_carries_no_identifiers(app):
+    from dicom_factory import PHI, make_dicom, radiograph
+
+    client = app.test_client()
+    dicom = make_dicom(radiograph(12, (320, 280)), bits_stored=12)
+    study_id = predict(client, dicom, "Doe_Jane.dcm")["study_id"]
+    body = client.get(f"/api/v1/studies/{study_id}/fhir", headers=bearer()).get_data(as_text=True)
+    for secret in [*PHI.values(), "Doe", "Jane", "1970"]:
+        assert secret not in body
+
+
+def _status(client, path: str, **kwargs) -> int:
+    return client.get(path, **kwargs).status_code
+
+
+def test_the_endpoint_is_guarded_as_the_other_study_routes(app, tiny_predictor, tmp_path):
+    """Whoever may not read a study may not read its FHIR form, with the same answer."""
+    client = app.test_client()
+    study_id = predict(client)["study_id"]
+    one, as_fhir = f"/api/v1/studies/{study_id}", f"/api/v1/studies/{study_id}/fhir"
+    for headers in ({}, bearer("wrong-token-of-some-length-000000000"), bearer(TOKEN + "x"),
+                    {"Authorization": f"Basic {TOKEN}"}):
+        response = client.get(as_fhir, headers=headers)
+        assert response.status_code == 401 == _status(client, one, headers=headers)
+        assert response.get_json()["error"]["code"] == "unauthorized"
+        assert response.headers["WWW-Authenticate"].startswith("Bearer")
+        assert response.mimetype == "application/json"  # errors are the API's
+
+    closed = create_app({"TESTING": True, "PNEUMO_PREDICTOR": tiny_predictor,
+                         "PNEUMO_DATA_DIR": str(tmp_path / "closed")}).test_client()
+    response = closed.get(as_fhir)
+    assert response.status_code == 403 == _status(closed, one)
+    assert response.get_json()["error"]["code"] == "forbidden"
+
+    local = create_app({"TESTING": True, "PNEUMO_PREDICTOR": tiny_predictor,
+                        "PNEUMO_DATA_DIR": str(tmp_path / "local"),
+                        "PNEUMO_LOCAL_USER": True}).test_client()
+    local_id = predict(local, headers={})["study_id"]
+    mine, mine_fhir = f"/api/v1/studies/{local_id}", f"/api/v1/studies/{local_id}/fhir"
+    assert _status(local, mine_fhir) == 200 == _status(local, mine)
+    for headers, address in (({"X-Forwarded-For": "203.0.113.7"}, "127.0.0.1"),
+                             ({}, "192.0.2.10")):
+        environ = {"REMOTE_ADDR": address}
+        assert _status(local, mine_fhir, headers=headers, environ_base=environ) == 403 == \
+            _status(local, mine, headers=headers, environ_base=environ)
+
+
+def test_a_missing_study_and_a_server_without_history_get_the_apis_errors(app, tiny_predictor):
+    client = app.test_client()
+    missing = client.get("/api/v1/studies/nope/fhir", headers=bearer())
+    assert missing.status_code == 404 and missing.mimetype == "application/json"
+    assert missing.get_json()["error"]["code"] == "not_found"
+    off = create_app({"TESTING": True, "PNEUMO_PREDICTOR": tiny_predictor,
+                      "PNEUMO_API_TOKEN": TOKEN, "PNEUMO_KEEP_STUDIES": False}).test_client()
+    response = off.get(f"/api/v1/studies/{STUDY_ID}/fhir", headers=bearer())
+    assert response.status_code == 404 and response.get_json()["error"]["code"] == "history_off"
+    assert client.post(f"/api/v1/studies/{STUDY_ID}/fhir", headers=bearer()).status_code == 405
