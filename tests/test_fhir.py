@@ -234,6 +234,7 @@ def test_the_endpoint_answers_fhir_json_made_of_the_kept_study(app):
     assert response.status_code == 200
     assert response.headers["Content-Type"] == "application/fhir+json; fhirVersion=4.0"
     assert response.mimetype == "application/fhir+json"
+    assert response.headers["Cache-Control"] == "no-store"  # a result about a patient
     kept = app.extensions["pneumo.studies"].get(answer["study_id"])
     check_against(parse(response.data).model_dump(mode="json"), kept)
     # ... which is what the prediction said, and the JSON API says, of it
