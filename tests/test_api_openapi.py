@@ -48,17 +48,18 @@ def _pointer(*parts: str) -> str:
 
 def validate(spec: dict, response, path: str, method: str) -> None:
     """Fail unless ``response`` is documented for ``method path`` and matches its schema
-    (a file answer, e.g. a PDF, only by its media type)."""
+    (a file answer, e.g. a PDF, only by its media type; JSON, and JSON-based types such
+    as FHIR's ``application/fhir+json``, by their schema)."""
     operation = spec["paths"][path][method]
     status = str(response.status_code)
     assert status in operation["responses"], \
         f"{method.upper()} {path} answered {status}, which the description does not list"
     content = operation["responses"][status]["content"]
     assert response.mimetype in content, (path, status, response.mimetype)
-    if response.mimetype != "application/json":
+    if response.mimetype != "application/json" and not response.mimetype.endswith("+json"):
         return
     schema = {"$ref": SPEC_URI + _pointer("paths", path, method, "responses", status, "content",
-                                          "application/json", "schema")}
+                                          response.mimetype, "schema")}
     registry = Registry().with_resource(
         SPEC_URI, Resource.from_contents(spec, default_specification=DRAFT202012))
     Draft202012Validator(schema, registry=registry).validate(response.get_json())
@@ -235,6 +236,7 @@ def test_history_responses_match(token_app, spec):
     one, thumb = "/api/v1/studies/{study_id}", "/api/v1/studies/{study_id}/thumbnail.png"
     report, feedback = "/api/v1/studies/{study_id}/report.pdf", \
         "/api/v1/studies/{study_id}/feedback"
+    as_fhir = "/api/v1/studies/{study_id}/fhir"
     cases = [
         ("get", "/api/v1/studies", "/api/v1/studies", {}, 200),
         ("get", "/api/v1/studies?page=0", "/api/v1/studies", {}, 400),
@@ -244,6 +246,8 @@ def test_history_responses_match(token_app, spec):
         ("get", "/api/v1/studies/nope", one, {}, 404),
         ("get", f"/api/v1/studies/{study_id}/thumbnail.png", thumb, {}, 200),
         ("get", "/api/v1/studies/nope/thumbnail.png", thumb, {}, 404),
+        ("get", f"/api/v1/studies/{study_id}/fhir", as_fhir, {}, 200),
+        ("get", "/api/v1/studies/nope/fhir", as_fhir, {}, 404),
         ("get", f"/api/v1/studies/{study_id}/report.pdf", report, {}, 200),
         ("get", f"/api/v1/studies/{study_id}/report.pdf?notes=x", report, {}, 400),
         ("post", f"/api/v1/studies/{study_id}/report.pdf", report, {"data": {"notes": "x" * 2001}},
@@ -260,7 +264,8 @@ def test_history_responses_match(token_app, spec):
         assert response.status_code == status, (url, status, response.get_data()[:200])
         validate(spec, response, path, "get" if method == "delete" else method)
     for method, path in [("get", "/api/v1/studies"), ("get", one), ("get", thumb),
-                         ("get", report), ("post", report), ("post", feedback)]:
+                         ("get", as_fhir), ("get", report), ("post", report),
+                         ("post", feedback)]:
         response = getattr(client, method)(path.replace("{study_id}", study_id))
         assert response.status_code == 401
         assert response.headers["WWW-Authenticate"].startswith("Bearer")

@@ -1,4 +1,5 @@
-"""Kept studies: the history and study pages, feedback, reports and their API routes.
+"""Kept studies: the history and study pages, feedback, reports (PDF and FHIR) and their
+API routes.
 
 The history holds results about patients, so every route here needs the API
 token, unless the app was started for one local user (``auth.py``). Studies
@@ -194,6 +195,15 @@ def api_studies():
 def api_study(study_id: str):
     """One study and its feedback."""
     return jsonify(_get(study_id).to_dict())
+
+
+@bp.get("/api/v1/studies/<study_id>/fhir")
+def api_study_fhir(study_id: str):
+    """The study as a FHIR R4 DiagnosticReport with its Observation (``pneumo.fhir``)."""
+    from .. import fhir
+
+    return current_app.response_class(fhir.report_json(_get(study_id)),
+                                      content_type=fhir.MEDIA_TYPE)
 
 
 @bp.get("/api/v1/studies/<study_id>/thumbnail.png")

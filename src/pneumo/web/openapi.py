@@ -9,6 +9,7 @@ a shape, so a new field must be documented here before a test passes.
 from __future__ import annotations
 
 from .. import __version__
+from .. import fhir
 from ..config import CLASS_NAMES
 from ..studies import PAGE_SIZE, VERDICTS
 from .errors import ERRORS, HTTP_ERROR
@@ -163,6 +164,35 @@ _STUDY = {
                                        "enum": list(VERDICTS)},
                            "comment": {"type": "string"},
                            "updated": {"type": "string", "format": "date-time"}}}]},
+    },
+}
+
+#: The study as FHIR: the parts pneumo promises. The resource as a whole is FHIR R4's
+#: DiagnosticReport (validated by fhir.resources before it is sent), so it stays open here.
+_FHIR_REPORT = {
+    "type": "object",
+    "required": ["resourceType", "id", "contained", "identifier", "status", "category", "code",
+                 "effectiveDateTime", "issued", "result", "conclusion", "conclusionCode"],
+    "description": "A FHIR R4 DiagnosticReport (https://hl7.org/fhir/R4/diagnosticreport.html) "
+                   "with its Observation and the model's Device contained in it (`#finding`, "
+                   "`#model`). No `subject`: studies keep no patient identifier, so the "
+                   "receiving system links the report to its patient. Codes: "
+                   "docs/integration.md, FHIR.",
+    "properties": {
+        "resourceType": {"const": "DiagnosticReport"},
+        "id": {"type": "string", "description": "The study id."},
+        "contained": {"type": "array", "minItems": 2, "maxItems": 2, "items": {
+            "type": "object", "required": ["resourceType", "id"],
+            "properties": {"resourceType": {"enum": ["Observation", "Device"]},
+                           "id": {"enum": [fhir.FINDING_ID, fhir.MODEL_ID]}}}},
+        "identifier": {"type": "array", "minItems": 1, "items": {
+            "type": "object", "required": ["system", "value"],
+            "properties": {"system": {"const": fhir.STUDY_ID_SYSTEM},
+                           "value": {"type": "string"}}}},
+        "status": {"const": "final"},
+        "effectiveDateTime": {"type": "string", "format": "date-time"},
+        "issued": {"type": "string", "format": "date-time"},
+        "conclusion": {"type": "string"},
     },
 }
 
@@ -374,6 +404,22 @@ def spec(server_url: str = "", max_batch_files: int = 16) -> dict:
                               **_errors(401, 403, 404, 405, 429)},
                 "security": _TOKEN,
             }},
+            "/api/v1/studies/{study_id}/fhir": {"get": {
+                "operationId": "studyFhir",
+                "summary": "The study as a FHIR R4 DiagnosticReport with its Observation",
+                "description": "Media type `" + fhir.MEDIA_TYPE + "`. The finding (SNOMED CT "
+                               "pneumonia, present or absent), the calibrated probability, "
+                               "the operating threshold, the inconclusive flag, the input "
+                               "gate's status, the reader's feedback and the model, with the "
+                               "'second opinion, not a diagnosis' statement in the "
+                               "conclusion. Errors are the API's JSON errors.",
+                "parameters": [_STUDY_ID],
+                "responses": {"200": {"description": "The DiagnosticReport.",
+                                      "content": {"application/fhir+json": {"schema": {
+                                          "$ref": "#/components/schemas/FhirDiagnosticReport"}}}},
+                              **_errors(401, 403, 404, 405, 429)},
+                "security": _TOKEN,
+            }},
             "/api/v1/studies/{study_id}/thumbnail.png": {"get": {
                 "operationId": "studyThumbnail",
                 "summary": "The study's thumbnail (the image as the model saw it, "
@@ -448,6 +494,7 @@ def spec(server_url: str = "", max_batch_files: int = 16) -> dict:
             "InputCheckRejected": _INPUT_CHECK_REJECTED,
             "Prediction": _PREDICTION,
             "Study": _STUDY,
+            "FhirDiagnosticReport": _FHIR_REPORT,
             "StudyList": {
                 "type": "object", "required": ["studies", "total", "page", "pages", "query"],
                 "additionalProperties": False,
