@@ -82,11 +82,19 @@ def _weights(y: np.ndarray, source: np.ndarray, balance: str) -> np.ndarray:
     return np.array([len(keys) / (len(cells) * cells[key]) for key in keys])
 
 
-def _head(x, y, w):
+def _head(x, y, w, smoothing: float = 0.0):
+    """A logistic head. ``smoothing`` > 0 trains it on smoothed labels, y(1 - e) + e/2, as
+    ``pneumo train --label-smoothing`` does: each image then counts as a positive with
+    weight w * target and as a negative with weight w * (1 - target), which is exactly
+    the cross-entropy against the soft target."""
     from sklearn.linear_model import LogisticRegression
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
+    if smoothing > 0:
+        target = y * (1 - smoothing) + smoothing / 2
+        x, y, w = (np.concatenate([x, x]), np.concatenate([np.ones_like(y), np.zeros_like(y)]),
+                   np.concatenate([w * target, w * (1 - target)]))
     head = make_pipeline(StandardScaler(), LogisticRegression(C=0.05, max_iter=3000))
     head.fit(x, y, logisticregression__sample_weight=w)
     return head
@@ -101,16 +109,18 @@ def _auc(y, p, seed=0):
 
 
 def evaluate_mix(features: dict, labels: dict, nih_groups: np.ndarray, nih_views: np.ndarray,
-                 mix: str) -> dict:
+                 mix: str, smoothing: float = 0.0) -> dict:
     """AUCs of one head recipe: ``mix`` is ``children`` (training collection only) or
-    ``children+nih-<balance>`` (NIH folds added, balanced by class or by source and class)."""
+    ``children+nih-<balance>`` (NIH folds added, balanced by class or by source and class);
+    ``smoothing``: label smoothing of the head's targets."""
     from sklearn.model_selection import StratifiedGroupKFold
 
     x_train, y_train = features["train"], labels["train"]
     scores = {"val": [], "shift-dev": []}
     p_nih = np.zeros(len(labels["nih-dev"]))
     if mix == "children":
-        head = _head(x_train, y_train, _weights(y_train, np.zeros(len(y_train)), "class"))
+        head = _head(x_train, y_train, _weights(y_train, np.zeros(len(y_train)), "class"),
+                     smoothing)
         for name in scores:
             scores[name].append(head.predict_proba(features[name])[:, 1])
         p_nih = head.predict_proba(features["nih-dev"])[:, 1]
@@ -122,7 +132,7 @@ def evaluate_mix(features: dict, labels: dict, nih_groups: np.ndarray, nih_views
             x = np.concatenate([x_train, features["nih-dev"][fit_idx]])
             y = np.concatenate([y_train, y_nih[fit_idx]])
             source = np.array([0] * len(y_train) + [1] * len(fit_idx))
-            head = _head(x, y, _weights(y, source, balance))
+            head = _head(x, y, _weights(y, source, balance), smoothing)
             for name in scores:
                 scores[name].append(head.predict_proba(features[name])[:, 1])
             p_nih[held_idx] = head.predict_proba(features["nih-dev"][held_idx])[:, 1]
@@ -143,6 +153,8 @@ def main() -> None:
     parser.add_argument("--val-per-class", type=int, default=250)
     parser.add_argument("--sizes", type=int, nargs="+", default=list(SIZES))
     parser.add_argument("--normalizations", nargs="+", default=list(NORMALIZATIONS))
+    parser.add_argument("--label-smoothing", type=float, nargs="+", default=[0.0],
+                        help="label smoothing values of the head's targets to compare")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
 
@@ -157,18 +169,22 @@ def main() -> None:
         for normalization in args.normalizations:
             features = _features(sets, size, normalization, args.weights, args.out)
             for mix in ("children", "children+nih-class", "children+nih-source"):
-                row = {"size": size, "normalization": normalization, "mix": mix,
-                       **evaluate_mix(features, labels, nih_groups, nih_views, mix)}
-                results.append(row)
-                print(json.dumps(row), flush=True)
+                for smoothing in args.label_smoothing:
+                    row = {"size": size, "normalization": normalization, "mix": mix,
+                           "label_smoothing": smoothing,
+                           **evaluate_mix(features, labels, nih_groups, nih_views, mix,
+                                          smoothing)}
+                    results.append(row)
+                    print(json.dumps(row), flush=True)
             (args.out / "recipes.json").write_text(json.dumps(results, indent=1) + "\n")
 
     columns = ["val", "shift-dev", "nih-dev", "nih-dev PA", "nih-dev AP"]
-    lines = ["| size | normalisation | head trained on | " + " | ".join(columns) + " |",
-             "|---|---|---|" + "---|" * len(columns)]
+    lines = ["| size | normalisation | head trained on | label smoothing | "
+             + " | ".join(columns) + " |", "|---|---|---|---|" + "---|" * len(columns)]
     for row in results:
         cells = [f"{row[c][0]:.3f} ({row[c][1]:.3f}-{row[c][2]:.3f})" for c in columns]
         lines.append(f"| {row['size']} | {row['normalization']} | {row['mix']} | "
+                     f"{row['label_smoothing']:g} | "
                      + " | ".join(cells) + " |")
     (args.out / "recipes.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
