@@ -1,5 +1,5 @@
 """The ``pneumo`` command: train | evaluate | calibrate | refit-gate | predict | serve | token
-| bench.
+| bench | dicom-listen.
 
 Every error a user can cause ends in one line on stderr and exit status 2,
 never a traceback.
@@ -200,6 +200,34 @@ def build_parser() -> argparse.ArgumentParser:
                             "Secure, and treat no request as the local user's")
     _add_model_option(serve)
 
+    listen = commands.add_parser(
+        "dicom-listen", help="a DICOM node: screen what the PACS sends, send results back",
+        description="A DICOM Storage SCP (and C-ECHO) for CR and DX images. Each received "
+                    "image is kept on disk before it is acknowledged, screened in the "
+                    "background, and its results (a Comprehensive SR, and a Secondary "
+                    "Capture with the heatmap unless --no-overlay) are sent by C-STORE to "
+                    "--results-to, into the same study, tried again until delivered. Other "
+                    "SOP classes are answered 0x0122 (SOP class not supported). Work "
+                    "unfinished at a stop resumes at the next start (the spool lives in "
+                    "$PNEUMO_DATA_DIR/dicom-node). SIGTERM or SIGINT stops it gracefully. "
+                    "See docs/integration.md.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    listen.add_argument("--host", default="127.0.0.1",
+                        help="interface to listen on (loopback by default)")
+    listen.add_argument("--port", type=int, default=11112, help="DICOM port")
+    listen.add_argument("--ae-title", default="PNEUMO",
+                        help="this node's AE title; associations called to another are "
+                             "rejected")
+    listen.add_argument("--results-to", required=True, metavar="AET@HOST:PORT",
+                        help="the PACS that receives the results, e.g. ORTHANC@127.0.0.1:4242")
+    listen.add_argument("--calling-aets", nargs="+", default=None, metavar="AET",
+                        help="accept associations only from these calling AE titles "
+                             "(default: any)")
+    listen.add_argument("--no-overlay", dest="overlay", action="store_false",
+                        help="send the SR only, without the Secondary Capture with the "
+                             "heatmap")
+    _add_model_option(listen)
+
     from .bench import add_arguments as add_bench_arguments
 
     bench = commands.add_parser(
@@ -308,6 +336,14 @@ def _token(args) -> int:
     return 0
 
 
+def _dicom_listen(args) -> int:
+    from .dicom_node.node import run
+
+    return run(host=args.host, port=args.port, ae_title=args.ae_title,
+               results_to=args.results_to, model=args.model, calling_aets=args.calling_aets,
+               overlay=args.overlay)
+
+
 def _bench(args) -> int:
     from .bench import run_from_args
 
@@ -328,7 +364,7 @@ def main(argv: list[str] | None = None) -> int:
 
     handlers = {"train": _train, "evaluate": _evaluate, "calibrate": _calibrate,
                 "refit-gate": _refit_gate, "predict": _predict, "export-feedback": _export_feedback, "serve": _serve,
-                "token": _token, "bench": _bench}
+                "token": _token, "bench": _bench, "dicom-listen": _dicom_listen}
     try:
         return handlers[args.command](args)
     except (DataError, BundleError, BackboneWeightsError, ImageError, FileNotFoundError,
