@@ -9,6 +9,7 @@ timing assertion. Skipped where Orthanc is not installed (``make pacs``).
 from __future__ import annotations
 
 import io
+import signal
 import sqlite3
 
 import numpy as np
@@ -79,7 +80,8 @@ def orthanc(tmp_path_factory, ports):
 def node(tmp_path_factory, orthanc, ports):
     started = Node.start(tmp_path_factory.mktemp("node"), orthanc.address, port=ports["pneumo"])
     yield started
-    assert started.stop() == 0, started.log()
+    assert started.stop(signal.SIGINT) == 0, started.log()  # Ctrl-C: a graceful stop too
+    assert "SIGINT received: stopping" in started.log()
 
 
 def instances_of(orthanc: Orthanc, study_id: str) -> list[dict]:
