@@ -259,11 +259,12 @@ class Spool:
         return Instance(row[0], row[1], self.received_dir / row[2] if row[2] else None, row[3])
 
     def next_to_screen(self) -> Instance | None:
-        """The oldest instance received and not yet screened."""
+        """The oldest instance received and not yet screened (by whichever model the node
+        ran when it arrived: the model it runs now screens it)."""
         with self._mutex:
             row = self._db.execute(
                 "SELECT id, uid_hash, file, state FROM instances WHERE state = 'received' "
-                "AND model_version = ? ORDER BY id LIMIT 1", (self.model_version,)).fetchone()
+                "ORDER BY id LIMIT 1").fetchone()
         return None if row is None else self._instance(row)
 
     def screened(self, instance: Instance, outcome: str, seconds: float,
