@@ -370,3 +370,18 @@ def test_destination_addresses_are_checked():
             Destination.parse(wrong)
     assert [backoff(n) for n in (1, 2, 3)] == [2, 4, 8] and backoff(50) == 300
 
+
+
+@pytest.mark.parametrize("arguments, message", [
+    (["--results-to", "ORTHANC@127.0.0.1"], "expected AET@HOST:PORT"),
+    (["--results-to", "ORTHANC@127.0.0.1:4242", "--ae-title", "A\\B"], "not a valid AE title"),
+    (["--results-to", "ORTHANC@127.0.0.1:4242", "--calling-aets", "X" * 17],
+     "not a valid AE title"),
+])
+def test_a_wrong_address_or_ae_title_is_one_line_not_a_traceback(arguments, message, capsys):
+    from pneumo.cli import main
+
+    assert main(["dicom-listen", *arguments]) == 2
+    error = capsys.readouterr().err
+    assert error.startswith("pneumo dicom-listen: error:") and message in error
+    assert "Traceback" not in error
