@@ -210,14 +210,13 @@ def build_parser() -> argparse.ArgumentParser:
                     "SOP classes are answered 0x0122 (SOP class not supported). Work "
                     "unfinished at a stop resumes at the next start (the spool lives in "
                     "$PNEUMO_DATA_DIR/dicom-node). SIGTERM or SIGINT stops it gracefully. "
-                    "See docs/integration.md.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                    "See docs/integration.md.")
     listen.add_argument("--host", default="127.0.0.1",
-                        help="interface to listen on (loopback by default)")
-    listen.add_argument("--port", type=int, default=11112, help="DICOM port")
+                        help="interface to listen on (default: 127.0.0.1, loopback)")
+    listen.add_argument("--port", type=int, default=11112, help="DICOM port (default: 11112)")
     listen.add_argument("--ae-title", default="PNEUMO",
-                        help="this node's AE title; associations called to another are "
-                             "rejected")
+                        help="this node's AE title (default: PNEUMO); associations called "
+                             "to another are rejected")
     listen.add_argument("--results-to", required=True, metavar="AET@HOST:PORT",
                         help="the PACS that receives the results, e.g. ORTHANC@127.0.0.1:4242")
     listen.add_argument("--calling-aets", nargs="+", default=None, metavar="AET",
