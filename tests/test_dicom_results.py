@@ -26,6 +26,7 @@ from pneumo.dicom_results import (
     Concepts,
     NoPixelData,
     NotDicom,
+    TooLarge,
     result_series_uid,
     result_uid,
     screen_dicom,
@@ -40,11 +41,12 @@ STUDY = {"AccessionNumber": "ACC-4711", "StudyID": "S-12", "StudyDate": "2026120
          "StudyTime": "101500", "PatientSex": "F", "InstanceNumber": 3}
 
 
-def study_file(pixels: np.ndarray, study_uid: str | None = None, **fields) -> bytes:
+def study_file(pixels: np.ndarray, study_uid: str | None = None,
+               syntax: str = uid.ExplicitVRLittleEndian, **fields) -> bytes:
     """A DX image of a made-up patient in a study of its own (or ``study_uid``)."""
     values = {"StudyInstanceUID": study_uid or uid.generate_uid(),
               "SeriesInstanceUID": uid.generate_uid(), **STUDY, **fields}
-    return make_dicom(pixels, **values)
+    return make_dicom(pixels, syntax, **values)
 
 
 def with_operating_point(predictor, threshold: float, band: Band | None = None):
@@ -338,6 +340,17 @@ def test_dicom_without_pixel_data_is_refused_with_a_clear_error(tiny_predictor, 
         screen_dicom(tiny_predictor, to_bytes(ds))
     assert raised.value.dimse_status == 0xA900
     assert PHI["PatientID"] not in str(raised.value)
+
+
+def test_deflated_files_are_screened_and_bombs_refused(tiny_predictor, xray, monkeypatch):
+    from pneumo import imaging
+
+    data = study_file(xray, syntax=uid.DeflatedExplicitVRLittleEndian)
+    assert isinstance(screen_dicom(tiny_predictor, data).outcome, Screened)
+    monkeypatch.setattr(imaging, "MAX_FILE_BYTES", 10_000)  # it inflates to ~66 KB
+    with pytest.raises(TooLarge, match="inflates to more than") as raised:
+        screen_dicom(tiny_predictor, data)
+    assert raised.value.dimse_status == 0xA700
 
 
 def test_dicom_without_study_uid_is_refused(tiny_predictor, xray):

@@ -1,5 +1,5 @@
 """The ``pneumo`` command: train | evaluate | calibrate | refit-gate | predict | serve | token
-| bench | dicom-listen.
+| bench | dicom-listen | dicomweb-sync.
 
 Every error a user can cause ends in one line on stderr and exit status 2,
 never a traceback.
@@ -227,6 +227,28 @@ def build_parser() -> argparse.ArgumentParser:
                              "heatmap")
     _add_model_option(listen)
 
+    sync = commands.add_parser(
+        "dicomweb-sync", help="screen a DICOMweb archive's new CR/DX images, store the results",
+        description="Find the CR and DX instances on a DICOMweb server (QIDO-RS), fetch each "
+                    "one not handled before (WADO-RS), screen it and store the results into "
+                    "its study (STOW-RS): a DICOM SR, and the overlay as a Secondary "
+                    "Capture. A ledger in the data folder keeps anything from being screened "
+                    "or stored twice; failed instances are tried again on the next run. "
+                    "Set PNEUMO_DICOMWEB_TOKEN to send a bearer token. See "
+                    "docs/integration.md.")
+    sync.add_argument("--url", required=True,
+                      help="the DICOMweb service root, e.g. http://pacs:8042/dicom-web")
+    sync.add_argument("--since", default=None, metavar="TIME",
+                      help="only studies from TIME on: a date or date and time "
+                           "(2026-12-01, 2026-12-01T08:00) or a span back from now (30m, 12h, "
+                           "2d, 1w); default: every study")
+    sync.add_argument("--no-overlay", dest="overlay", action="store_false",
+                      help="store the SR only, no Secondary Capture")
+    sync.add_argument("--data-dir", default=None, metavar="DIR",
+                      help="where the ledger is kept (default: $PNEUMO_DATA_DIR or "
+                           "~/.local/share/pneumo)")
+    _add_model_option(sync)
+
     from .bench import add_arguments as add_bench_arguments
 
     bench = commands.add_parser(
@@ -343,6 +365,18 @@ def _dicom_listen(args) -> int:
                overlay=args.overlay)
 
 
+def _dicomweb_sync(args) -> int:
+    from .dicomweb_sync import parse_since, sync
+    from .predictor import Predictor
+
+    since = parse_since(args.since) if args.since else None
+    stats = sync(args.url, lambda: Predictor.from_bundle(args.model), since=since,
+                 data_dir=Path(args.data_dir) if args.data_dir else None,
+                 overlay=args.overlay, progress=sys.stderr.isatty())
+    print(stats.summary())
+    return 1 if stats.failed else 0
+
+
 def _bench(args) -> int:
     from .bench import run_from_args
 
@@ -363,6 +397,7 @@ def main(argv: list[str] | None = None) -> int:
 
     handlers = {"train": _train, "evaluate": _evaluate, "calibrate": _calibrate,
                 "refit-gate": _refit_gate, "predict": _predict, "export-feedback": _export_feedback, "serve": _serve,
+                "dicomweb-sync": _dicomweb_sync,
                 "token": _token, "bench": _bench, "dicom-listen": _dicom_listen}
     try:
         return handlers[args.command](args)

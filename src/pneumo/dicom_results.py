@@ -25,9 +25,18 @@ stores once, never a second copy.
 
 ``screen_dicom`` takes one received instance (a Part 10 file's bytes, or a dataset)
 through the API's own flow (``screening.admit`` -> ``Predictor.predict_batch`` ->
-``screening.conclude``). What it cannot screen at all raises ``NotDicom`` or
-``NoPixelData`` (their ``dimse_status`` is the C-STORE status a Storage SCP answers
-with); an image it can read but refuses gets a "not assessed" SR instead.
+``screening.conclude``). What it cannot screen at all raises a ``SourceError``, whose
+``dimse_status`` is the C-STORE status a Storage SCP answers with:
+
+- ``NotDicom`` (0xC000, cannot understand): not a DICOM Part 10 file, or a damaged header;
+- ``NoPixelData`` (0xA900, data set does not match SOP class): no pixel data, or no
+  Study/Series/SOP Instance UID to file a result with;
+- ``TooLarge`` (0xA700, out of resources): a deflated file that inflates past
+  ``imaging.MAX_FILE_BYTES``.
+
+Any image it can read but refuses (a CT slice, a colour photograph, a blank or noisy
+picture, a film the input gate finds unlike any chest X-ray, damaged pixel data) gets a
+"not assessed" SR that says why, and no Secondary Capture.
 """
 
 from __future__ import annotations
@@ -35,6 +44,7 @@ from __future__ import annotations
 import dataclasses
 import io
 import logging
+import zlib
 
 import numpy as np
 import pydicom
@@ -112,6 +122,13 @@ class NotDicom(SourceError):
     dimse_status = 0xC000  # Error: Cannot understand
 
 
+class TooLarge(SourceError):
+    """A deflated instance that would inflate past ``imaging.MAX_FILE_BYTES``: its header
+    cannot be read safely (a possible decompression bomb)."""
+
+    dimse_status = 0xA700  # Refused: Out of Resources
+
+
 class NoPixelData(SourceError):
     """A DICOM instance with no image, or without the identifiers a result needs to be
     filed (Study, Series and SOP Instance UIDs)."""
@@ -184,6 +201,7 @@ def read_source(dataset_or_bytes: Dataset | bytes) -> tuple[bytes, Dataset]:
         raise TypeError("expected a pydicom Dataset or the bytes of a DICOM file")
     if sniff_format(data[:132]) != "DICOM":
         raise NotDicom("The data is not a DICOM file (no 'DICM' marker).")
+    _check_inflated_size(data)
     try:
         # defer_size: the pixel data is left unread here; imaging decodes it
         header = pydicom.dcmread(io.BytesIO(data), defer_size=1024)
@@ -201,6 +219,34 @@ def read_source(dataset_or_bytes: Dataset | bytes) -> tuple[bytes, Dataset]:
         if name in header:
             del header[name]
     return data, header
+
+
+def _check_inflated_size(data: bytes) -> None:
+    """pydicom inflates a deflated dataset whole before reading a tag of it, so bound the
+    inflation first, as ``imaging`` does before decoding."""
+    from pydicom.filereader import _read_file_meta_info, read_preamble
+
+    from . import imaging
+
+    fp = io.BytesIO(data)
+    try:
+        read_preamble(fp, False)
+        # the public read_file_meta_info only opens paths; the instance is only in memory
+        syntax = _read_file_meta_info(fp).get("TransferSyntaxUID")
+    except Exception as exc:  # noqa: BLE001 - untrusted header bytes
+        log.debug("DICOM file meta parsing failed: %s", type(exc).__name__)
+        raise NotDicom("The DICOM file's header is damaged and could not be read.") from None
+    if str(syntax or "").strip("\x00 ") != dicom_uid.DeflatedExplicitVRLittleEndian:
+        return
+    inflater = zlib.decompressobj(-zlib.MAX_WBITS)
+    try:
+        inflater.decompress(data[fp.tell():], imaging.MAX_FILE_BYTES)
+    except zlib.error:
+        raise NotDicom("The DICOM file's deflate-compressed data is damaged.") from None
+    if inflater.unconsumed_tail:
+        raise TooLarge(f"The DICOM file inflates to more than "
+                       f"{imaging.MAX_FILE_BYTES // 2**20} MB and was refused as a possible "
+                       "decompression bomb.")
 
 
 def _to_part10(ds: Dataset) -> bytes:

@@ -1,0 +1,327 @@
+"""``pneumo dicomweb-sync``: screen a DICOMweb archive's new chest films, file the results.
+
+For a PACS that speaks DICOMweb (HTTP) rather than, or as well as, classic DICOM
+networking: one run finds the CR and DX instances with QIDO-RS (``--since`` narrows the
+search to studies from that time on), fetches each one with WADO-RS, screens it with
+``dicom_results.screen_dicom`` and stores the SR (and the overlay capture) into the same
+study with STOW-RS. Run it from cron or a systemd timer.
+
+A small SQLite ledger in the data folder (``dicomweb-sync.sqlite3``) remembers each
+instance handled, per server and model version, so that nothing is screened or stored
+twice; an instance whose fetch or store failed is not recorded and is tried again on the
+next run. Should a run stop between storing and recording, the next one stores the same
+objects again under the same deterministic UIDs, which the archive keeps once. The
+ledger holds a SHA-256 digest of the server and UIDs, never a UID or a patient
+identifier; progress lines count instances and say the outcome, nothing that names a
+patient or a study.
+
+One run at a time per data folder: a second waits for nothing and says so.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import datetime as dt
+import fcntl
+import hashlib
+import logging
+import os
+import re
+import sqlite3
+import sys
+import time
+from pathlib import Path
+from typing import Iterator
+
+from .dicom_results import SourceError, screen_dicom
+from .screening import Screened
+
+log = logging.getLogger(__name__)
+
+LEDGER_FILE = "dicomweb-sync.sqlite3"
+#: Modalities that hold projection chest radiographs, as the node accepts them.
+MODALITIES = ("CR", "DX")
+#: Bearer token sent with every request when set (kept out of the command line, where
+#: other users of the machine could read it).
+TOKEN_ENV = "PNEUMO_DICOMWEB_TOKEN"
+#: Seconds to wait for the server's answer to each request.
+TIMEOUT = 60
+#: Tries per request, on a lost connection or a busy server (HTTP 408, 429, 503, 504),
+#: after waits of 1 s and 2 s: enough for a restart of the server's front end, and an
+#: unreachable URL is said within seconds (dicomweb-client's default waits 30 s).
+ATTEMPTS = 3
+
+
+class SyncError(RuntimeError):
+    """The run cannot go on (server unreachable, refused, not DICOMweb): one line for
+    the user, never a traceback."""
+
+
+class Unreachable(SyncError):
+    """No connection to the server: the run stops, whatever it was doing."""
+
+
+@dataclasses.dataclass
+class SyncStats:
+    """What one run did."""
+
+    found: int = 0  # CR/DX instances the search returned
+    already: int = 0  # handled by an earlier run
+    screened: int = 0  # results stored with a finding
+    not_assessed: int = 0  # refused by the input gate: a "not assessed" SR stored
+    skipped: int = 0  # nothing to screen (no pixel data...): nothing stored
+    failed: int = 0  # fetch or store failed: tried again next run
+    seconds: float = 0.0
+
+    def summary(self) -> str:
+        return (f"{self.found} CR/DX instances found, {self.already} done before; "
+                f"{self.screened} screened, {self.not_assessed} not assessed, "
+                f"{self.skipped} skipped, {self.failed} failed ({self.seconds:.1f} s)")
+
+
+@dataclasses.dataclass(frozen=True)
+class InstanceRef:
+    study: str
+    series: str
+    sop: str
+
+
+# --------------------------------------------------------------------------------------
+# --since
+
+
+_RELATIVE = re.compile(r"(\d+)\s*([mhdw])")
+_UNITS = {"m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
+
+
+def parse_since(text: str, now: dt.datetime | None = None) -> dt.datetime:
+    """``--since``: an ISO date or date and time (2026-12-01, 2026-12-01T08:00), or a
+    span back from now (30m, 12h, 2d, 1w)."""
+    now = now or dt.datetime.now()
+    value = text.strip()
+    if match := _RELATIVE.fullmatch(value.lower()):
+        return now - dt.timedelta(**{_UNITS[match[2]]: int(match[1])})
+    try:
+        return dt.datetime.fromisoformat(value)
+    except ValueError:
+        raise ValueError(f"--since {text!r} is neither a date or date and time "
+                         "(2026-12-01, 2026-12-01T08:00) nor a span (30m, 12h, 2d, 1w)") \
+            from None
+
+
+# --------------------------------------------------------------------------------------
+# The ledger
+
+
+class Ledger:
+    """Instances handled, by digest; and a lock so that one run at a time uses it."""
+
+    def __init__(self, folder: Path):
+        folder.mkdir(parents=True, exist_ok=True)
+        self._lock = open(folder / (LEDGER_FILE + ".lock"), "w")  # noqa: SIM115
+        try:
+            fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self._lock.close()
+            raise SyncError(f"another pneumo dicomweb-sync is running on {folder}") from None
+        self._db = sqlite3.connect(folder / LEDGER_FILE)
+        self._db.execute("CREATE TABLE IF NOT EXISTS handled (digest TEXT PRIMARY KEY, "
+                         "outcome TEXT NOT NULL, at TEXT NOT NULL)")
+        self._db.commit()
+
+    @staticmethod
+    def digest(url: str, ref: InstanceRef, model: str) -> str:
+        return hashlib.sha256("\0".join([url.rstrip("/"), ref.study, ref.series, ref.sop,
+                                         model]).encode()).hexdigest()
+
+    def __contains__(self, digest: str) -> bool:
+        return self._db.execute("SELECT 1 FROM handled WHERE digest = ?",
+                                (digest,)).fetchone() is not None
+
+    def record(self, digest: str, outcome: str) -> None:
+        self._db.execute("INSERT OR REPLACE INTO handled VALUES (?, ?, ?)",
+                         (digest, outcome, dt.datetime.now(dt.timezone.utc).isoformat()))
+        self._db.commit()
+
+    def close(self) -> None:
+        self._db.close()
+        self._lock.close()
+
+
+# --------------------------------------------------------------------------------------
+# The server
+
+
+def connect(url: str, token: str | None = None):
+    """A DICOMweb client for ``url`` (the service root, e.g. http://pacs:8042/dicom-web)."""
+    from dicomweb_client.api import DICOMwebClient
+
+    # dicomweb-client logs every URL, UIDs included, at INFO
+    logging.getLogger("dicomweb_client").setLevel(logging.WARNING)
+    if not re.match(r"https?://[^/\s]+", url or ""):
+        raise SyncError(f"--url {url!r} is not an http:// or https:// URL of a DICOMweb "
+                        "service (e.g. http://pacs.example:8042/dicom-web)")
+    headers = {"Authorization": f"Bearer {token}"} if token else None
+    try:
+        client = DICOMwebClient(url.rstrip("/"), headers=headers, timeout=TIMEOUT)
+    except ValueError as exc:
+        raise SyncError(f"--url {url!r} is not usable: {exc}") from None
+    client.set_http_retry_params(max_attempts=ATTEMPTS, wait_exponential_multiplier=500)
+    return client
+
+
+@contextlib.contextmanager
+def _server_errors(url: str, what: str) -> Iterator[None]:
+    """requests' exceptions as one plain sentence; the request's own URL (with UIDs in
+    it) is never repeated."""
+    import requests
+
+    try:
+        yield
+    except requests.exceptions.HTTPError as exc:
+        status = exc.response.status_code if exc.response is not None else "?"
+        hint = {401: f": the server wants credentials (set {TOKEN_ENV})",
+                403: ": access refused for these credentials",
+                404: ": is the URL the DICOMweb root (e.g. .../dicom-web)?"}.get(status, "")
+        raise SyncError(f"the DICOMweb server at {url} answered HTTP {status} to {what}"
+                        f"{hint}") from None
+    except requests.exceptions.Timeout:
+        raise SyncError(f"the DICOMweb server at {url} did not answer {what} within "
+                        f"{TIMEOUT} s") from None
+    except requests.exceptions.ConnectionError:
+        raise Unreachable(f"cannot reach the DICOMweb server at {url} (connection refused "
+                          "or host unknown)") from None
+    except requests.exceptions.RequestException as exc:
+        raise SyncError(f"the request to {url} for {what} failed "
+                        f"({type(exc).__name__})") from None
+
+
+def _value(result: dict, tag: str) -> str:
+    values = result.get(tag, {}).get("Value") or [""]
+    return str(values[0])
+
+
+def find_instances(client, url: str, since: dt.datetime | None = None) -> list[InstanceRef]:
+    """Every CR and DX instance (QIDO-RS), of studies dated ``since`` or later."""
+    found: dict[str, InstanceRef] = {}
+    for modality in MODALITIES:
+        filters = {"Modality": modality}
+        if since is not None:
+            filters["StudyDate"] = since.strftime("%Y%m%d") + "-"
+        with _server_errors(url, "a QIDO-RS search"):
+            results = client.search_for_instances(
+                search_filters=filters, fields=["StudyDate", "StudyTime"], get_remaining=True)
+        for result in results:
+            if since is not None and _study_time(result) < since:
+                continue
+            ref = InstanceRef(_value(result, "0020000D"), _value(result, "0020000E"),
+                              _value(result, "00080018"))
+            if ref.study and ref.series and ref.sop:
+                found[ref.sop] = ref
+    return list(found.values())
+
+
+def _study_time(result: dict) -> dt.datetime:
+    """The study's date and time (midnight when the time is absent or malformed)."""
+    date, time_of_day = _value(result, "00080020"), _value(result, "00080030")
+    try:
+        day = dt.datetime.strptime(date[:8], "%Y%m%d")
+    except ValueError:
+        return dt.datetime.max  # undated: kept, never filtered out by a guess
+    digits = re.match(r"\d{2,6}", time_of_day)
+    if digits:
+        text = digits[0].ljust(6, "0")
+        with contextlib.suppress(ValueError):
+            return day.replace(hour=int(text[:2]), minute=int(text[2:4]), second=int(text[4:6]))
+    return day
+
+
+# --------------------------------------------------------------------------------------
+# The run
+
+
+def sync(url: str, predictor_loader, *, since: dt.datetime | None = None,
+         data_dir: Path | None = None, overlay: bool = True, progress: bool = False,
+         token: str | None = None, client=None) -> SyncStats:
+    """One pass over the server at ``url``; ``predictor_loader()`` gives the Predictor,
+    loaded only when there is something new to screen.
+
+    Raises SyncError when the server cannot be searched or reached."""
+    from tqdm.auto import tqdm
+
+    from .studies import default_data_dir
+
+    started = time.monotonic()
+    stats = SyncStats()
+    client = client or connect(url, token if token is not None else os.environ.get(TOKEN_ENV))
+    ledger = Ledger(Path(data_dir) if data_dir else default_data_dir())
+    try:
+        refs = find_instances(client, url, since)
+        stats.found = len(refs)
+        predictor = None
+        model = None
+        todo: list[tuple[InstanceRef, str]] = []
+        if refs:
+            predictor = predictor_loader()
+            model = f"{predictor.name} {predictor.version}"
+            for ref in refs:
+                digest = Ledger.digest(url, ref, model)
+                if digest in ledger:
+                    stats.already += 1
+                else:
+                    todo.append((ref, digest))
+        with tqdm(total=len(todo), unit="instance", desc="screening",
+                  disable=not progress or not todo) as bar:
+            for number, (ref, digest) in enumerate(todo, 1):
+                line = _one(client, url, predictor, ref, digest, ledger, stats, overlay)
+                bar.update()
+                tqdm.write(f"instance {number}/{len(todo)}: {line}", file=sys.stderr)
+    finally:
+        ledger.close()
+        stats.seconds = time.monotonic() - started
+    return stats
+
+
+def _one(client, url: str, predictor, ref: InstanceRef, digest: str, ledger: Ledger,
+         stats: SyncStats, overlay: bool) -> str:
+    """Fetch, screen and store one instance; the progress line (no identifiers). A
+    failed request fails this instance only, a lost connection the run."""
+    try:
+        with _server_errors(url, "a WADO-RS retrieve"):
+            dataset = client.retrieve_instance(ref.study, ref.series, ref.sop)
+    except Unreachable:
+        raise
+    except SyncError as exc:
+        stats.failed += 1
+        return f"failed: {exc}"
+    try:
+        results = screen_dicom(predictor, dataset, overlay=overlay)
+    except SourceError as exc:
+        stats.skipped += 1
+        ledger.record(digest, "skipped")
+        return f"skipped: {exc}"
+    try:
+        with _server_errors(url, "a STOW-RS store"):
+            answer = client.store_instances(results.datasets, study_instance_uid=ref.study)
+    except Unreachable:
+        raise
+    except SyncError as exc:
+        stats.failed += 1
+        return f"failed: {exc}"
+    failed = len(answer.get("FailedSOPSequence") or []) if answer is not None else 0
+    if failed:
+        stats.failed += 1
+        return f"failed: the server refused {failed} of {len(results.datasets)} result objects"
+    outcome = results.outcome
+    stored = " and ".join(["SR"] + (["overlay"] if results.capture is not None else []))
+    if isinstance(outcome, Screened):
+        stats.screened += 1
+        ledger.record(digest, "screened")
+        p = outcome.prediction
+        band = ", inconclusive" if p.inconclusive else ""
+        return (f"{p.label} probability {p.probability:.3f} (threshold {p.threshold:.3f}"
+                f"{band}); {stored} stored")
+    stats.not_assessed += 1
+    ledger.record(digest, "not assessed")
+    return f"not assessed ({outcome.reason}); {stored} stored"
