@@ -272,6 +272,10 @@ def test_a_calling_ae_title_not_on_the_allow_list_is_rejected(node):
     assert (rejection.result, rejection.result_source, rejection.diagnostic) == (0x01, 0x01, 0x03)
     assert echo(node.port, ae_title=TEST_SCU) == 0x0000  # the node still serves the others
     assert "'INTRUDER' rejected" in node.log()
+    # a PACS calling the node by another AE title is misconfigured: told so at once
+    misdirected = associate(node.port, called="NOTPNEUMO")
+    assert misdirected.is_rejected
+    assert misdirected.acceptor.primitive.diagnostic == 0x07  # called AE title not recognised
 
 
 def test_killed_in_the_middle_of_a_study_loses_nothing_and_sends_nothing_twice(
@@ -357,6 +361,42 @@ def test_a_spool_that_cannot_write_answers_out_of_resources(tmp_path):
     finally:
         scp.stop()
         spool.close()
+
+
+def test_a_result_the_pacs_refused_is_delivered_on_a_later_try_once(tmp_path):
+    """The sender alone, in this process, against a recording SCP that refuses (0xA700)
+    the first try."""
+    import threading
+
+    from pneumo.dicom_node.screener import part10
+    from pneumo.dicom_node.sender import Destination, Sender
+    from pneumo.dicom_node.spool import Spool
+
+    recorder = Recorder()
+    recorder.refusing = True
+    spool = Spool(tmp_path, "test")
+    ds = make_dataset(synthetic_xray(6, size=(32, 32)))
+    ds.StudyInstanceUID, ds.SeriesInstanceUID = uid.generate_uid(), uid.generate_uid()
+    instance = spool.receive(to_bytes(ds), ds.SOPInstanceUID).instance
+    result = make_dataset(synthetic_xray(7, size=(32, 32)))  # stands for an SR: any object
+    spool.screened(instance, "test", 0.0, [("sr", str(result.SOPInstanceUID), part10(result))])
+    stop, wake, delivered = threading.Event(), threading.Event(), []
+    sender = Sender(spool, Destination.parse(recorder.address), "PNEUMO", stop, wake,
+                    on_delivered=delivered.append)
+    sender.start()
+    try:
+        wait_for(lambda: recorder.refused, RESULTS_TIMEOUT, "a refused try")
+        recorder.refusing = False
+        wait_for(lambda: delivered, RESULTS_TIMEOUT, "the delivery")
+    finally:
+        stop.set()
+        wake.set()
+        sender.join(60)
+        recorder.stop()
+        spool.close()
+    assert recorder.uids() == [str(result.SOPInstanceUID)]
+    assert delivered == [instance.id]
+    assert not list(spool.received_dir.iterdir()) and not list(spool.results_dir.iterdir())
 
 
 def test_destination_addresses_are_checked():
