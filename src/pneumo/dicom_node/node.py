@@ -15,6 +15,8 @@ import signal
 import threading
 from pathlib import Path
 
+import pydicom
+
 from .scp import StorageSCP
 from .screener import Screener
 from .sender import Destination, Sender, check_ae_title
@@ -51,6 +53,9 @@ def run(*, host: str, port: int, ae_title: str, results_to: str, model: str | No
     # copy): the node logs its own lines, without identifiers, instead
     for library in ("pynetdicom", "highdicom"):
         logging.getLogger(library).setLevel(logging.WARNING)
+    # pydicom's warnings about non-conformant values quote the value (a patient's name
+    # may be one): what a PACS sends is read as it is, without them
+    pydicom.config.settings.reading_validation_mode = pydicom.config.IGNORE
 
     predictor = Predictor.from_bundle(model)
     spool = Spool(Path(data_dir) if data_dir else default_data_dir(), predictor.version)
