@@ -251,8 +251,9 @@ def test_an_unparsable_data_set_cannot_be_understood(node, tmp_path):
     path = tmp_path / "broken.dcm"
     path.write_bytes(to_bytes(make_dataset(synthetic_xray(4, size=(32, 32)))))
     _, offset = split_dataset(path)
-    # after the file meta, an element with a value representation DICOM does not have
-    path.write_bytes(path.read_bytes()[:offset] + b"\x08\x00\x16\x00ZZ\x04\x001.2\x00")
+    # after the file meta, a sequence of undefined length whose items are not items
+    path.write_bytes(path.read_bytes()[:offset]
+                     + b"\x08\x00\x16\x00SQ\x00\x00\xff\xff\xff\xff\x01\x02\x03")
     assoc = associate(node.port, contexts=[(DX_STORAGE, [uid.ExplicitVRLittleEndian])])
     assert assoc.is_established
     previous = _config.STORE_SEND_CHUNKED_DATASET
@@ -263,6 +264,31 @@ def test_an_unparsable_data_set_cannot_be_understood(node, tmp_path):
         _config.STORE_SEND_CHUNKED_DATASET = previous
         assoc.release()
     assert answer.Status == 0xC000
+
+
+def test_a_deflate_bomb_is_refused_before_it_is_inflated(node, tmp_path):
+    """80 KB on the wire that would inflate to 72 MB, past the decoder's limit: refused
+    from its file meta and a bounded inflation, on the association's thread."""
+    from pynetdicom import _config
+
+    ds = make_dataset(np.zeros((9000, 8000), np.uint8))
+    ds.StudyInstanceUID, ds.SeriesInstanceUID = uid.generate_uid(), uid.generate_uid()
+    ds.file_meta.TransferSyntaxUID = uid.DeflatedExplicitVRLittleEndian
+    path = tmp_path / "bomb.dcm"
+    path.write_bytes(to_bytes(ds))
+    del ds
+    assert path.stat().st_size < 1_000_000
+    assoc = associate(node.port, contexts=[(DX_STORAGE, [uid.DeflatedExplicitVRLittleEndian])])
+    assert assoc.is_established
+    previous = _config.STORE_SEND_CHUNKED_DATASET
+    _config.STORE_SEND_CHUNKED_DATASET = True  # send the file's bytes as they are
+    try:
+        answer = assoc.send_c_store(path)
+    finally:
+        _config.STORE_SEND_CHUNKED_DATASET = previous
+        assoc.release()
+    assert answer.Status == 0xA700
+    assert "inflates to more than" in node.log()
 
 
 def test_a_calling_ae_title_not_on_the_allow_list_is_rejected(node):

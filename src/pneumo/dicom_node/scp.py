@@ -14,8 +14,11 @@ stops at the first instance it cannot place.
   its presentation context, lacks a Study, Series or SOP Instance UID, or has no pixel
   data;
 - 0xC000 cannot understand: the data set cannot be parsed;
-- 0xA700 out of resources: the spool cannot keep it (disk nearly full, a write failed);
-  the PACS keeps it and sends it again later.
+- 0xA700 out of resources: the spool cannot keep it (disk nearly full, a write failed),
+  or a deflated data set would inflate past the decoder's limit; the PACS keeps it.
+
+The checks of the data set are ``dicom_results.read_source``'s, the reading the screener
+does too, and its errors carry their status.
 
 Whether the image is a chest X-ray the model can read is not a transport question:
 an accepted image the input gate refuses gets a "not assessed" SR saying why.
@@ -27,7 +30,6 @@ network.
 
 from __future__ import annotations
 
-import io
 import logging
 import shutil
 import sqlite3
@@ -38,6 +40,7 @@ import pydicom
 from pynetdicom import ALL_TRANSFER_SYNTAXES, AE, AllStoragePresentationContexts, evt
 from pynetdicom.sop_class import Verification
 
+from ..dicom_results import SourceError, read_source
 from .spool import Spool
 
 log = logging.getLogger("pneumo.dicom_node")
@@ -57,9 +60,6 @@ CANNOT_UNDERSTAND = 0xC000
 #: Below this much free space the node refuses new instances (out of resources) rather
 #: than fill the disk its database and results live on.
 MIN_FREE_BYTES = 256 * 1024 * 1024
-
-#: What a result needs to be filed with its source (and the node to recognise it again).
-REQUIRED_UIDS = ("SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID")
 
 
 def sop_class_name(uid: str) -> str:
@@ -129,22 +129,16 @@ class StorageSCP:
                                             "(CR and DX for presentation only)"
         data = event.encoded_dataset(include_meta=True)
         try:
-            # defer_size: the pixel data stays unread (the screener decodes it)
-            header = pydicom.dcmread(io.BytesIO(data), defer_size=1024)
-            uids = {name: str(header.get(name, "") or "").strip() for name in REQUIRED_UIDS}
-            has_pixels = "PixelData" in header
-        except Exception as exc:  # noqa: BLE001 - untrusted bytes; pydicom raises many types
-            return CANNOT_UNDERSTAND, f"the data set cannot be parsed ({type(exc).__name__})"
-        missing = [name for name, value in uids.items() if not value]
-        if missing:
-            return DATA_SET_DOES_NOT_MATCH_SOP_CLASS, f"the data set lacks {', '.join(missing)}"
-        if uids["SOPClassUID"] != context_class:
+            # the same reading the screener does: header only, a deflated data set's
+            # inflation bounded first (it would happen here, on the association's thread)
+            _, header = read_source(data)
+        except SourceError as exc:
+            return exc.dimse_status, str(exc)
+        sop_class, sop_instance = str(header.SOPClassUID), str(header.SOPInstanceUID)
+        if sop_class != context_class:
             return DATA_SET_DOES_NOT_MATCH_SOP_CLASS, \
-                f"the data set is {sop_class_name(uids['SOPClassUID'])}, sent as " \
+                f"the data set is {sop_class_name(sop_class)}, sent as " \
                 f"{sop_class_name(context_class)}"
-        if not has_pixels:
-            return DATA_SET_DOES_NOT_MATCH_SOP_CLASS, "the image has no pixel data"
-        sop_class, sop_instance = uids["SOPClassUID"], uids["SOPInstanceUID"]
         try:
             if shutil.disk_usage(self.spool.root).free < MIN_FREE_BYTES + len(data):
                 return OUT_OF_RESOURCES, f"less than {MIN_FREE_BYTES // 2**20} MB free " \
