@@ -189,6 +189,7 @@ def test_round_trip_the_results_are_filed_in_the_same_study(node, orthanc, shipp
     for path in spool.glob("queue.sqlite3*"):
         no_identifier_in(path.read_bytes().decode("latin-1"), *identifiers)
     assert not [*(spool / "received").iterdir(), *(spool / "results").iterdir()]
+    assert spool.stat().st_mode & 0o777 == 0o700  # while it holds any, only the node's
 
 
 def test_an_image_the_gate_refuses_gets_a_not_assessed_sr(node, orthanc):

@@ -158,6 +158,8 @@ class Spool:
         self.results_dir = self.root / "results"
         for folder in (self.root, self.received_dir, self.results_dir):
             folder.mkdir(parents=True, exist_ok=True)
+        # the files hold patient data: only the node's own user may open the folder
+        self.root.chmod(0o700)
         self.model_version = model_version
         self._lock_handle = open(self.root / LOCK_FILE, "a")  # noqa: SIM115 (held open)
         try:
