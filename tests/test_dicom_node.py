@@ -390,17 +390,20 @@ def test_a_spool_that_cannot_write_answers_out_of_resources(tmp_path):
         spool.close()
 
 
-def test_a_result_the_pacs_refused_is_delivered_on_a_later_try_once(tmp_path):
-    """The sender alone, in this process, against a recording SCP that refuses (0xA700)
-    the first try."""
+def test_a_result_the_pacs_refused_is_delivered_on_a_later_try_once(tmp_path, caplog):
+    """The sender alone, in this process, against a recording SCP that first rejects the
+    node's AE title, then answers 0xA700 (out of resources), then stores."""
+    import logging
     import threading
 
     from pneumo.dicom_node.screener import part10
     from pneumo.dicom_node.sender import Destination, Sender
     from pneumo.dicom_node.spool import Spool
 
+    caplog.set_level(logging.WARNING, "pneumo.dicom_node")
     recorder = Recorder()
     recorder.refusing = True
+    recorder.ae.require_calling_aet = ["SOMEONE"]
     spool = Spool(tmp_path, "test")
     ds = make_dataset(synthetic_xray(6, size=(32, 32)))
     ds.StudyInstanceUID, ds.SeriesInstanceUID = uid.generate_uid(), uid.generate_uid()
@@ -412,6 +415,9 @@ def test_a_result_the_pacs_refused_is_delivered_on_a_later_try_once(tmp_path):
                     on_delivered=delivered.append)
     sender.start()
     try:
+        wait_for(lambda: "association rejected" in caplog.text, RESULTS_TIMEOUT,
+                 "a rejected association")
+        recorder.ae.require_calling_aet = []
         wait_for(lambda: recorder.refused, RESULTS_TIMEOUT, "a refused try")
         recorder.refusing = False
         wait_for(lambda: delivered, RESULTS_TIMEOUT, "the delivery")
@@ -423,6 +429,7 @@ def test_a_result_the_pacs_refused_is_delivered_on_a_later_try_once(tmp_path):
         spool.close()
     assert recorder.uids() == [str(result.SOPInstanceUID)]
     assert delivered == [instance.id]
+    assert "Calling AE title not recognised" in caplog.text and "0xA700" in caplog.text
     assert not list(spool.received_dir.iterdir()) and not list(spool.results_dir.iterdir())
 
 

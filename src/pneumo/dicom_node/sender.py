@@ -119,16 +119,33 @@ class Sender(threading.Thread):
         return ae.associate(self.destination.host, self.destination.port,
                             ae_title=self.destination.ae_title)
 
+    def _readable(self, results: list[Result]) -> list[Result]:
+        """``results`` whose files can be read; the others are due again later, so that
+        one bad file never holds back the rest."""
+        readable = []
+        for result in results:
+            try:
+                read_file_meta_info(result.file)
+                readable.append(result)
+            except (OSError, ValueError, AttributeError) as exc:
+                self._later([result], f"cannot read its file: {type(exc).__name__}: {exc}")
+        return readable
+
     def deliver(self, results: list[Result]) -> None:
         """One association: send ``results``, mark each delivered or due again later."""
+        results = self._readable(results)
+        if not results:
+            return
         try:
             assoc = self._association(results)
         except (OSError, ValueError, AttributeError) as exc:
             self._later(results, f"cannot prepare the association: {type(exc).__name__}: {exc}")
             return
         if not assoc.is_established:
-            why = "rejected" if assoc.is_rejected else "aborted" if assoc.is_aborted else \
-                "no answer"
+            if assoc.is_rejected:  # e.g. the PACS does not know this node's AE title
+                why = f"rejected: {assoc.acceptor.primitive.reason_str}"
+            else:
+                why = "aborted" if assoc.is_aborted else "no answer"
             self._later(results, f"association {why}")
             return
         try:
