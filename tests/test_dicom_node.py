@@ -298,11 +298,13 @@ def test_a_calling_ae_title_not_on_the_allow_list_is_rejected(node):
     rejection = assoc.acceptor.primitive
     assert (rejection.result, rejection.result_source, rejection.diagnostic) == (0x01, 0x01, 0x03)
     assert echo(node.port, ae_title=TEST_SCU) == 0x0000  # the node still serves the others
-    assert "'INTRUDER' rejected" in node.log()
+    assert "'INTRUDER' rejected: calling AE title not on the allow-list" in node.log()
     # a PACS calling the node by another AE title is misconfigured: told so at once
     misdirected = associate(node.port, called="NOTPNEUMO")
     assert misdirected.is_rejected
     assert misdirected.acceptor.primitive.diagnostic == 0x07  # called AE title not recognised
+    wait_for(lambda: "it called 'NOTPNEUMO', this node is 'PNEUMO'" in node.log(), 60,
+             "the node's line about the misdirected association", on_fail=node.log)
 
 
 def test_killed_in_the_middle_of_a_study_loses_nothing_and_sends_nothing_twice(

@@ -101,9 +101,13 @@ class StorageSCP:
 
     def _log_rejected(self, event) -> None:
         requestor = event.assoc.requestor
-        log.warning("association from %s as %r rejected (calling AE title not on the "
-                    "allow-list, or called AE title not %r)", requestor.address,
-                    requestor.ae_title, self.ae.ae_title)
+        called = str(getattr(requestor.primitive, "called_ae_title", "") or "").strip()
+        if called and called != self.ae.ae_title:
+            why = f"it called {called!r}, this node is {self.ae.ae_title!r}"
+        else:
+            why = "calling AE title not on the allow-list (--calling-aets)"
+        log.warning("association from %s as %r rejected: %s", requestor.address,
+                    requestor.ae_title, why)
 
     def handle_store(self, event) -> int:
         """One C-STORE: check, keep, answer. Never raises: pynetdicom would answer a
