@@ -3,7 +3,8 @@ results must come back into the same study.
 
 One Orthanc and one node (the shipped model) serve the module; the restart test runs a
 second node of its own, which it kills. Every wait is a generous deadline, never a
-timing assertion. Skipped where Orthanc is not installed (``make pacs``).
+timing assertion. Skipped where Orthanc is not installed (``make pacs``). The tests of
+the parts alone (the SCP on a broken spool, addresses, the command's errors) are fast.
 """
 
 from __future__ import annotations
@@ -24,8 +25,6 @@ from dicom_peers import TEST_SCU, Node, Recorder, associate, echo, wait_for
 from orthanc import Orthanc, require_orthanc
 from pneumo.bench.server import free_port
 from synthetic import synthetic_xray
-
-pytestmark = pytest.mark.slow
 
 RESULTS_TIMEOUT = 300  # seconds: screening on a busy 2-core machine, and Orthanc's jobs
 COMPREHENSIVE_SR = "1.2.840.10008.5.1.4.1.1.88.33"
@@ -133,10 +132,12 @@ def no_identifier_in(text: str, *values: str) -> None:
 
 # -- the tests ----------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_c_echo_is_answered(node):
     assert echo(node.port) == 0x0000
 
 
+@pytest.mark.slow
 @pytest.mark.reliability(19)
 def test_round_trip_the_results_are_filed_in_the_same_study(node, orthanc, shipped_bundle):
     from pneumo import screening
@@ -192,6 +193,7 @@ def test_round_trip_the_results_are_filed_in_the_same_study(node, orthanc, shipp
     assert spool.stat().st_mode & 0o777 == 0o700  # while it holds any, only the node's
 
 
+@pytest.mark.slow
 def test_an_image_the_gate_refuses_gets_a_not_assessed_sr(node, orthanc):
     from pneumo.dicom_results import Concepts
 
@@ -208,6 +210,7 @@ def test_an_image_the_gate_refuses_gets_a_not_assessed_sr(node, orthanc):
     assert len(instances_of(orthanc, uploaded["ParentStudy"])) == 2
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case, status", [
     ("CT image", 0x0122),
     ("encapsulated PDF", 0x0122),
@@ -243,6 +246,7 @@ def test_what_the_node_does_not_screen_gets_its_status(node, case, status):
     assert answer.Status == status, case
 
 
+@pytest.mark.slow
 def test_an_unparsable_data_set_cannot_be_understood(node, tmp_path):
     """A valid file meta header, then bytes that are not a data set: 0xC000."""
     from pynetdicom import _config
@@ -267,6 +271,7 @@ def test_an_unparsable_data_set_cannot_be_understood(node, tmp_path):
     assert answer.Status == 0xC000
 
 
+@pytest.mark.slow
 def test_a_deflate_bomb_is_refused_before_it_is_inflated(node, tmp_path):
     """80 KB on the wire that would inflate to 72 MB, past the decoder's limit: refused
     from its file meta and a bounded inflation, on the association's thread."""
@@ -292,6 +297,7 @@ def test_a_deflate_bomb_is_refused_before_it_is_inflated(node, tmp_path):
     assert "inflates to more than" in node.log()
 
 
+@pytest.mark.slow
 def test_a_calling_ae_title_not_on_the_allow_list_is_rejected(node):
     assoc = associate(node.port, ae_title="INTRUDER")
     assert assoc.is_rejected
@@ -307,6 +313,7 @@ def test_a_calling_ae_title_not_on_the_allow_list_is_rejected(node):
              "the node's line about the misdirected association", on_fail=node.log)
 
 
+@pytest.mark.slow
 def test_killed_in_the_middle_of_a_study_loses_nothing_and_sends_nothing_twice(
         orthanc, ports, tmp_path):
     """Six images of one study. The first two come back before the kill; the next two are
@@ -392,6 +399,7 @@ def test_a_spool_that_cannot_write_answers_out_of_resources(tmp_path):
         spool.close()
 
 
+@pytest.mark.slow
 def test_a_result_the_pacs_refused_is_delivered_on_a_later_try_once(tmp_path, caplog):
     """The sender alone, in this process, against a recording SCP that first rejects the
     node's AE title, then answers 0xA700 (out of resources), then stores."""
