@@ -104,6 +104,16 @@ def test_a_new_film_in_a_known_study_is_screened_alone(pacs, tiny_predictor, tmp
     assert sorted(len(s["Instances"]) for s in series) == [1, 1, 2, 2]
 
 
+def test_search_pages_through_the_archive(pacs, tiny_predictor, tmp_path, monkeypatch):
+    from pneumo import dicomweb_sync
+
+    monkeypatch.setattr(dicomweb_sync, "PAGE", 2)
+    for seed in range(5):
+        pacs.upload(film(synthetic_xray(seed), modality="CR"))
+    stats = sync(pacs.dicomweb_url, lambda: tiny_predictor, data_dir=tmp_path, overlay=False)
+    assert (stats.found, stats.screened) == (5, 5)
+
+
 def test_since_leaves_older_studies_alone(pacs, tiny_predictor, tmp_path):
     pacs.upload(film(synthetic_xray(1), date="20240105"))
     pacs.upload(film(synthetic_xray(2), date="20261201"))
@@ -149,6 +159,43 @@ def test_unreachable_server_is_one_line_not_a_traceback(tmp_path, capsys):
 def test_a_url_that_is_not_dicomweb_says_so(pacs, tmp_path):
     with pytest.raises(SyncError, match="HTTP 404.*DICOMweb root"):
         sync(pacs.url + "/not-dicom-web", lambda: None, data_dir=tmp_path)
+
+
+def test_the_archive_root_instead_of_its_dicomweb_root_says_so(pacs, tmp_path):
+    """Orthanc's own REST API answers /instances too (400 to QIDO's paging)."""
+    pacs.upload(film(synthetic_xray(1)))
+    with pytest.raises(SyncError, match=r"HTTP 400 .*is the URL the DICOMweb root"):
+        sync(pacs.url, lambda: None, data_dir=tmp_path)
+
+
+def test_a_server_that_wants_credentials_says_so(tmp_path, monkeypatch):
+    """A real HTTP server that answers 401 to everything, as an archive without the token."""
+    import http.server
+    import threading
+
+    seen = []
+
+    class Refuse(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802 - http.server's name
+            seen.append(self.headers.get("Authorization"))
+            self.send_response(401)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Refuse)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_address[1]}/dicom-web"
+    try:
+        monkeypatch.setenv("PNEUMO_DICOMWEB_TOKEN", "s3cret")
+        with pytest.raises(SyncError, match="HTTP 401.*set PNEUMO_DICOMWEB_TOKEN"):
+            sync(url, lambda: None, data_dir=tmp_path)
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert seen and set(seen) == {"Bearer s3cret"}
 
 
 @pytest.mark.parametrize("url", ["pacs:8042/dicom-web", "ftp://pacs/dicom-web", ""])

@@ -51,6 +51,9 @@ TIMEOUT = 60
 #: after waits of 1 s and 2 s: enough for a restart of the server's front end, and an
 #: unreachable URL is said within seconds (dicomweb-client's default waits 30 s).
 ATTEMPTS = 3
+#: QIDO-RS results asked for per request. A server may return fewer (its own cap), so
+#: only an empty page, or one with nothing new, ends a search.
+PAGE = 100
 
 
 class SyncError(RuntimeError):
@@ -181,9 +184,10 @@ def _server_errors(url: str, what: str) -> Iterator[None]:
         yield
     except requests.exceptions.HTTPError as exc:
         status = exc.response.status_code if exc.response is not None else "?"
-        hint = {401: f": the server wants credentials (set {TOKEN_ENV})",
-                403: ": access refused for these credentials",
-                404: ": is the URL the DICOMweb root (e.g. .../dicom-web)?"}.get(status, "")
+        not_root = ": is the URL the DICOMweb root (e.g. .../dicom-web)?"
+        hint = {400: not_root, 404: not_root,
+                401: f": the server wants credentials (set {TOKEN_ENV})",
+                403: ": access refused for these credentials"}.get(status, "")
         raise SyncError(f"the DICOMweb server at {url} answered HTTP {status} to {what}"
                         f"{hint}") from None
     except requests.exceptions.Timeout:
@@ -209,10 +213,7 @@ def find_instances(client, url: str, since: dt.datetime | None = None) -> list[I
         filters = {"Modality": modality}
         if since is not None:
             filters["StudyDate"] = since.strftime("%Y%m%d") + "-"
-        with _server_errors(url, "a QIDO-RS search"):
-            results = client.search_for_instances(
-                search_filters=filters, fields=["StudyDate", "StudyTime"], get_remaining=True)
-        for result in results:
+        for result in _search_pages(client, url, filters):
             if since is not None and _study_time(result) < since:
                 continue
             ref = InstanceRef(_value(result, "0020000D"), _value(result, "0020000E"),
@@ -220,6 +221,31 @@ def find_instances(client, url: str, since: dt.datetime | None = None) -> list[I
             if ref.study and ref.series and ref.sop:
                 found[ref.sop] = ref
     return list(found.values())
+
+
+def _search_pages(client, url: str, filters: dict) -> Iterator[dict]:
+    """A QIDO-RS instance search, page by page (``PAGE`` results a request).
+
+    Not dicomweb-client's ``get_remaining``: against a server that ignores ``offset``, or
+    an URL that is not a DICOMweb root but answers JSON (Orthanc's own REST API lists
+    ``/instances`` as IDs), it asks for the next page forever. Here a page with nothing
+    new ends the search, and an answer that is not DICOM JSON is an error."""
+    seen: set[str] = set()
+    offset = 0
+    while True:
+        with _server_errors(url, "a QIDO-RS search"):
+            page = client.search_for_instances(search_filters=filters, limit=PAGE,
+                                               offset=offset,
+                                               fields=["StudyDate", "StudyTime"])
+        if not isinstance(page, list) or not all(isinstance(r, dict) for r in page):
+            raise SyncError(f"the server at {url} did not answer a QIDO-RS search with DICOM "
+                            "JSON: is the URL the DICOMweb root (e.g. .../dicom-web)?")
+        new = [r for r in page if _value(r, "00080018") not in seen]
+        seen.update(_value(r, "00080018") for r in new)
+        yield from new
+        if not new:
+            return
+        offset += len(page)
 
 
 def _study_time(result: dict) -> dt.datetime:
