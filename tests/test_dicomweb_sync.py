@@ -168,8 +168,10 @@ def test_the_archive_root_instead_of_its_dicomweb_root_says_so(pacs, tmp_path):
         sync(pacs.url, lambda: None, data_dir=tmp_path)
 
 
-def test_a_server_that_wants_credentials_says_so(tmp_path, monkeypatch):
-    """A real HTTP server that answers 401 to everything, as an archive without the token."""
+@pytest.fixture
+def refusing_server():
+    """A real HTTP server that answers 401 to everything, as an archive does to a client
+    without its credentials; yields (its DICOMweb URL, the Authorization headers seen)."""
     import http.server
     import threading
 
@@ -187,15 +189,31 @@ def test_a_server_that_wants_credentials_says_so(tmp_path, monkeypatch):
 
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Refuse)
     threading.Thread(target=server.serve_forever, daemon=True).start()
-    url = f"http://127.0.0.1:{server.server_address[1]}/dicom-web"
-    try:
-        monkeypatch.setenv("PNEUMO_DICOMWEB_TOKEN", "s3cret")
-        with pytest.raises(SyncError, match="HTTP 401.*set PNEUMO_DICOMWEB_TOKEN"):
-            sync(url, lambda: None, data_dir=tmp_path)
-    finally:
-        server.shutdown()
-        server.server_close()
-    assert seen and set(seen) == {"Bearer s3cret"}
+    yield f"http://127.0.0.1:{server.server_address[1]}/dicom-web", seen
+    server.shutdown()
+    server.server_close()
+
+
+@pytest.mark.parametrize("env,header", [
+    ({"PNEUMO_DICOMWEB_TOKEN": "s3cret"}, "Bearer s3cret"),
+    ({"PNEUMO_DICOMWEB_USER": "alice", "PNEUMO_DICOMWEB_PASSWORD": "pw"},
+     "Basic YWxpY2U6cHc="),  # base64("alice:pw"), as Orthanc's RegisteredUsers expect
+])
+def test_a_server_that_wants_credentials_says_so(refusing_server, tmp_path, monkeypatch,
+                                                 env, header):
+    url, seen = refusing_server
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    with pytest.raises(SyncError, match="HTTP 401.*set PNEUMO_DICOMWEB_TOKEN, or "
+                                        "PNEUMO_DICOMWEB_USER and PNEUMO_DICOMWEB_PASSWORD"):
+        sync(url, lambda: None, data_dir=tmp_path)
+    assert seen and set(seen) == {header}
+
+
+def test_credentials_in_the_url_are_refused(tmp_path):
+    with pytest.raises(SyncError, match="holds credentials") as raised:
+        sync("http://alice:pw@pacs:8042/dicom-web", lambda: None, data_dir=tmp_path)
+    assert "pw" not in str(raised.value)
 
 
 @pytest.mark.parametrize("url", ["pacs:8042/dicom-web", "ftp://pacs/dicom-web", ""])
@@ -233,5 +251,5 @@ def test_help_explains_every_option():
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 0
     for option in ("--url", "--since", "--no-overlay", "--data-dir", "--model",
-                   "PNEUMO_DICOMWEB_TOKEN"):
+                   "PNEUMO_DICOMWEB_TOKEN", "PNEUMO_DICOMWEB_USER"):
         assert option in result.stdout
