@@ -104,6 +104,16 @@ def test_a_new_film_in_a_known_study_is_screened_alone(pacs, tiny_predictor, tmp
     assert sorted(len(s["Instances"]) for s in series) == [1, 1, 2, 2]
 
 
+def test_search_pages_through_the_archive(pacs, tiny_predictor, tmp_path, monkeypatch):
+    from pneumo import dicomweb_sync
+
+    monkeypatch.setattr(dicomweb_sync, "PAGE", 2)
+    for seed in range(5):
+        pacs.upload(film(synthetic_xray(seed), modality="CR"))
+    stats = sync(pacs.dicomweb_url, lambda: tiny_predictor, data_dir=tmp_path, overlay=False)
+    assert (stats.found, stats.screened) == (5, 5)
+
+
 def test_since_leaves_older_studies_alone(pacs, tiny_predictor, tmp_path):
     pacs.upload(film(synthetic_xray(1), date="20240105"))
     pacs.upload(film(synthetic_xray(2), date="20261201"))
@@ -151,6 +161,61 @@ def test_a_url_that_is_not_dicomweb_says_so(pacs, tmp_path):
         sync(pacs.url + "/not-dicom-web", lambda: None, data_dir=tmp_path)
 
 
+def test_the_archive_root_instead_of_its_dicomweb_root_says_so(pacs, tmp_path):
+    """Orthanc's own REST API answers /instances too (400 to QIDO's paging)."""
+    pacs.upload(film(synthetic_xray(1)))
+    with pytest.raises(SyncError, match=r"HTTP 400 .*is the URL the DICOMweb root"):
+        sync(pacs.url, lambda: None, data_dir=tmp_path)
+
+
+@pytest.fixture
+def refusing_server():
+    """A real HTTP server that answers 401 to everything, as an archive does to a client
+    without its credentials; yields (its DICOMweb URL, the Authorization headers seen)."""
+    import http.server
+    import threading
+
+    seen = []
+
+    class Refuse(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802 - http.server's name
+            seen.append(self.headers.get("Authorization"))
+            self.send_response(401)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Refuse)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_address[1]}/dicom-web", seen
+    server.shutdown()
+    server.server_close()
+
+
+@pytest.mark.parametrize("env,header", [
+    ({"PNEUMO_DICOMWEB_TOKEN": "s3cret"}, "Bearer s3cret"),
+    ({"PNEUMO_DICOMWEB_USER": "alice", "PNEUMO_DICOMWEB_PASSWORD": "pw"},
+     "Basic YWxpY2U6cHc="),  # base64("alice:pw"), as Orthanc's RegisteredUsers expect
+])
+def test_a_server_that_wants_credentials_says_so(refusing_server, tmp_path, monkeypatch,
+                                                 env, header):
+    url, seen = refusing_server
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    with pytest.raises(SyncError, match="HTTP 401.*set PNEUMO_DICOMWEB_TOKEN, or "
+                                        "PNEUMO_DICOMWEB_USER and PNEUMO_DICOMWEB_PASSWORD"):
+        sync(url, lambda: None, data_dir=tmp_path)
+    assert seen and set(seen) == {header}
+
+
+def test_credentials_in_the_url_are_refused(tmp_path):
+    with pytest.raises(SyncError, match="holds credentials") as raised:
+        sync("http://alice:pw@pacs:8042/dicom-web", lambda: None, data_dir=tmp_path)
+    assert "pw" not in str(raised.value)
+
+
 @pytest.mark.parametrize("url", ["pacs:8042/dicom-web", "ftp://pacs/dicom-web", ""])
 def test_a_malformed_url_is_refused(url, tmp_path):
     with pytest.raises(SyncError, match="not an http"):
@@ -186,5 +251,5 @@ def test_help_explains_every_option():
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 0
     for option in ("--url", "--since", "--no-overlay", "--data-dir", "--model",
-                   "PNEUMO_DICOMWEB_TOKEN"):
+                   "PNEUMO_DICOMWEB_TOKEN", "PNEUMO_DICOMWEB_USER"):
         assert option in result.stdout

@@ -234,8 +234,10 @@ def build_parser() -> argparse.ArgumentParser:
                     "its study (STOW-RS): a DICOM SR, and the overlay as a Secondary "
                     "Capture. A ledger in the data folder keeps anything from being screened "
                     "or stored twice; failed instances are tried again on the next run. "
-                    "Set PNEUMO_DICOMWEB_TOKEN to send a bearer token. See "
-                    "docs/integration.md.")
+                    "Credentials come from the environment: PNEUMO_DICOMWEB_TOKEN (a bearer "
+                    "token), or PNEUMO_DICOMWEB_USER and PNEUMO_DICOMWEB_PASSWORD (HTTP basic, "
+                    "as Orthanc's users). Exit status 1: some instances failed (tried again "
+                    "next run). See docs/integration.md.")
     sync.add_argument("--url", required=True,
                       help="the DICOMweb service root, e.g. http://pacs:8042/dicom-web")
     sync.add_argument("--since", default=None, metavar="TIME",

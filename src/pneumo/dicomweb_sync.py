@@ -42,15 +42,21 @@ log = logging.getLogger(__name__)
 LEDGER_FILE = "dicomweb-sync.sqlite3"
 #: Modalities that hold projection chest radiographs, as the node accepts them.
 MODALITIES = ("CR", "DX")
-#: Bearer token sent with every request when set (kept out of the command line, where
-#: other users of the machine could read it).
+#: Credentials, from the environment (never the command line, which other users of the
+#: machine can read): a bearer token, or a user and password for HTTP basic
+#: authentication (Orthanc's RegisteredUsers).
 TOKEN_ENV = "PNEUMO_DICOMWEB_TOKEN"
+USER_ENV = "PNEUMO_DICOMWEB_USER"
+PASSWORD_ENV = "PNEUMO_DICOMWEB_PASSWORD"
 #: Seconds to wait for the server's answer to each request.
 TIMEOUT = 60
 #: Tries per request, on a lost connection or a busy server (HTTP 408, 429, 503, 504),
 #: after waits of 1 s and 2 s: enough for a restart of the server's front end, and an
 #: unreachable URL is said within seconds (dicomweb-client's default waits 30 s).
 ATTEMPTS = 3
+#: QIDO-RS results asked for per request. A server may return fewer (its own cap), so
+#: only an empty page, or one with nothing new, ends a search.
+PAGE = 100
 
 
 class SyncError(RuntimeError):
@@ -153,8 +159,11 @@ class Ledger:
 # The server
 
 
-def connect(url: str, token: str | None = None):
-    """A DICOMweb client for ``url`` (the service root, e.g. http://pacs:8042/dicom-web)."""
+def connect(url: str):
+    """A DICOMweb client for ``url`` (the service root, e.g. http://pacs:8042/dicom-web),
+    with the credentials the environment gives (``TOKEN_ENV``, or ``USER_ENV`` and
+    ``PASSWORD_ENV``)."""
+    import requests
     from dicomweb_client.api import DICOMwebClient
 
     # dicomweb-client logs every URL, UIDs included, at INFO
@@ -162,9 +171,16 @@ def connect(url: str, token: str | None = None):
     if not re.match(r"https?://[^/\s]+", url or ""):
         raise SyncError(f"--url {url!r} is not an http:// or https:// URL of a DICOMweb "
                         "service (e.g. http://pacs.example:8042/dicom-web)")
-    headers = {"Authorization": f"Bearer {token}"} if token else None
+    if re.match(r"https?://[^/]*@", url):
+        raise SyncError(f"--url holds credentials: give them in {USER_ENV} and "
+                        f"{PASSWORD_ENV} instead (other users can read command lines)")
+    session = requests.Session()
+    if os.environ.get(TOKEN_ENV):
+        session.headers["Authorization"] = f"Bearer {os.environ[TOKEN_ENV]}"
+    elif os.environ.get(USER_ENV):
+        session.auth = (os.environ[USER_ENV], os.environ.get(PASSWORD_ENV, ""))
     try:
-        client = DICOMwebClient(url.rstrip("/"), headers=headers, timeout=TIMEOUT)
+        client = DICOMwebClient(url.rstrip("/"), session=session, timeout=TIMEOUT)
     except ValueError as exc:
         raise SyncError(f"--url {url!r} is not usable: {exc}") from None
     client.set_http_retry_params(max_attempts=ATTEMPTS, wait_exponential_multiplier=500)
@@ -181,9 +197,11 @@ def _server_errors(url: str, what: str) -> Iterator[None]:
         yield
     except requests.exceptions.HTTPError as exc:
         status = exc.response.status_code if exc.response is not None else "?"
-        hint = {401: f": the server wants credentials (set {TOKEN_ENV})",
-                403: ": access refused for these credentials",
-                404: ": is the URL the DICOMweb root (e.g. .../dicom-web)?"}.get(status, "")
+        not_root = ": is the URL the DICOMweb root (e.g. .../dicom-web)?"
+        hint = {400: not_root, 404: not_root,
+                401: f": the server wants credentials (set {TOKEN_ENV}, or {USER_ENV} "
+                     f"and {PASSWORD_ENV})",
+                403: ": access refused for these credentials"}.get(status, "")
         raise SyncError(f"the DICOMweb server at {url} answered HTTP {status} to {what}"
                         f"{hint}") from None
     except requests.exceptions.Timeout:
@@ -209,10 +227,7 @@ def find_instances(client, url: str, since: dt.datetime | None = None) -> list[I
         filters = {"Modality": modality}
         if since is not None:
             filters["StudyDate"] = since.strftime("%Y%m%d") + "-"
-        with _server_errors(url, "a QIDO-RS search"):
-            results = client.search_for_instances(
-                search_filters=filters, fields=["StudyDate", "StudyTime"], get_remaining=True)
-        for result in results:
+        for result in _search_pages(client, url, filters):
             if since is not None and _study_time(result) < since:
                 continue
             ref = InstanceRef(_value(result, "0020000D"), _value(result, "0020000E"),
@@ -220,6 +235,31 @@ def find_instances(client, url: str, since: dt.datetime | None = None) -> list[I
             if ref.study and ref.series and ref.sop:
                 found[ref.sop] = ref
     return list(found.values())
+
+
+def _search_pages(client, url: str, filters: dict) -> Iterator[dict]:
+    """A QIDO-RS instance search, page by page (``PAGE`` results a request).
+
+    Not dicomweb-client's ``get_remaining``: against a server that ignores ``offset``, or
+    an URL that is not a DICOMweb root but answers JSON (Orthanc's own REST API lists
+    ``/instances`` as IDs), it asks for the next page forever. Here a page with nothing
+    new ends the search, and an answer that is not DICOM JSON is an error."""
+    seen: set[str] = set()
+    offset = 0
+    while True:
+        with _server_errors(url, "a QIDO-RS search"):
+            page = client.search_for_instances(search_filters=filters, limit=PAGE,
+                                               offset=offset,
+                                               fields=["StudyDate", "StudyTime"])
+        if not isinstance(page, list) or not all(isinstance(r, dict) for r in page):
+            raise SyncError(f"the server at {url} did not answer a QIDO-RS search with DICOM "
+                            "JSON: is the URL the DICOMweb root (e.g. .../dicom-web)?")
+        new = [r for r in page if _value(r, "00080018") not in seen]
+        seen.update(_value(r, "00080018") for r in new)
+        yield from new
+        if not new:
+            return
+        offset += len(page)
 
 
 def _study_time(result: dict) -> dt.datetime:
@@ -243,7 +283,7 @@ def _study_time(result: dict) -> dt.datetime:
 
 def sync(url: str, predictor_loader, *, since: dt.datetime | None = None,
          data_dir: Path | None = None, overlay: bool = True, progress: bool = False,
-         token: str | None = None, client=None) -> SyncStats:
+         client=None) -> SyncStats:
     """One pass over the server at ``url``; ``predictor_loader()`` gives the Predictor,
     loaded only when there is something new to screen.
 
@@ -254,7 +294,7 @@ def sync(url: str, predictor_loader, *, since: dt.datetime | None = None,
 
     started = time.monotonic()
     stats = SyncStats()
-    client = client or connect(url, token if token is not None else os.environ.get(TOKEN_ENV))
+    client = client or connect(url)
     ledger = Ledger(Path(data_dir) if data_dir else default_data_dir())
     try:
         refs = find_instances(client, url, since)
