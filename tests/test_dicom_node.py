@@ -443,6 +443,49 @@ def test_a_result_the_pacs_refused_is_delivered_on_a_later_try_once(tmp_path, ca
     assert not list(spool.received_dir.iterdir()) and not list(spool.results_dir.iterdir())
 
 
+def test_an_image_that_breaks_screening_is_kept_and_the_next_one_screened(
+        tmp_path, tiny_predictor, caplog):
+    """The screener alone, in this process: a bug on one image (here a screening function
+    that fails on its first call) leaves it failed, on disk for someone to look at, and
+    the screener goes on with the next."""
+    import logging
+    import threading
+
+    from pneumo.dicom_node.screener import Screener
+    from pneumo.dicom_node.spool import Spool
+    from pneumo.dicom_results import screen_dicom
+
+    caplog.set_level(logging.INFO, "pneumo.dicom_node")
+    spool = Spool(tmp_path, "test")
+    instances = []
+    for seed in (8, 9):
+        ds = make_dataset(synthetic_xray(seed, size=(96, 96)), bits_stored=8)
+        ds.StudyInstanceUID, ds.SeriesInstanceUID = uid.generate_uid(), uid.generate_uid()
+        instances.append(spool.receive(to_bytes(ds), ds.SOPInstanceUID).instance)
+    calls = []
+
+    def screen(data):
+        calls.append(len(data))
+        if len(calls) == 1:
+            raise ZeroDivisionError("a bug")
+        return screen_dicom(tiny_predictor, data, overlay=False)
+
+    stop, wake = threading.Event(), threading.Event()
+    screener = Screener(spool, screen, stop, wake)
+    screener.start()
+    try:
+        wait_for(lambda: spool.counts().get("screened"), RESULTS_TIMEOUT, "the second image")
+    finally:
+        stop.set()
+        wake.set()
+        screener.join(60)
+    assert spool.counts() == {"failed": 1, "screened": 1, "undelivered": 1}
+    assert instances[0].file.is_file()  # kept for someone to look at
+    assert f"instance {instances[0].tag}: could not be screened (ZeroDivisionError)" \
+        in caplog.text
+    spool.close()
+
+
 def test_destination_addresses_are_checked():
     from pneumo.dicom_node.sender import Destination, backoff
 
