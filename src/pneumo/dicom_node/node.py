@@ -1,10 +1,10 @@
 """The running node (``pneumo dicom-listen``): the Storage SCP, the screener and the
 sender, started together on one spool and stopped together on SIGTERM or SIGINT.
 
-Stopping is graceful: the node stops listening (an association still open is aborted,
-and the PACS sends what it had not had confirmed again), the screener finishes the
-image it is on, the sender the result it is on; everything else waits in the spool
-for the next start.
+Stopping is graceful: the node stops listening, lets open associations finish for a
+few seconds (then aborts them: the PACS sends what it had not had confirmed again),
+the screener finishes the image it is on, the sender the result it is on; everything
+else waits in the spool for the next start.
 """
 
 from __future__ import annotations

@@ -57,6 +57,9 @@ OUT_OF_RESOURCES = 0xA700
 DATA_SET_DOES_NOT_MATCH_SOP_CLASS = 0xA900
 CANNOT_UNDERSTAND = 0xC000
 
+#: How long a stopping node lets open associations finish (a PACS's job in progress).
+GRACE_SECONDS = 10.0
+
 #: Below this much free space the node refuses new instances (out of resources) rather
 #: than fill the disk its database and results live on.
 MIN_FREE_BYTES = 256 * 1024 * 1024
@@ -91,9 +94,15 @@ class StorageSCP:
                     (evt.EVT_REJECTED, self._log_rejected)]
         self.server = self.ae.start_server((host, port), block=False, evt_handlers=handlers)
 
-    def stop(self) -> None:
-        """Stop listening; open associations are aborted (what they had acknowledged is on
-        disk; the PACS sends the rest again)."""
+    def stop(self, grace: float = GRACE_SECONDS) -> None:
+        """Stop listening, give open associations ``grace`` seconds to finish, then abort
+        them (what they had acknowledged is on disk; the PACS sends the rest again)."""
+        if self.server is not None:
+            self.server.shutdown()  # no new associations
+            self.server = None
+        deadline = time.monotonic() + grace
+        while self.ae.active_associations and time.monotonic() < deadline:
+            time.sleep(0.1)
         self.ae.shutdown()
 
     def handle_echo(self, event) -> int:
