@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -98,14 +97,15 @@ class Node:
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
 
+    _log_start: int = 0  # where the current run's lines begin in the log
+
     def wait_ready(self) -> None:
         def ready():
             if self.process.poll() is not None:
                 pytest.fail(f"the node exited with {self.process.returncode}:\n{self.log()}")
-            # pynetdicom leaks its socket when a connection is refused: knock first
-            try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=5).close()
-            except OSError:
+            # pynetdicom leaks its socket when a connection is refused: ask only once the
+            # node says it listens
+            if "listening as" not in self.log()[self._log_start:]:
                 return False
             return echo(self.port) == 0x0000
 
@@ -114,6 +114,7 @@ class Node:
 
     def restart(self) -> Node:
         """The same node (port, data folder) started again; its log is appended to."""
+        self._log_start = len(self.log())
         with open(self.log_path, "ab") as handle:
             self.process = subprocess.Popen(
                 self.command, cwd=ROOT, stdout=handle, stderr=subprocess.STDOUT,

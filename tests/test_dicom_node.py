@@ -247,6 +247,38 @@ def test_what_the_node_does_not_screen_gets_its_status(node, case, status):
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("syntax", [uid.RLELossless, uid.JPEGLSLossless])
+def test_a_compressed_image_is_accepted_as_the_pacs_sent_it(node, orthanc, syntax):
+    """Sent straight to the node (not through Orthanc) in a compressed transfer syntax:
+    kept as sent, decoded by the screener, and its SR filed in Orthanc by study UID."""
+    from pneumo.dicom_results import Concepts
+
+    study_uid = uid.generate_uid()
+    data = make_dicom(synthetic_xray(11, size=(128, 128)), syntax, bits_stored=8,
+                      StudyInstanceUID=study_uid, SeriesInstanceUID=uid.generate_uid(),
+                      **PATIENT)
+    ds = pydicom.dcmread(io.BytesIO(data))
+    assoc = associate(node.port, contexts=[(DX_STORAGE, [syntax])])
+    assert assoc.is_established
+    try:
+        assert assoc.send_c_store(ds).Status == 0x0000
+    finally:
+        assoc.release()
+
+    def filed():
+        found = orthanc.rest("POST", "/tools/find", {
+            "Level": "Study", "Query": {"StudyInstanceUID": study_uid}})
+        return found[0] if found else None
+
+    study_id = wait_for(filed, RESULTS_TIMEOUT, "the SR's study in Orthanc", interval=1.0)
+    sr, = results_of(orthanc, study_id, 1)
+    assert sr.SOPClassUID == COMPREHENSIVE_SR and sr.PatientID == PATIENT["PatientID"]
+    # decoded: the drawing got as far as the input gate, which refuses it
+    reason, = named(sr, Concepts.NOT_ASSESSED_REASON)
+    assert reason.TextValue.startswith("Not assessed: rejected:"), reason.TextValue
+
+
+@pytest.mark.slow
 def test_an_unparsable_data_set_cannot_be_understood(node, tmp_path):
     """A valid file meta header, then bytes that are not a data set: 0xC000."""
     from pynetdicom import _config

@@ -101,7 +101,10 @@ class StorageSCP:
             self.server.shutdown()  # no new associations
             self.server = None
         deadline = time.monotonic() + grace
-        while self.ae.active_associations and time.monotonic() < deadline:
+        # only associations under way: a connection that never asked for one (a port
+        # check, a scanner) waits for nothing
+        while any(assoc.is_established for assoc in self.ae.active_associations) \
+                and time.monotonic() < deadline:
             time.sleep(0.1)
         self.ae.shutdown()
 
