@@ -125,6 +125,21 @@ def named(ds, concept: tuple[str, str, str]) -> list:
                  item.ConceptNameCodeSequence[0].CodingSchemeDesignator) == concept[:2]]
 
 
+def delivered_line(node: Node, sop_instance_uid: str) -> str:
+    """The node's log line saying the instance's results were delivered: it names the
+    instance by the start of its UID's hash."""
+    from pneumo.dicom_node.spool import uid_hash
+
+    mark = f"[{uid_hash(sop_instance_uid)[:10]}]"
+
+    def line():
+        return next((text for text in node.log().splitlines()
+                     if mark in text and "delivered to" in text), None)
+
+    return wait_for(line, RESULTS_TIMEOUT, "the node's line for the instance",
+                    on_fail=node.log)
+
+
 def no_identifier_in(text: str, *values: str) -> None:
     for value in values:
         assert str(value) not in text, f"{value!r} found where no identifier may go"
@@ -179,10 +194,8 @@ def test_round_trip_the_results_are_filed_in_the_same_study(node, orthanc, shipp
               for item in content(sr) if item.get("ValueType") == "IMAGE"]
     assert sent.SOPInstanceUID in images
 
-    def logged():
-        return node.log() if "delivered to" in node.log() else None
-
-    log = wait_for(logged, RESULTS_TIMEOUT, "the node's line for the instance")
+    assert "2 result(s) delivered" in delivered_line(node, sent.SOPInstanceUID)
+    log = node.log()
     identifiers = (*PATIENT.values(), sent.SOPInstanceUID, sent.StudyInstanceUID)
     no_identifier_in(log, *identifiers)
     # the spool's database (and its log) keeps no identifier; the image itself is gone
@@ -197,7 +210,11 @@ def test_round_trip_the_results_are_filed_in_the_same_study(node, orthanc, shipp
 def test_an_image_the_gate_refuses_gets_a_not_assessed_sr(node, orthanc):
     from pneumo.dicom_results import Concepts
 
-    uploaded, = send_through_orthanc(orthanc, [study_image(photo())])
+    source = study_image(photo())
+    uploaded, = send_through_orthanc(orthanc, [source])
+    # the node's line for this instance says how many results it delivered
+    line = delivered_line(node, pydicom.dcmread(io.BytesIO(source)).SOPInstanceUID)
+    assert "not assessed" in line and "1 result(s) delivered" in line
     sr, = results_of(orthanc, uploaded["ParentStudy"], 1)
     assert sr.SOPClassUID == COMPREHENSIVE_SR
     assert sr.PatientID == PATIENT["PatientID"]
