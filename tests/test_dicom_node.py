@@ -12,6 +12,7 @@ from __future__ import annotations
 import io
 import signal
 import sqlite3
+from contextlib import closing
 
 import numpy as np
 import pydicom
@@ -396,7 +397,7 @@ def test_killed_in_the_middle_of_a_study_loses_nothing_and_sends_nothing_twice(
         database = node.data_dir / "dicom-node" / "queue.sqlite3"
 
         def settled():
-            with sqlite3.connect(f"file:{database}?mode=ro", uri=True) as db:
+            with closing(sqlite3.connect(f"file:{database}?mode=ro", uri=True)) as db:
                 states = dict(db.execute("SELECT state, COUNT(*) FROM instances "
                                          "GROUP BY state").fetchall())
                 waiting = db.execute("SELECT COUNT(*) FROM results WHERE sent IS NULL"
