@@ -214,11 +214,13 @@ def read_source(dataset_or_bytes: Dataset | bytes) -> tuple[bytes, Dataset]:
     what the result objects copy their identifiers and references from.
 
     Raises:
-        NotDicom: bytes that are not a DICOM Part 10 file.
+        NotDicom: bytes that are not a DICOM Part 10 file, or a damaged header.
         NoPixelData: no pixel data, or no Study/Series/SOP Instance UID.
+        TooLarge: deflated data that inflates past ``imaging.MAX_FILE_BYTES``.
     """
     if isinstance(dataset_or_bytes, Dataset):
-        data = _to_part10(dataset_or_bytes)
+        with _quiet_dicom():
+            data = _to_part10(dataset_or_bytes)
     elif isinstance(dataset_or_bytes, (bytes, bytearray, memoryview)):
         data = bytes(dataset_or_bytes)
     else:
@@ -290,17 +292,17 @@ def _to_part10(ds: Dataset) -> bytes:
             raise NotDicom("The dataset's pixel data is compressed but its transfer syntax "
                            "is not given (file meta TransferSyntaxUID).")
         syntax = dicom_uid.ExplicitVRLittleEndian
-    copy = Dataset(ds)
-    copy.file_meta = FileMetaDataset(meta)
-    copy.file_meta.TransferSyntaxUID = syntax
-    if "SOPClassUID" in ds:
-        copy.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID
-    if "SOPInstanceUID" in ds:
-        copy.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    part10 = Dataset(ds)  # shallow: the file meta and preamble are its own
+    part10.file_meta = FileMetaDataset(meta)
+    part10.file_meta.TransferSyntaxUID = syntax
     buffer = io.BytesIO()
     try:
-        copy.preamble = b"\x00" * 128
-        pydicom.dcmwrite(buffer, copy, enforce_file_format=True)
+        if "SOPClassUID" in ds:
+            part10.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID
+        if "SOPInstanceUID" in ds:
+            part10.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+        part10.preamble = b"\x00" * 128
+        pydicom.dcmwrite(buffer, part10, enforce_file_format=True)
     except Exception as exc:  # noqa: BLE001 - a malformed dataset cannot be encoded
         log.debug("DICOM encoding failed: %s", type(exc).__name__)
         raise NotDicom("The dataset could not be encoded as a DICOM file.") from None
