@@ -177,6 +177,15 @@ def test_inconclusive_band_is_said(tiny_predictor, xray):
     assert evaluation(group, Concepts.INCONCLUSIVE) == code(Concepts.YES)
 
 
+def test_an_input_warning_is_said_with_the_finding(tiny_predictor):
+    """A doubtful input keeps its label, and the SR says why it is doubtful."""
+    results = screen_dicom(tiny_predictor, study_file(synthetic_xray(1, size=(150, 150))))
+    assert results.outcome.status == "warning: low resolution (150x150 pixels)"
+    texts = text_items(group_of(parsed(results.sr)))
+    assert texts[tuple(Concepts.INPUT_WARNING[:2])] == results.outcome.status
+    assert texts[tuple(Concepts.COMMENT[:2])] == DISCLAIMER
+
+
 def test_sr_without_optional_identifiers(tiny_predictor, xray):
     """A sender that leaves out Type 2 attributes still gets its result filed."""
     ds = make_dataset(xray)
