@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import io
 import logging
+import warnings
 
 import highdicom as hd
 import numpy as np
@@ -26,6 +27,7 @@ from pneumo.dicom_results import (
     Concepts,
     NoPixelData,
     NotDicom,
+    ResultError,
     TooLarge,
     result_series_uid,
     result_uid,
@@ -175,6 +177,15 @@ def test_inconclusive_band_is_said(tiny_predictor, xray):
     assert evaluation(group, Concepts.INCONCLUSIVE) == code(Concepts.YES)
 
 
+def test_an_input_warning_is_said_with_the_finding(tiny_predictor):
+    """A doubtful input keeps its label, and the SR says why it is doubtful."""
+    results = screen_dicom(tiny_predictor, study_file(synthetic_xray(1, size=(150, 150))))
+    assert results.outcome.status == "warning: low resolution (150x150 pixels)"
+    texts = text_items(group_of(parsed(results.sr)))
+    assert texts[tuple(Concepts.INPUT_WARNING[:2])] == results.outcome.status
+    assert texts[tuple(Concepts.COMMENT[:2])] == DISCLAIMER
+
+
 def test_sr_without_optional_identifiers(tiny_predictor, xray):
     """A sender that leaves out Type 2 attributes still gets its result filed."""
     ds = make_dataset(xray)
@@ -183,6 +194,41 @@ def test_sr_without_optional_identifiers(tiny_predictor, xray):
     assert report.StudyInstanceUID == ds.StudyInstanceUID
     assert report.AccessionNumber == "" and report.StudyDate == ""
     assert report.PatientID == PHI["PatientID"]
+
+
+@pytest.mark.parametrize("fields", [
+    {"PatientSex": "U"}, {"PatientSex": "MALE"}, {"StudyDate": "2026-12-01"},
+    {"StudyTime": "25:99"}, {"PatientBirthDate": "1970"}, {"PatientName": "A" * 70},
+    {"InstanceNumber": "-5"}, {"PatientOrientation": ["A", "FR"]},
+    {"SpecificCharacterSet": "ISO_IR 192", "PatientName": "Müller^Jörg"},
+], ids=lambda fields: "-".join(fields))
+def test_identifiers_are_copied_as_sent_even_when_malformed(tiny_predictor, xray, fields):
+    """Real archives hold a sex of "U", dates with dashes, overlong names: the result is
+    filed all the same, with the values the archive sent."""
+    data = study_file(xray, **fields)
+    results = screen_dicom(tiny_predictor, data)
+    with warnings.catch_warnings():  # reading the values back warns of what is malformed
+        warnings.simplefilter("ignore", UserWarning)
+        source = pydicom.dcmread(io.BytesIO(data))
+        for dataset in results.datasets:
+            back = parsed(dataset)
+            for name in dicom_results.IDENTIFIERS:
+                if name in source:
+                    assert back[name].value == source[name].value, name
+        capture = parsed(results.capture)
+        assert capture.PatientOrientation == source.get("PatientOrientation", "")
+
+
+def test_an_unknown_sop_class_is_a_clear_error(tiny_predictor, xray):
+    data = study_file(xray, sop_class="1.2.826.0.1.3680043.8.498.999")
+    with pytest.raises(ResultError, match="header holds values the SR cannot carry") as raised:
+        screen_dicom(tiny_predictor, data)
+    assert "1.2.826" not in str(raised.value) and PHI["PatientID"] not in str(raised.value)
+
+
+def test_results_carry_no_private_tag(tiny_predictor, xray):
+    for dataset in screen_dicom(tiny_predictor, study_file(xray)).datasets:
+        assert not [element.tag for element in dataset.iterall() if element.tag.is_private]
 
 
 # -- refused images -------------------------------------------------------------------
@@ -362,5 +408,6 @@ def test_no_identifier_reaches_the_log(tiny_predictor, xray, caplog):
     caplog.set_level(logging.DEBUG)
     screen_dicom(tiny_predictor, study_file(xray))
     screen_dicom(tiny_predictor, study_file(np.full((64, 64), 9, np.uint8)))
-    for value in (PHI["PatientName"], "Doe", PHI["PatientID"], STUDY["AccessionNumber"]):
+    for value in (PHI["PatientName"], "Doe", PHI["PatientID"], STUDY["AccessionNumber"],
+                  "1.2.826.0.1.3680043"):  # no UID either: pydicom's root, as generated here
         assert value not in caplog.text

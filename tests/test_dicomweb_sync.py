@@ -104,6 +104,76 @@ def test_a_new_film_in_a_known_study_is_screened_alone(pacs, tiny_predictor, tmp
     assert sorted(len(s["Instances"]) for s in series) == [1, 1, 2, 2]
 
 
+@pytest.fixture
+def failing_proxy(pacs):
+    """A pass-through HTTP proxy in front of Orthanc that answers 500 to the WADO-RS
+    retrieve of the instances in ``fail`` (a failure Orthanc cannot be made to show):
+    yields (its DICOMweb URL, the set of SOP Instance UIDs to fail)."""
+    import http.server
+    import threading
+    import urllib.error
+    import urllib.request
+
+    fail: set[str] = set()
+
+    class Proxy(http.server.BaseHTTPRequestHandler):
+        def forward(self):
+            if self.command == "GET" and self.path.split("?")[0].rsplit("/", 1)[-1] in fail:
+                self.send_response(500)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+                return
+            length = int(self.headers.get("Content-Length") or 0)
+            request = urllib.request.Request(
+                pacs.url + self.path, data=self.rfile.read(length) if length else None,
+                method=self.command,
+                headers={k: v for k, v in self.headers.items()
+                         if k.lower() in ("accept", "content-type")})
+            try:
+                with urllib.request.urlopen(request, timeout=60) as answer:
+                    status, headers, body = answer.status, answer.headers, answer.read()
+            except urllib.error.HTTPError as error:
+                status, headers, body = error.code, error.headers, error.read()
+            self.send_response(status)
+            self.send_header("Content-Type", headers.get("Content-Type", "text/plain"))
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        do_GET = do_POST = forward  # noqa: N815 - http.server's names
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Proxy)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_address[1]}/dicom-web", fail
+    server.shutdown()
+    server.server_close()
+
+
+def test_an_instance_that_fails_does_not_stop_the_others_and_is_tried_again(
+        pacs, failing_proxy, tiny_bundle, tmp_path, capsys):
+    url, fail = failing_proxy
+    pacs.upload(film(synthetic_xray(1)))
+    lost = pacs.upload(film(synthetic_xray(2)))
+    fail.add(pacs.rest("GET", f"/instances/{lost['ID']}/simplified-tags")["SOPInstanceUID"])
+    args = ["dicomweb-sync", "--url", url, "--model", str(tiny_bundle), "--data-dir",
+            str(tmp_path)]
+    assert cli.main(args) == 1
+    out = capsys.readouterr()
+    assert "1 screened, 0 not assessed, 0 skipped, 1 failed" in out.out
+    assert f"failed: the DICOMweb server at {url} answered HTTP 500 to a WADO-RS retrieve\n" \
+        in out.err
+    assert pacs.rest("GET", f"/studies/{lost['ParentStudy']}/instances")[0]["ID"] == lost["ID"]
+    # the next run tries it again, and the server now answers
+    fail.clear()
+    assert cli.main(args) == 0
+    assert "1 done before; 1 screened, 0 not assessed, 0 skipped, 0 failed" \
+        in capsys.readouterr().out
+    assert len(pacs.rest("GET", f"/studies/{lost['ParentStudy']}/instances")) == 3
+
+
 def test_search_pages_through_the_archive(pacs, tiny_predictor, tmp_path, monkeypatch):
     from pneumo import dicomweb_sync
 

@@ -32,7 +32,10 @@ through the API's own flow (``screening.admit`` -> ``Predictor.predict_batch`` -
 - ``NoPixelData`` (0xA900, data set does not match SOP class): no pixel data, or no
   Study/Series/SOP Instance UID to file a result with;
 - ``TooLarge`` (0xA700, out of resources): a deflated file that inflates past
-  ``imaging.MAX_FILE_BYTES``.
+  ``imaging.MAX_FILE_BYTES``;
+- ``ResultError`` (0xC000): a header the result objects cannot be built from (an unknown
+  SOP class for highdicom's module tables). Patient and study values are copied as sent,
+  element by element, so a malformed date or a sex of "U" does not stop a result.
 
 Any image it can read but refuses (a CT slice, a colour photograph, a blank or noisy
 picture, a film the input gate finds unlike any chest X-ray, damaged pixel data) gets a
@@ -41,6 +44,8 @@ picture, a film the input gate finds unlike any chest X-ray, damaged pixel data)
 
 from __future__ import annotations
 
+import contextlib
+import copy
 import dataclasses
 import io
 import logging
@@ -58,6 +63,9 @@ from .predictor import Predictor
 from .screening import DISCLAIMER, Refusal, Screened, admit, conclude
 
 log = logging.getLogger(__name__)
+# highdicom logs the source's SOP Instance UID at INFO as it copies attributes; results
+# are made where no log line may name an instance (the node, the sync).
+logging.getLogger("highdicom").setLevel(logging.WARNING)
 
 #: Who made the objects (General Equipment's Manufacturer).
 MANUFACTURER = "pneumo"
@@ -129,6 +137,14 @@ class TooLarge(SourceError):
     dimse_status = 0xA700  # Refused: Out of Resources
 
 
+class ResultError(SourceError):
+    """A header the result objects cannot be built from (e.g. an unknown SOP class for
+    highdicom's module tables). A Storage SCP has already answered by then: its worker
+    logs this and sends nothing."""
+
+    dimse_status = 0xC000  # Error: Cannot understand
+
+
 class NoPixelData(SourceError):
     """A DICOM instance with no image, or without the identifiers a result needs to be
     filed (Study, Series and SOP Instance UIDs)."""
@@ -176,10 +192,18 @@ def _device_uid(model_name: str, model_version: str) -> str:
 # Reading the source
 
 
-#: Type 2 attributes highdicom copies from the source that a sender may leave out.
-_TYPE2_PATIENT_STUDY = ("PatientID", "PatientName", "PatientBirthDate", "PatientSex",
-                        "AccessionNumber", "StudyID", "StudyDate", "StudyTime",
-                        "ReferringPhysicianName")
+#: Patient and study attributes the results carry, copied element by element from the
+#: source, as it sent them: what a PACS files a result by (Patient ID, Study Instance UID,
+#: Accession Number) and shows in the study's header.
+IDENTIFIERS = ("PatientName", "PatientID", "IssuerOfPatientID", "PatientBirthDate",
+               "PatientSex", "OtherPatientIDsSequence", "PatientAge", "StudyDate", "StudyTime",
+               "ReferringPhysicianName", "StudyID", "AccessionNumber",
+               "IssuerOfAccessionNumberSequence", "StudyDescription")
+#: The Type 2 ones highdicom reads and checks: given to it empty (a real archive's "U" for
+#: sex, or a date written 2026-12-01, would stop it), then replaced by the source's own.
+_CHECKED_BY_HIGHDICOM = ("PatientID", "PatientName", "PatientBirthDate", "PatientSex",
+                         "AccessionNumber", "StudyID", "StudyDate", "StudyTime",
+                         "ReferringPhysicianName")
 _REQUIRED_UIDS = ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "SOPClassUID")
 
 
@@ -190,11 +214,13 @@ def read_source(dataset_or_bytes: Dataset | bytes) -> tuple[bytes, Dataset]:
     what the result objects copy their identifiers and references from.
 
     Raises:
-        NotDicom: bytes that are not a DICOM Part 10 file.
+        NotDicom: bytes that are not a DICOM Part 10 file, or a damaged header.
         NoPixelData: no pixel data, or no Study/Series/SOP Instance UID.
+        TooLarge: deflated data that inflates past ``imaging.MAX_FILE_BYTES``.
     """
     if isinstance(dataset_or_bytes, Dataset):
-        data = _to_part10(dataset_or_bytes)
+        with _quiet_dicom():
+            data = _to_part10(dataset_or_bytes)
     elif isinstance(dataset_or_bytes, (bytes, bytearray, memoryview)):
         data = bytes(dataset_or_bytes)
     else:
@@ -202,6 +228,12 @@ def read_source(dataset_or_bytes: Dataset | bytes) -> tuple[bytes, Dataset]:
     if sniff_format(data[:132]) != "DICOM":
         raise NotDicom("The data is not a DICOM file (no 'DICM' marker).")
     _check_inflated_size(data)
+    with _quiet_dicom():
+        header = _read_header(data)
+    return data, header
+
+
+def _read_header(data: bytes) -> Dataset:
     try:
         # defer_size: the pixel data is left unread here; imaging decodes it
         header = pydicom.dcmread(io.BytesIO(data), defer_size=1024)
@@ -218,7 +250,7 @@ def read_source(dataset_or_bytes: Dataset | bytes) -> tuple[bytes, Dataset]:
     for name in ("PixelData", "FloatPixelData", "DoubleFloatPixelData"):
         if name in header:
             del header[name]
-    return data, header
+    return header
 
 
 def _check_inflated_size(data: bytes) -> None:
@@ -260,17 +292,17 @@ def _to_part10(ds: Dataset) -> bytes:
             raise NotDicom("The dataset's pixel data is compressed but its transfer syntax "
                            "is not given (file meta TransferSyntaxUID).")
         syntax = dicom_uid.ExplicitVRLittleEndian
-    copy = Dataset(ds)
-    copy.file_meta = FileMetaDataset(meta)
-    copy.file_meta.TransferSyntaxUID = syntax
-    if "SOPClassUID" in ds:
-        copy.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID
-    if "SOPInstanceUID" in ds:
-        copy.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    part10 = Dataset(ds)  # shallow: the file meta and preamble are its own
+    part10.file_meta = FileMetaDataset(meta)
+    part10.file_meta.TransferSyntaxUID = syntax
     buffer = io.BytesIO()
     try:
-        copy.preamble = b"\x00" * 128
-        pydicom.dcmwrite(buffer, copy, enforce_file_format=True)
+        if "SOPClassUID" in ds:
+            part10.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID
+        if "SOPInstanceUID" in ds:
+            part10.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+        part10.preamble = b"\x00" * 128
+        pydicom.dcmwrite(buffer, part10, enforce_file_format=True)
     except Exception as exc:  # noqa: BLE001 - a malformed dataset cannot be encoded
         log.debug("DICOM encoding failed: %s", type(exc).__name__)
         raise NotDicom("The dataset could not be encoded as a DICOM file.") from None
@@ -278,13 +310,50 @@ def _to_part10(ds: Dataset) -> bytes:
 
 
 def _evidence(source: Dataset) -> Dataset:
-    """The source's header with every Type 2 patient and study attribute present (empty
-    when the sender left it out), as highdicom reads them."""
-    evidence = Dataset(source)
-    for name in _TYPE2_PATIENT_STUDY:
-        if name not in evidence:
-            setattr(evidence, name, None)
+    """The source's header for highdicom: the attributes it checks present and empty.
+    A deep copy: pydicom sets a present attribute's value in place, and a shallow copy
+    shares its elements with the source."""
+    evidence = copy.deepcopy(source)
+    for name in _CHECKED_BY_HIGHDICOM:
+        if name in evidence:
+            del evidence[name]
+        setattr(evidence, name, None)
     return evidence
+
+
+def _copy_identifiers(result: Dataset, source: Dataset) -> None:
+    """The source's patient and study attributes into ``result``, as elements: values are
+    carried as sent, never re-checked, reformatted or echoed in a message."""
+    for name in IDENTIFIERS:
+        if name in source:
+            result[name] = copy.deepcopy(source[name])
+
+
+@contextlib.contextmanager
+def _quiet_dicom():
+    """pydicom warns about and logs each malformed value it converts, quoting it (in a
+    damaged header, a "value" can span the patient's name and ID): while the header is
+    read and copied, those warnings and records are dropped for this thread, with the
+    filters imaging installs for the same reason around a decode. Not reentrant."""
+    from .imaging import _DICOM_FILTERS, _quiet_dicom_logs, _scoped_filters
+
+    with _scoped_filters(_DICOM_FILTERS), _quiet_dicom_logs():
+        yield
+
+
+@contextlib.contextmanager
+def _building(what: str):
+    """Any failure to build a result object from this header becomes a ResultError that
+    names no value (highdicom's and pydicom's messages quote them)."""
+    try:
+        with _quiet_dicom():
+            yield
+    except SourceError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - untrusted header values reach two libraries
+        log.debug("building the %s failed: %s", what, type(exc).__name__)
+        raise ResultError(f"The DICOM instance's header holds values the {what} cannot "
+                          f"carry ({type(exc).__name__}).") from None
 
 
 # --------------------------------------------------------------------------------------
@@ -296,8 +365,9 @@ def screen_dicom(predictor: Predictor, dataset_or_bytes: Dataset | bytes, *,
     """One received DICOM instance through the API's flow, and the objects to send back:
     the SR always, the Secondary Capture when ``overlay`` and the image was screened.
 
-    Raises ``NotDicom`` or ``NoPixelData`` (``SourceError``) for an instance with no
-    image to screen; any image it can read but refuses gets a "not assessed" SR."""
+    Raises a ``SourceError`` (``NotDicom``, ``NoPixelData``, ``TooLarge``,
+    ``ResultError``) for an instance it can make no result of; any image it can read but
+    refuses gets a "not assessed" SR."""
     data, source = read_source(dataset_or_bytes)
     admitted = admit(predictor, data)
     if isinstance(admitted, Refusal):
@@ -321,7 +391,17 @@ def screen_dicom(predictor: Predictor, dataset_or_bytes: Dataset | bytes, *,
 def screening_report(source: Dataset, outcome: Screened | Refusal, *, model_name: str,
                      model_version: str, instance_number: int | None = None) -> Dataset:
     """The Comprehensive SR of ``outcome`` on ``source`` (its header suffices): same
-    study and patient, new series, the source referenced as the finding's image."""
+    study and patient, new series, the source referenced as the finding's image.
+
+    Raises ResultError for a header it cannot be built from."""
+    with _building("SR"):
+        report = _report(source, outcome, model_name, model_version, instance_number)
+        _copy_identifiers(report, source)
+    return report
+
+
+def _report(source: Dataset, outcome: Screened | Refusal, model_name: str,
+            model_version: str, instance_number: int | None) -> Dataset:
     from highdicom.sr import (
         AlgorithmIdentification, ComprehensiveSR, DeviceObserverIdentifyingAttributes,
         FindingSite, Measurement, MeasurementReport, MeasurementsAndQualitativeEvaluations,
@@ -373,7 +453,7 @@ def screening_report(source: Dataset, outcome: Screened | Refusal, *, model_name
     content = MeasurementReport(
         observation_context=ObservationContext(observer_device_context=observer),
         procedure_reported=c(Concepts.PLAIN_CHEST_XRAY), imaging_measurements=[group])
-    report = ComprehensiveSR(
+    return ComprehensiveSR(
         evidence=[evidence], content=content[0],
         series_instance_uid=result_series_uid(source.StudyInstanceUID, model_version, "sr"),
         series_number=SR_SERIES_NUMBER,
@@ -382,7 +462,6 @@ def screening_report(source: Dataset, outcome: Screened | Refusal, *, model_name
         manufacturer=MANUFACTURER, is_complete=True, is_final=False, is_verified=False,
         series_description=SR_SERIES_DESCRIPTION,
         software_versions=[f"pneumo {__version__}", f"{model_name} {model_version}"])
-    return report
 
 
 def _instance_number(source: Dataset) -> int:
@@ -403,11 +482,26 @@ def overlay_capture(source: Dataset, gray: np.ndarray, heatmap: np.ndarray,
                     instance_number: int | None = None) -> Dataset:
     """The Secondary Capture: ``gray`` (the decoded X-ray, uint8) with ``heatmap`` drawn
     over it, below a burned-in banner saying it is an AI second opinion, not for
-    diagnosis, and the result; BurnedInAnnotation YES."""
-    from highdicom.sc import SCImage
+    diagnosis, and the result; BurnedInAnnotation YES.
 
+    Raises ResultError for a header it cannot be built from."""
     picture = capture_pixels(gray, heatmap, outcome, model_name=model_name,
                              model_version=model_version)
+    with _building("overlay"):
+        capture = _capture(source, picture, model_name, model_version, instance_number)
+        _copy_identifiers(capture, source)
+        # the image keeps the source's orientation and laterality; without, none is claimed
+        capture.PatientOrientation = None
+        for name in ("PatientOrientation", "Laterality"):
+            if name in source:
+                capture[name] = copy.deepcopy(source[name])
+    return capture
+
+
+def _capture(source: Dataset, picture: np.ndarray, model_name: str, model_version: str,
+             instance_number: int | None) -> Dataset:
+    from highdicom.sc import SCImage
+
     capture = SCImage.from_ref_dataset(
         ref_dataset=_evidence(source), pixel_array=picture, photometric_interpretation="RGB",
         bits_allocated=8, coordinate_system="PATIENT",
@@ -416,19 +510,15 @@ def overlay_capture(source: Dataset, gray: np.ndarray, heatmap: np.ndarray,
         sop_instance_uid=result_uid(str(source.SOPInstanceUID), model_version, "sc"),
         instance_number=instance_number or _instance_number(source),
         manufacturer=MANUFACTURER,
-        patient_orientation=("L", "F"),  # replaced below by the source's own, or empty
+        patient_orientation=("L", "F"),  # replaced by the caller: the source's own, or empty
         series_description=CAPTURE_SERIES_DESCRIPTION,
         software_versions=[f"pneumo {__version__}", f"{model_name} {model_version}"])
-    # The image keeps the source's orientation; without one, none is claimed (Type 2C).
-    capture.PatientOrientation = source.get("PatientOrientation") or None
     capture.BurnedInAnnotation = "YES"
     capture.RecognizableVisualFeatures = "NO"
     capture.ImageComments = BANNER
     capture.DerivationDescription = (f"{model_name} {model_version} evidence heatmap over the "
                                      "source image, with a burned-in banner")
     capture.SourceImageSequence = [_reference(source)]
-    if "Laterality" in source:
-        capture.Laterality = source.Laterality
     return capture
 
 

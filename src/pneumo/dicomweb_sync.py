@@ -197,7 +197,8 @@ def _server_errors(url: str, what: str) -> Iterator[None]:
         yield
     except requests.exceptions.HTTPError as exc:
         status = exc.response.status_code if exc.response is not None else "?"
-        not_root = ": is the URL the DICOMweb root (e.g. .../dicom-web)?"
+        not_root = ": is the URL the DICOMweb root (e.g. .../dicom-web)?" \
+            if what == SEARCH else ""
         hint = {400: not_root, 404: not_root,
                 401: f": the server wants credentials (set {TOKEN_ENV}, or {USER_ENV} "
                      f"and {PASSWORD_ENV})",
@@ -213,6 +214,9 @@ def _server_errors(url: str, what: str) -> Iterator[None]:
     except requests.exceptions.RequestException as exc:
         raise SyncError(f"the request to {url} for {what} failed "
                         f"({type(exc).__name__})") from None
+
+
+SEARCH = "a QIDO-RS search"
 
 
 def _value(result: dict, tag: str) -> str:
@@ -247,7 +251,7 @@ def _search_pages(client, url: str, filters: dict) -> Iterator[dict]:
     seen: set[str] = set()
     offset = 0
     while True:
-        with _server_errors(url, "a QIDO-RS search"):
+        with _server_errors(url, SEARCH):
             page = client.search_for_instances(search_filters=filters, limit=PAGE,
                                                offset=offset,
                                                fields=["StudyDate", "StudyTime"])
@@ -325,30 +329,28 @@ def sync(url: str, predictor_loader, *, since: dt.datetime | None = None,
 
 def _one(client, url: str, predictor, ref: InstanceRef, digest: str, ledger: Ledger,
          stats: SyncStats, overlay: bool) -> str:
-    """Fetch, screen and store one instance; the progress line (no identifiers). A
-    failed request fails this instance only, a lost connection the run."""
+    """Fetch, screen and store one instance; the progress line (no identifiers). Whatever
+    fails fails this instance only (tried again next run); a lost connection, the run."""
     try:
         with _server_errors(url, "a WADO-RS retrieve"):
             dataset = client.retrieve_instance(ref.study, ref.series, ref.sop)
-    except Unreachable:
-        raise
-    except SyncError as exc:
-        stats.failed += 1
-        return f"failed: {exc}"
-    try:
         results = screen_dicom(predictor, dataset, overlay=overlay)
-    except SourceError as exc:
-        stats.skipped += 1
-        ledger.record(digest, "skipped")
-        return f"skipped: {exc}"
-    try:
         with _server_errors(url, "a STOW-RS store"):
             answer = client.store_instances(results.datasets, study_instance_uid=ref.study)
     except Unreachable:
         raise
+    except SourceError as exc:
+        stats.skipped += 1
+        ledger.record(digest, "skipped")
+        return f"skipped: {exc}"
     except SyncError as exc:
         stats.failed += 1
         return f"failed: {exc}"
+    except Exception as exc:  # noqa: BLE001 - one bad instance must not stop the others
+        # the type only: messages of parsing libraries can quote header values
+        log.debug("instance failed: %s", type(exc).__name__)
+        stats.failed += 1
+        return f"failed: {type(exc).__name__} while fetching, screening or storing it"
     failed = len(answer.get("FailedSOPSequence") or []) if answer is not None else 0
     if failed:
         stats.failed += 1
