@@ -195,7 +195,7 @@ def test_user_errors_are_one_line_without_traceback(tmp_path, args, message):
 
 
 def test_every_subcommand_explains_its_options():
-    for command in ("train", "evaluate", "predict", "serve"):
+    for command in ("train", "evaluate", "predict", "serve", "dicom-listen"):
         result = subprocess.run([sys.executable, "-m", "pneumo.cli", command, "--help"],
                                 capture_output=True, text=True, timeout=120)
         assert result.returncode == 0

@@ -1,5 +1,5 @@
 """The ``pneumo`` command: train | evaluate | calibrate | refit-gate | predict | serve | token
-| bench.
+| bench | dicom-listen | dicomweb-sync.
 
 Every error a user can cause ends in one line on stderr and exit status 2,
 never a traceback.
@@ -200,6 +200,57 @@ def build_parser() -> argparse.ArgumentParser:
                             "Secure, and treat no request as the local user's")
     _add_model_option(serve)
 
+    listen = commands.add_parser(
+        "dicom-listen", help="a DICOM node: screen what the PACS sends, send results back",
+        description="A DICOM Storage SCP (and C-ECHO) for CR and DX images. Each received "
+                    "image is kept on disk before it is acknowledged, screened in the "
+                    "background, and its results (a Comprehensive SR, and a Secondary "
+                    "Capture with the heatmap unless --no-overlay) are sent by C-STORE to "
+                    "--results-to, into the same study, tried again until delivered. Other "
+                    "SOP classes are answered 0x0122 (SOP class not supported). Work "
+                    "unfinished at a stop resumes at the next start (the spool lives in "
+                    "$PNEUMO_DATA_DIR/dicom-node). SIGTERM or SIGINT stops it gracefully. "
+                    "See docs/integration.md.")
+    listen.add_argument("--host", default="127.0.0.1",
+                        help="interface to listen on (default: 127.0.0.1, loopback)")
+    listen.add_argument("--port", type=int, default=11112, help="DICOM port (default: 11112)")
+    listen.add_argument("--ae-title", default="PNEUMO",
+                        help="this node's AE title (default: PNEUMO); associations called "
+                             "to another are rejected")
+    listen.add_argument("--results-to", required=True, metavar="AET@HOST:PORT",
+                        help="the PACS that receives the results, e.g. ORTHANC@127.0.0.1:4242")
+    listen.add_argument("--calling-aets", nargs="+", default=None, metavar="AET",
+                        help="accept associations only from these calling AE titles "
+                             "(default: any)")
+    listen.add_argument("--no-overlay", dest="overlay", action="store_false",
+                        help="send the SR only, without the Secondary Capture with the "
+                             "heatmap")
+    _add_model_option(listen)
+
+    sync = commands.add_parser(
+        "dicomweb-sync", help="screen a DICOMweb archive's new CR/DX images, store the results",
+        description="Find the CR and DX instances on a DICOMweb server (QIDO-RS), fetch each "
+                    "one not handled before (WADO-RS), screen it and store the results into "
+                    "its study (STOW-RS): a DICOM SR, and the overlay as a Secondary "
+                    "Capture. A ledger in the data folder keeps anything from being screened "
+                    "or stored twice; failed instances are tried again on the next run. "
+                    "Credentials come from the environment: PNEUMO_DICOMWEB_TOKEN (a bearer "
+                    "token), or PNEUMO_DICOMWEB_USER and PNEUMO_DICOMWEB_PASSWORD (HTTP basic, "
+                    "as Orthanc's users). Exit status 1: some instances failed (tried again "
+                    "next run). See docs/integration.md.")
+    sync.add_argument("--url", required=True,
+                      help="the DICOMweb service root, e.g. http://pacs:8042/dicom-web")
+    sync.add_argument("--since", default=None, metavar="TIME",
+                      help="only studies from TIME on: a date or date and time "
+                           "(2026-12-01, 2026-12-01T08:00) or a span back from now (30m, 12h, "
+                           "2d, 1w); default: every study")
+    sync.add_argument("--no-overlay", dest="overlay", action="store_false",
+                      help="store the SR only, no Secondary Capture")
+    sync.add_argument("--data-dir", default=None, metavar="DIR",
+                      help="where the ledger is kept (default: $PNEUMO_DATA_DIR or "
+                           "~/.local/share/pneumo)")
+    _add_model_option(sync)
+
     from .bench import add_arguments as add_bench_arguments
 
     bench = commands.add_parser(
@@ -308,6 +359,26 @@ def _token(args) -> int:
     return 0
 
 
+def _dicom_listen(args) -> int:
+    from .dicom_node.node import run
+
+    return run(host=args.host, port=args.port, ae_title=args.ae_title,
+               results_to=args.results_to, model=args.model, calling_aets=args.calling_aets,
+               overlay=args.overlay)
+
+
+def _dicomweb_sync(args) -> int:
+    from .dicomweb_sync import parse_since, sync
+    from .predictor import Predictor
+
+    since = parse_since(args.since) if args.since else None
+    stats = sync(args.url, lambda: Predictor.from_bundle(args.model), since=since,
+                 data_dir=Path(args.data_dir) if args.data_dir else None,
+                 overlay=args.overlay, progress=sys.stderr.isatty())
+    print(stats.summary())
+    return 1 if stats.failed else 0
+
+
 def _bench(args) -> int:
     from .bench import run_from_args
 
@@ -328,7 +399,8 @@ def main(argv: list[str] | None = None) -> int:
 
     handlers = {"train": _train, "evaluate": _evaluate, "calibrate": _calibrate,
                 "refit-gate": _refit_gate, "predict": _predict, "export-feedback": _export_feedback, "serve": _serve,
-                "token": _token, "bench": _bench}
+                "dicomweb-sync": _dicomweb_sync,
+                "token": _token, "bench": _bench, "dicom-listen": _dicom_listen}
     try:
         return handlers[args.command](args)
     except (DataError, BundleError, BackboneWeightsError, ImageError, FileNotFoundError,

@@ -1,0 +1,116 @@
+"""The running node (``pneumo dicom-listen``): the Storage SCP, the screener and the
+sender, started together on one spool and stopped together on SIGTERM or SIGINT.
+
+Stopping is graceful: the node stops listening, lets open associations finish for a
+few seconds (then aborts them: the PACS sends what it had not had confirmed again),
+the screener finishes the image it is on, the sender the result it is on; everything
+else waits in the spool for the next start.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import signal
+import threading
+from pathlib import Path
+
+import pydicom
+
+from .scp import StorageSCP
+from .screener import Screener
+from .sender import Destination, Sender, check_ae_title
+from .spool import Spool, now_utc
+
+log = logging.getLogger("pneumo.dicom_node")
+
+JOIN_TIMEOUT = 90  # seconds: an inference, or a C-STORE waiting on its answer
+
+
+def is_loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"
+
+
+def run(*, host: str, port: int, ae_title: str, results_to: str, model: str | None = None,
+        calling_aets: list[str] | None = None, overlay: bool = True,
+        data_dir: str | Path | None = None) -> int:
+    """Run the node until SIGTERM or SIGINT; returns the exit status."""
+    from ..predictor import Predictor
+    from ..studies import default_data_dir
+
+    check_ae_title(ae_title)
+    calling_aets = [check_ae_title(title) for title in calling_aets or []]
+    destination = Destination.parse(results_to)
+    try:
+        from ..dicom_results import screen_dicom
+    except ImportError:
+        raise RuntimeError("the DICOM results (pneumo.dicom_results) are not part of this "
+                           "build") from None
+    # pynetdicom and highdicom log UIDs at INFO (every association, every attribute they
+    # copy): the node logs its own lines, without identifiers, instead
+    for library in ("pynetdicom", "highdicom"):
+        logging.getLogger(library).setLevel(logging.WARNING)
+    # pydicom's warnings about non-conformant values quote the value (a patient's name
+    # may be one): what a PACS sends is read as it is, without them
+    pydicom.config.settings.reading_validation_mode = pydicom.config.IGNORE
+
+    predictor = Predictor.from_bundle(model)
+    spool = Spool(Path(data_dir) if data_dir else default_data_dir(), predictor.version)
+    stop = threading.Event()
+    screen_wake, send_wake = threading.Event(), threading.Event()
+
+    def delivered(instance_id: int) -> None:
+        row = spool.summary(instance_id)
+        log.info("instance %s: %s; screened in %.2f s; %d result(s) delivered to %s, "
+                 "%.1f s after it was received", row["tag"], row["outcome"],
+                 row["screen_seconds"] or 0.0, row["results"], destination,
+                 (now_utc() - row["received"]).total_seconds())
+
+    screener = Screener(spool, lambda data: screen_dicom(predictor, data, overlay=overlay),
+                        stop, screen_wake, on_screened=send_wake.set)
+    sender = Sender(spool, destination, ae_title, stop, send_wake, on_delivered=delivered)
+    scp = StorageSCP(spool, ae_title, calling_aets, on_received=screen_wake.set)
+
+    def request_stop(signum, frame) -> None:
+        log.info("%s received: stopping", signal.Signals(signum).name)
+        stop.set()
+
+    previous = {signum: signal.signal(signum, request_stop)
+                for signum in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        try:
+            scp.start(host, port)
+        except OSError as exc:
+            raise RuntimeError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") \
+                from None
+        spool.due_now()
+        screener.start()
+        sender.start()
+        counts = spool.counts()
+        log.info("listening as %s on %s:%d with %s %s; results to %s (overlay %s); calling AE "
+                 "titles: %s; spool %s (%d to screen, %d results to deliver)", ae_title, host,
+                 port, predictor.name, predictor.version, destination,
+                 "on" if overlay else "off", ", ".join(calling_aets) or "any", spool.root,
+                 counts.get("received", 0), counts.get("undelivered", 0))
+        if not calling_aets and not is_loopback(host):
+            log.warning("listening beyond loopback and accepting any calling AE title: "
+                        "give --calling-aets (and keep the port behind a firewall: an AE "
+                        "title is a name, not a password)")
+        while not stop.wait(0.5):
+            pass
+    finally:
+        stop.set()
+        scp.stop()
+        screen_wake.set()
+        send_wake.set()
+        for thread in (screener, sender):
+            if thread.is_alive():
+                thread.join(JOIN_TIMEOUT)
+        spool.close()
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+    log.info("stopped")
+    return 0

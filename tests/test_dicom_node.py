@@ -1,0 +1,564 @@
+"""``pneumo dicom-listen`` against a real PACS: Debian's Orthanc sends it studies, and the
+results must come back into the same study.
+
+One Orthanc and one node (the shipped model) serve the module; the restart test runs a
+second node of its own, which it kills. Every wait is a generous deadline, never a
+timing assertion. Skipped where Orthanc is not installed (``make pacs``). The tests of
+the parts alone (the SCP on a broken spool, addresses, the command's errors) are fast.
+"""
+
+from __future__ import annotations
+
+import io
+import signal
+import sqlite3
+from contextlib import closing
+
+import numpy as np
+import pydicom
+import pytest
+from PIL import Image
+from pydicom import uid
+
+from conftest import TRAIN_DATA
+from dicom_factory import CT_STORAGE, DX_STORAGE, make_dataset, make_dicom, to_bytes
+from dicom_peers import TEST_SCU, Node, Recorder, associate, echo, wait_for
+from orthanc import Orthanc, require_orthanc
+from pneumo.bench.server import free_port
+from synthetic import synthetic_xray
+
+RESULTS_TIMEOUT = 300  # seconds: screening on a busy 2-core machine, and Orthanc's jobs
+COMPREHENSIVE_SR = "1.2.840.10008.5.1.4.1.1.88.33"
+SECONDARY_CAPTURE = "1.2.840.10008.5.1.4.1.1.7"
+#: The made-up patient of these tests.
+PATIENT = {"PatientName": "Testcase^Ada^Node", "PatientID": "NODE-TEST-4711",
+           "PatientBirthDate": "19800229", "AccessionNumber": "ACC-NODE-0815"}
+
+
+def study_image(pixels: np.ndarray, study_uid: str | None = None, number: int = 1,
+                series_uid: str | None = None) -> bytes:
+    """A DX chest image of the made-up patient, in a study of its own or of ``study_uid``."""
+    return make_dicom(pixels, bits_stored=8, StudyInstanceUID=study_uid or uid.generate_uid(),
+                      SeriesInstanceUID=series_uid or uid.generate_uid(), InstanceNumber=number,
+                      StudyID="1", Modality="DX", **PATIENT)
+
+
+def real_xray() -> np.ndarray:
+    """One chest X-ray of the training collection, as grayscale pixels: the shipped
+    model's input gate refuses every generated picture, so a screened result needs a
+    real film. Read at test time, never copied into the repository."""
+    if not TRAIN_DATA.is_dir():
+        pytest.skip(f"real chest X-rays not found at {TRAIN_DATA} (../shared/data): the "
+                    "shipped model's gate refuses generated pictures")
+    path = sorted((TRAIN_DATA / "PNEUMONIA").iterdir())[0]
+    with Image.open(path) as image:
+        return np.asarray(image.convert("L"))
+
+
+def photo() -> np.ndarray:
+    import skimage.data
+
+    return np.asarray(skimage.data.camera())
+
+
+@pytest.fixture(scope="module")
+def ports() -> dict[str, int]:
+    """The nodes' ports, known before Orthanc starts (its configuration names them)."""
+    return {"pneumo": free_port(), "restarting": free_port()}
+
+
+@pytest.fixture(scope="module")
+def orthanc(tmp_path_factory, ports):
+    require_orthanc()
+    server = Orthanc.start(tmp_path_factory.mktemp("pacs"),
+                           modalities={name: ("PNEUMO", port) for name, port in ports.items()})
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def node(tmp_path_factory, orthanc, ports):
+    started = Node.start(tmp_path_factory.mktemp("node"), orthanc.address, port=ports["pneumo"])
+    yield started
+    assert started.stop(signal.SIGINT) == 0, started.log()  # Ctrl-C: a graceful stop too
+    assert "SIGINT received: stopping" in started.log()
+
+
+def instances_of(orthanc: Orthanc, study_id: str) -> list[dict]:
+    return orthanc.rest("GET", f"/studies/{study_id}/instances")
+
+
+def results_of(orthanc: Orthanc, study_id: str, count: int) -> list[pydicom.Dataset]:
+    """The instances of the study that pneumo made, once there are ``count`` of them."""
+    def made_by_pneumo():
+        found = []
+        for instance in instances_of(orthanc, study_id):
+            data = orthanc.rest("GET", f"/instances/{instance['ID']}/file")
+            ds = pydicom.dcmread(io.BytesIO(data))
+            if ds.SOPClassUID in (COMPREHENSIVE_SR, SECONDARY_CAPTURE):
+                found.append(ds)
+        return found if len(found) >= count else None
+
+    return wait_for(made_by_pneumo, RESULTS_TIMEOUT, f"{count} result(s) in the study",
+                    interval=1.0, on_fail=orthanc.log)
+
+
+def send_through_orthanc(orthanc: Orthanc, files: list[bytes], modality: str = "pneumo"):
+    """Store ``files`` in Orthanc over REST and have it C-STORE them to ``modality``;
+    returns Orthanc's answers to the uploads."""
+    uploaded = [orthanc.upload(data) for data in files]
+    orthanc.send(modality, [answer["ID"] for answer in uploaded])
+    return uploaded
+
+
+def content(ds) -> list:
+    """Every content item of an SR, depth first."""
+    items = []
+    for item in ds.get("ContentSequence", []):
+        items.append(item)
+        items.extend(content(item))
+    return items
+
+
+def named(ds, concept: tuple[str, str, str]) -> list:
+    return [item for item in content(ds) if "ConceptNameCodeSequence" in item
+            and (item.ConceptNameCodeSequence[0].CodeValue,
+                 item.ConceptNameCodeSequence[0].CodingSchemeDesignator) == concept[:2]]
+
+
+def delivered_line(node: Node, sop_instance_uid: str) -> str:
+    """The node's log line saying the instance's results were delivered: it names the
+    instance by the start of its UID's hash."""
+    from pneumo.dicom_node.spool import uid_hash
+
+    mark = f"[{uid_hash(sop_instance_uid)[:10]}]"
+
+    def line():
+        return next((text for text in node.log().splitlines()
+                     if mark in text and "delivered to" in text), None)
+
+    return wait_for(line, RESULTS_TIMEOUT, "the node's line for the instance",
+                    on_fail=node.log)
+
+
+def no_identifier_in(text: str, *values: str) -> None:
+    for value in values:
+        assert str(value) not in text, f"{value!r} found where no identifier may go"
+
+
+# -- the tests ----------------------------------------------------------------------------
+
+@pytest.mark.slow
+def test_c_echo_is_answered(node):
+    assert echo(node.port) == 0x0000
+
+
+@pytest.mark.slow
+@pytest.mark.reliability(19)
+def test_round_trip_the_results_are_filed_in_the_same_study(node, orthanc, shipped_bundle):
+    from pneumo import screening
+    from pneumo.dicom_results import Concepts
+    from pneumo.predictor import Predictor
+
+    source = study_image(real_xray())
+    expected = screening.screen(Predictor.from_bundle(shipped_bundle), source)
+    assert isinstance(expected, screening.Screened), expected
+    uploaded, = send_through_orthanc(orthanc, [source])
+    sent = pydicom.dcmread(io.BytesIO(source))
+
+    results = results_of(orthanc, uploaded["ParentStudy"], 2)
+    sr, = [ds for ds in results if ds.SOPClassUID == COMPREHENSIVE_SR]
+    capture, = [ds for ds in results if ds.SOPClassUID == SECONDARY_CAPTURE]
+    for ds in (sr, capture):
+        assert ds.StudyInstanceUID == sent.StudyInstanceUID
+        assert ds.PatientID == PATIENT["PatientID"]
+        assert str(ds.PatientName) == PATIENT["PatientName"]
+        assert ds.SeriesInstanceUID != sent.SeriesInstanceUID
+    assert sr.SeriesInstanceUID != capture.SeriesInstanceUID
+
+    finding, = [item for item in named(sr, Concepts.PNEUMONIA) if item.ValueType == "CODE"]
+    present = expected.prediction.label == "PNEUMONIA"
+    wanted = Concepts.PRESENT if present else Concepts.ABSENT
+    assert finding.ConceptCodeSequence[0].CodeValue == wanted[0]
+    probability, = named(sr, Concepts.PROBABILITY)
+    value = float(probability.MeasuredValueSequence[0].NumericValue)
+    assert value == pytest.approx(expected.prediction.probability, abs=1e-4)
+    threshold, = named(sr, Concepts.THRESHOLD)
+    assert float(threshold.MeasuredValueSequence[0].NumericValue) == \
+        pytest.approx(expected.prediction.threshold, abs=1e-6)
+    evidence = [ref.ReferencedSOPInstanceUID
+                for study in sr.CurrentRequestedProcedureEvidenceSequence
+                for series in study.ReferencedSeriesSequence
+                for ref in series.ReferencedSOPSequence]
+    assert evidence == [sent.SOPInstanceUID]
+    images = [item.ReferencedSOPSequence[0].ReferencedSOPInstanceUID
+              for item in content(sr) if item.get("ValueType") == "IMAGE"]
+    assert sent.SOPInstanceUID in images
+
+    assert "2 result(s) delivered" in delivered_line(node, sent.SOPInstanceUID)
+    log = node.log()
+    identifiers = (*PATIENT.values(), sent.SOPInstanceUID, sent.StudyInstanceUID)
+    no_identifier_in(log, *identifiers)
+    # the spool's database (and its log) keeps no identifier; the image itself is gone
+    spool = node.data_dir / "dicom-node"
+    for path in spool.glob("queue.sqlite3*"):
+        no_identifier_in(path.read_bytes().decode("latin-1"), *identifiers)
+    assert not [*(spool / "received").iterdir(), *(spool / "results").iterdir()]
+    assert spool.stat().st_mode & 0o777 == 0o700  # while it holds any, only the node's
+
+
+@pytest.mark.slow
+def test_an_image_the_gate_refuses_gets_a_not_assessed_sr(node, orthanc):
+    from pneumo.dicom_results import Concepts
+
+    source = study_image(photo())
+    uploaded, = send_through_orthanc(orthanc, [source])
+    # the node's line for this instance says how many results it delivered
+    line = delivered_line(node, pydicom.dcmread(io.BytesIO(source)).SOPInstanceUID)
+    assert "not assessed" in line and "1 result(s) delivered" in line
+    sr, = results_of(orthanc, uploaded["ParentStudy"], 1)
+    assert sr.SOPClassUID == COMPREHENSIVE_SR
+    assert sr.PatientID == PATIENT["PatientID"]
+    finding, = [item for item in named(sr, Concepts.PNEUMONIA) if item.ValueType == "CODE"]
+    assert finding.ConceptCodeSequence[0].CodeValue == Concepts.PRESENCE_UNDETERMINED[0]
+    reason, = named(sr, Concepts.NOT_ASSESSED_REASON)
+    assert reason.TextValue.startswith("Not assessed:")
+    assert not named(sr, Concepts.PROBABILITY)
+    # no Secondary Capture for an image that was not screened
+    assert len(instances_of(orthanc, uploaded["ParentStudy"])) == 2
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case, status", [
+    ("CT image", 0x0122),
+    ("encapsulated PDF", 0x0122),
+    ("Secondary Capture (a result sent back)", 0x0122),
+    ("DX without pixel data", 0xA900),
+    ("DX without a study UID", 0xA900),
+])
+def test_what_the_node_does_not_screen_gets_its_status(node, case, status):
+    pixels = synthetic_xray(3, size=(64, 64))
+    if case == "CT image":
+        ds = make_dataset(pixels, modality="CT", sop_class=CT_STORAGE)
+    elif case == "encapsulated PDF":
+        ds = make_dataset(pixels, modality="DOC", sop_class=uid.EncapsulatedPDFStorage)
+        del ds.PixelData
+        ds.EncapsulatedDocument = b"%PDF-1.4\n%%EOF\n"
+        ds.MIMETypeOfEncapsulatedDocument = "application/pdf"
+    elif case.startswith("Secondary Capture"):
+        ds = make_dataset(pixels, modality="OT", sop_class=SECONDARY_CAPTURE)
+    elif case == "DX without pixel data":
+        ds = make_dataset(pixels)
+        del ds.PixelData
+    else:
+        ds = make_dataset(pixels)
+    if case != "DX without a study UID":
+        ds.StudyInstanceUID = uid.generate_uid()
+    ds.SeriesInstanceUID = uid.generate_uid()
+    assoc = associate(node.port, contexts=[ds.SOPClassUID])
+    assert assoc.is_established
+    try:
+        answer = assoc.send_c_store(ds)
+    finally:
+        assoc.release()
+    assert answer.Status == status, case
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("syntax", [uid.RLELossless, uid.JPEGLSLossless])
+def test_a_compressed_image_is_accepted_as_the_pacs_sent_it(node, orthanc, syntax):
+    """Sent straight to the node (not through Orthanc) in a compressed transfer syntax:
+    kept as sent, decoded by the screener, and its SR filed in Orthanc by study UID."""
+    from pneumo.dicom_results import Concepts
+
+    study_uid = uid.generate_uid()
+    data = make_dicom(synthetic_xray(11, size=(128, 128)), syntax, bits_stored=8,
+                      StudyInstanceUID=study_uid, SeriesInstanceUID=uid.generate_uid(),
+                      **PATIENT)
+    ds = pydicom.dcmread(io.BytesIO(data))
+    assoc = associate(node.port, contexts=[(DX_STORAGE, [syntax])])
+    assert assoc.is_established
+    try:
+        assert assoc.send_c_store(ds).Status == 0x0000
+    finally:
+        assoc.release()
+
+    def filed():
+        found = orthanc.rest("POST", "/tools/find", {
+            "Level": "Study", "Query": {"StudyInstanceUID": study_uid}})
+        return found[0] if found else None
+
+    study_id = wait_for(filed, RESULTS_TIMEOUT, "the SR's study in Orthanc", interval=1.0)
+    sr, = results_of(orthanc, study_id, 1)
+    assert sr.SOPClassUID == COMPREHENSIVE_SR and sr.PatientID == PATIENT["PatientID"]
+    # decoded: the drawing got as far as the input gate, which refuses it
+    reason, = named(sr, Concepts.NOT_ASSESSED_REASON)
+    assert reason.TextValue.startswith("Not assessed: rejected:"), reason.TextValue
+
+
+@pytest.mark.slow
+def test_an_unparsable_data_set_cannot_be_understood(node, tmp_path):
+    """A valid file meta header, then bytes that are not a data set: 0xC000."""
+    from pynetdicom import _config
+
+    from pynetdicom.dsutils import split_dataset
+
+    path = tmp_path / "broken.dcm"
+    path.write_bytes(to_bytes(make_dataset(synthetic_xray(4, size=(32, 32)))))
+    _, offset = split_dataset(path)
+    # after the file meta, a sequence of undefined length whose items are not items
+    path.write_bytes(path.read_bytes()[:offset]
+                     + b"\x08\x00\x16\x00SQ\x00\x00\xff\xff\xff\xff\x01\x02\x03")
+    assoc = associate(node.port, contexts=[(DX_STORAGE, [uid.ExplicitVRLittleEndian])])
+    assert assoc.is_established
+    previous = _config.STORE_SEND_CHUNKED_DATASET
+    _config.STORE_SEND_CHUNKED_DATASET = True  # send the file's bytes as they are
+    try:
+        answer = assoc.send_c_store(path)
+    finally:
+        _config.STORE_SEND_CHUNKED_DATASET = previous
+        assoc.release()
+    assert answer.Status == 0xC000
+
+
+@pytest.mark.slow
+def test_a_deflate_bomb_is_refused_before_it_is_inflated(node, tmp_path):
+    """80 KB on the wire that would inflate to 72 MB, past the decoder's limit: refused
+    from its file meta and a bounded inflation, on the association's thread."""
+    from pynetdicom import _config
+
+    ds = make_dataset(np.zeros((9000, 8000), np.uint8))
+    ds.StudyInstanceUID, ds.SeriesInstanceUID = uid.generate_uid(), uid.generate_uid()
+    ds.file_meta.TransferSyntaxUID = uid.DeflatedExplicitVRLittleEndian
+    path = tmp_path / "bomb.dcm"
+    path.write_bytes(to_bytes(ds))
+    del ds
+    assert path.stat().st_size < 1_000_000
+    assoc = associate(node.port, contexts=[(DX_STORAGE, [uid.DeflatedExplicitVRLittleEndian])])
+    assert assoc.is_established
+    previous = _config.STORE_SEND_CHUNKED_DATASET
+    _config.STORE_SEND_CHUNKED_DATASET = True  # send the file's bytes as they are
+    try:
+        answer = assoc.send_c_store(path)
+    finally:
+        _config.STORE_SEND_CHUNKED_DATASET = previous
+        assoc.release()
+    assert answer.Status == 0xA700
+    assert "inflates to more than" in node.log()
+
+
+@pytest.mark.slow
+def test_a_calling_ae_title_not_on_the_allow_list_is_rejected(node):
+    assoc = associate(node.port, ae_title="INTRUDER")
+    assert assoc.is_rejected
+    rejection = assoc.acceptor.primitive
+    assert (rejection.result, rejection.result_source, rejection.diagnostic) == (0x01, 0x01, 0x03)
+    assert echo(node.port, ae_title=TEST_SCU) == 0x0000  # the node still serves the others
+    assert "'INTRUDER' rejected: calling AE title not on the allow-list" in node.log()
+    # a PACS calling the node by another AE title is misconfigured: told so at once
+    misdirected = associate(node.port, called="NOTPNEUMO")
+    assert misdirected.is_rejected
+    assert misdirected.acceptor.primitive.diagnostic == 0x07  # called AE title not recognised
+    wait_for(lambda: "it called 'NOTPNEUMO', this node is 'PNEUMO'" in node.log(), 60,
+             "the node's line about the misdirected association", on_fail=node.log)
+
+
+@pytest.mark.slow
+def test_killed_in_the_middle_of_a_study_loses_nothing_and_sends_nothing_twice(
+        orthanc, ports, tmp_path):
+    """Six images of one study. The first two come back before the kill; the next two are
+    screened while the PACS refuses their results (0xA700, tried again later); the fifth
+    arrives just before SIGKILL. Restarted, the node is sent the whole study again, as a
+    PACS whose job failed does: each result arrives exactly once."""
+    recorder = Recorder()
+    study_uid, series_uid = uid.generate_uid(), uid.generate_uid()
+    files = [study_image(photo() if i % 2 else synthetic_xray(i, size=(256, 256)), study_uid,
+                         number=i + 1, series_uid=series_uid) for i in range(6)]
+    sources = [str(pydicom.dcmread(io.BytesIO(data)).SOPInstanceUID) for data in files]
+    node = Node.start(tmp_path, recorder.address, port=ports["restarting"],
+                      extra=("--no-overlay",))
+    try:
+        send_through_orthanc(orthanc, files[:2], "restarting")
+        wait_for(lambda: len(recorder.uids()) >= 2, RESULTS_TIMEOUT, "the first two results",
+                 on_fail=node.log)
+        recorder.refusing = True
+        send_through_orthanc(orthanc, files[2:4], "restarting")
+        wait_for(lambda: len(set(recorder.refused)) >= 2, RESULTS_TIMEOUT,
+                 "two refused deliveries", on_fail=node.log)
+        send_through_orthanc(orthanc, files[4:5], "restarting")
+        node.kill()
+        assert len(recorder.uids()) == 2
+
+        recorder.refusing = False
+        node.restart()
+        send_through_orthanc(orthanc, files, "restarting")  # the whole study again
+        wait_for(lambda: len(recorder.uids()) >= 6, RESULTS_TIMEOUT, "all six results",
+                 on_fail=node.log)
+        database = node.data_dir / "dicom-node" / "queue.sqlite3"
+
+        def settled():
+            with closing(sqlite3.connect(f"file:{database}?mode=ro", uri=True)) as db:
+                states = dict(db.execute("SELECT state, COUNT(*) FROM instances "
+                                         "GROUP BY state").fetchall())
+                waiting = db.execute("SELECT COUNT(*) FROM results WHERE sent IS NULL"
+                                     ).fetchone()[0]
+            return states == {"done": 6} and waiting == 0
+
+        wait_for(settled, RESULTS_TIMEOUT, "every instance done", on_fail=node.log)
+        assert node.stop() == 0
+    finally:
+        node.stop()
+        recorder.stop()
+
+    uids = recorder.uids()
+    assert len(uids) == len(set(uids)) == 6, "a result was delivered twice"
+    referenced = sorted(
+        ref.ReferencedSOPInstanceUID for ds in recorder.received
+        for study in ds.CurrentRequestedProcedureEvidenceSequence
+        for series in study.ReferencedSeriesSequence for ref in series.ReferencedSOPSequence)
+    assert referenced == sorted(sources)
+    assert {ds.StudyInstanceUID for ds in recorder.received} == {study_uid}
+    assert not list((node.data_dir / "dicom-node" / "received").iterdir()), \
+        "patient data left in the spool after delivery"
+    assert "SIGTERM received: stopping" in node.log()
+
+
+def test_a_spool_that_cannot_write_answers_out_of_resources(tmp_path):
+    """The SCP alone, in this process, on a spool whose folder became a file."""
+    from pneumo.dicom_node.scp import StorageSCP
+    from pneumo.dicom_node.spool import Spool
+
+    spool = Spool(tmp_path, "test")
+    scp = StorageSCP(spool, "PNEUMO", [TEST_SCU])
+    port = free_port()
+    scp.start("127.0.0.1", port)
+    try:
+        spool.received_dir.rmdir()
+        spool.received_dir.write_bytes(b"not a folder")
+        ds = make_dataset(synthetic_xray(5, size=(32, 32)))
+        ds.StudyInstanceUID, ds.SeriesInstanceUID = uid.generate_uid(), uid.generate_uid()
+        assoc = associate(port, contexts=[DX_STORAGE])
+        try:
+            answer = assoc.send_c_store(ds)
+        finally:
+            assoc.release()
+        assert answer.Status == 0xA700
+        assert spool.next_to_screen() is None
+    finally:
+        scp.stop()
+        spool.close()
+
+
+@pytest.mark.slow
+def test_a_result_the_pacs_refused_is_delivered_on_a_later_try_once(tmp_path, caplog):
+    """The sender alone, in this process, against a recording SCP that first rejects the
+    node's AE title, then answers 0xA700 (out of resources), then stores."""
+    import logging
+    import threading
+
+    from pneumo.dicom_node.screener import part10
+    from pneumo.dicom_node.sender import Destination, Sender
+    from pneumo.dicom_node.spool import Spool
+
+    caplog.set_level(logging.WARNING, "pneumo.dicom_node")
+    recorder = Recorder()
+    recorder.refusing = True
+    recorder.ae.require_calling_aet = ["SOMEONE"]
+    spool = Spool(tmp_path, "test")
+    ds = make_dataset(synthetic_xray(6, size=(32, 32)))
+    ds.StudyInstanceUID, ds.SeriesInstanceUID = uid.generate_uid(), uid.generate_uid()
+    instance = spool.receive(to_bytes(ds), ds.SOPInstanceUID).instance
+    result = make_dataset(synthetic_xray(7, size=(32, 32)))  # stands for an SR: any object
+    spool.screened(instance, "test", 0.0, [("sr", str(result.SOPInstanceUID), part10(result))])
+    stop, wake, delivered = threading.Event(), threading.Event(), []
+    sender = Sender(spool, Destination.parse(recorder.address), "PNEUMO", stop, wake,
+                    on_delivered=delivered.append)
+    sender.start()
+    try:
+        wait_for(lambda: "association rejected" in caplog.text, RESULTS_TIMEOUT,
+                 "a rejected association")
+        recorder.ae.require_calling_aet = []
+        wait_for(lambda: recorder.refused, RESULTS_TIMEOUT, "a refused try")
+        recorder.refusing = False
+        wait_for(lambda: delivered, RESULTS_TIMEOUT, "the delivery")
+    finally:
+        stop.set()
+        wake.set()
+        sender.join(60)
+        recorder.stop()
+        spool.close()
+    assert recorder.uids() == [str(result.SOPInstanceUID)]
+    assert delivered == [instance.id]
+    assert "Calling AE title not recognised" in caplog.text and "0xA700" in caplog.text
+    assert not list(spool.received_dir.iterdir()) and not list(spool.results_dir.iterdir())
+
+
+def test_an_image_that_breaks_screening_is_kept_and_the_next_one_screened(
+        tmp_path, tiny_predictor, caplog):
+    """The screener alone, in this process: a bug on one image (here a screening function
+    that fails on its first call) leaves it failed, on disk for someone to look at, and
+    the screener goes on with the next."""
+    import logging
+    import threading
+
+    from pneumo.dicom_node.screener import Screener
+    from pneumo.dicom_node.spool import Spool
+    from pneumo.dicom_results import screen_dicom
+
+    caplog.set_level(logging.INFO, "pneumo.dicom_node")
+    spool = Spool(tmp_path, "test")
+    instances = []
+    for seed in (8, 9):
+        ds = make_dataset(synthetic_xray(seed, size=(96, 96)), bits_stored=8)
+        ds.StudyInstanceUID, ds.SeriesInstanceUID = uid.generate_uid(), uid.generate_uid()
+        instances.append(spool.receive(to_bytes(ds), ds.SOPInstanceUID).instance)
+    calls = []
+
+    def screen(data):
+        calls.append(len(data))
+        if len(calls) == 1:
+            raise ZeroDivisionError("a bug")
+        return screen_dicom(tiny_predictor, data, overlay=False)
+
+    stop, wake = threading.Event(), threading.Event()
+    screener = Screener(spool, screen, stop, wake)
+    screener.start()
+    try:
+        wait_for(lambda: spool.counts().get("screened"), RESULTS_TIMEOUT, "the second image")
+    finally:
+        stop.set()
+        wake.set()
+        screener.join(60)
+    assert spool.counts() == {"failed": 1, "screened": 1, "undelivered": 1}
+    assert instances[0].file.is_file()  # kept for someone to look at
+    assert f"instance {instances[0].tag}: could not be screened (ZeroDivisionError)" \
+        in caplog.text
+    spool.close()
+
+
+def test_destination_addresses_are_checked():
+    from pneumo.dicom_node.sender import Destination, backoff
+
+    assert str(Destination.parse("ORTHANC@127.0.0.1:4242")) == "ORTHANC@127.0.0.1:4242"
+    assert Destination.parse("PACS@[::1]:104").host == "::1"
+    for wrong in ("ORTHANC@127.0.0.1", "127.0.0.1:4242", "A\\B@host:1", "X@host:70000",
+                  "TOO-LONG-AE-TITLE-X@host:1"):
+        with pytest.raises(ValueError):
+            Destination.parse(wrong)
+    assert [backoff(n) for n in (1, 2, 3)] == [2, 4, 8] and backoff(50) == 300
+
+
+
+@pytest.mark.parametrize("arguments, message", [
+    (["--results-to", "ORTHANC@127.0.0.1"], "expected AET@HOST:PORT"),
+    (["--results-to", "ORTHANC@127.0.0.1:4242", "--ae-title", "A\\B"], "not a valid AE title"),
+    (["--results-to", "ORTHANC@127.0.0.1:4242", "--calling-aets", "X" * 17],
+     "not a valid AE title"),
+])
+def test_a_wrong_address_or_ae_title_is_one_line_not_a_traceback(arguments, message, capsys):
+    from pneumo.cli import main
+
+    assert main(["dicom-listen", *arguments]) == 2
+    error = capsys.readouterr().err
+    assert error.startswith("pneumo dicom-listen: error:") and message in error
+    assert "Traceback" not in error
