@@ -164,6 +164,8 @@ def test_sr_is_filed_in_the_source_study_in_a_new_series(tiny_predictor, xray):
     assert report.SOPInstanceUID != source.SOPInstanceUID
     assert report.SeriesNumber == dicom_results.SR_SERIES_NUMBER
     assert report.InstanceNumber == STUDY["InstanceNumber"]
+    # the new series is dated when the SR was made, so a PACS can list it
+    assert (report.SeriesDate, report.SeriesTime) == (report.ContentDate, report.ContentTime)
     # the private tag and the pixel data stay behind
     assert "PixelData" not in report
     assert PHI["private"].encode() not in report.to_json().encode()
@@ -296,6 +298,7 @@ def test_capture_is_the_overlay_below_a_burned_in_banner(tiny_predictor, xray):
     assert capture.StudyInstanceUID == source.StudyInstanceUID
     assert capture.SeriesInstanceUID not in (source.SeriesInstanceUID, report.SeriesInstanceUID)
     assert capture.SeriesNumber == dicom_results.CAPTURE_SERIES_NUMBER
+    assert (capture.SeriesDate, capture.SeriesTime) == (capture.ContentDate, capture.ContentTime)
     for name in ("PatientName", "PatientID", "PatientBirthDate", "AccessionNumber"):
         assert capture[name].value == source[name].value, name
     assert [(ref.ReferencedSOPClassUID, ref.ReferencedSOPInstanceUID)

@@ -49,7 +49,6 @@ import copy
 import dataclasses
 import io
 import logging
-import zlib
 
 import numpy as np
 import pydicom
@@ -58,7 +57,7 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.sr.codedict import codes
 
 from . import __version__
-from .imaging import sniff_format
+from .imaging import quiet_dicom, sniff_format
 from .predictor import Predictor
 from .screening import DISCLAIMER, Refusal, Screened, admit, conclude
 
@@ -219,7 +218,7 @@ def read_source(dataset_or_bytes: Dataset | bytes) -> tuple[bytes, Dataset]:
         TooLarge: deflated data that inflates past ``imaging.MAX_FILE_BYTES``.
     """
     if isinstance(dataset_or_bytes, Dataset):
-        with _quiet_dicom():
+        with quiet_dicom():
             data = _to_part10(dataset_or_bytes)
     elif isinstance(dataset_or_bytes, (bytes, bytearray, memoryview)):
         data = bytes(dataset_or_bytes)
@@ -228,7 +227,7 @@ def read_source(dataset_or_bytes: Dataset | bytes) -> tuple[bytes, Dataset]:
     if sniff_format(data[:132]) != "DICOM":
         raise NotDicom("The data is not a DICOM file (no 'DICM' marker).")
     _check_inflated_size(data)
-    with _quiet_dicom():
+    with quiet_dicom():
         header = _read_header(data)
     return data, header
 
@@ -255,30 +254,18 @@ def _read_header(data: bytes) -> Dataset:
 
 def _check_inflated_size(data: bytes) -> None:
     """pydicom inflates a deflated dataset whole before reading a tag of it, so bound the
-    inflation first, as ``imaging`` does before decoding."""
-    from pydicom.filereader import _read_file_meta_info, read_preamble
-
+    inflation first, with ``imaging``'s own check before a decode."""
     from . import imaging
 
-    fp = io.BytesIO(data)
     try:
-        read_preamble(fp, False)
-        # the public read_file_meta_info only opens paths; the instance is only in memory
-        syntax = _read_file_meta_info(fp).get("TransferSyntaxUID")
-    except Exception as exc:  # noqa: BLE001 - untrusted header bytes
-        log.debug("DICOM file meta parsing failed: %s", type(exc).__name__)
-        raise NotDicom("The DICOM file's header is damaged and could not be read.") from None
-    if str(syntax or "").strip("\x00 ") != dicom_uid.DeflatedExplicitVRLittleEndian:
-        return
-    inflater = zlib.decompressobj(-zlib.MAX_WBITS)
-    try:
-        inflater.decompress(data[fp.tell():], imaging.MAX_FILE_BYTES)
-    except zlib.error:
-        raise NotDicom("The DICOM file's deflate-compressed data is damaged.") from None
-    if inflater.unconsumed_tail:
-        raise TooLarge(f"The DICOM file inflates to more than "
-                       f"{imaging.MAX_FILE_BYTES // 2**20} MB and was refused as a possible "
-                       "decompression bomb.")
+        meta, start = imaging.dicom_file_meta(data)
+        if str(meta.get("TransferSyntaxUID") or "").strip("\x00 ") \
+                == dicom_uid.DeflatedExplicitVRLittleEndian:
+            imaging.check_inflation(data, start)
+    except imaging.ImageTooLarge as exc:
+        raise TooLarge(str(exc)) from None
+    except imaging.ImageError as exc:
+        raise NotDicom(str(exc)) from None
 
 
 def _to_part10(ds: Dataset) -> bytes:
@@ -330,23 +317,11 @@ def _copy_identifiers(result: Dataset, source: Dataset) -> None:
 
 
 @contextlib.contextmanager
-def _quiet_dicom():
-    """pydicom warns about and logs each malformed value it converts, quoting it (in a
-    damaged header, a "value" can span the patient's name and ID): while the header is
-    read and copied, those warnings and records are dropped for this thread, with the
-    filters imaging installs for the same reason around a decode. Not reentrant."""
-    from .imaging import _DICOM_FILTERS, _quiet_dicom_logs, _scoped_filters
-
-    with _scoped_filters(_DICOM_FILTERS), _quiet_dicom_logs():
-        yield
-
-
-@contextlib.contextmanager
 def _building(what: str):
     """Any failure to build a result object from this header becomes a ResultError that
     names no value (highdicom's and pydicom's messages quote them)."""
     try:
-        with _quiet_dicom():
+        with quiet_dicom():
             yield
     except SourceError:
         raise
@@ -397,7 +372,16 @@ def screening_report(source: Dataset, outcome: Screened | Refusal, *, model_name
     with _building("SR"):
         report = _report(source, outcome, model_name, model_version, instance_number)
         _copy_identifiers(report, source)
+        _date_series(report)
     return report
+
+
+def _date_series(result: Dataset) -> None:
+    """The new series is dated when its object was made (its content date and time):
+    a PACS lists a study's series by date, and shows "?" for one without."""
+    for when in ("Date", "Time"):
+        if f"Content{when}" in result:
+            setattr(result, f"Series{when}", getattr(result, f"Content{when}"))
 
 
 def _report(source: Dataset, outcome: Screened | Refusal, model_name: str,
@@ -490,6 +474,7 @@ def overlay_capture(source: Dataset, gray: np.ndarray, heatmap: np.ndarray,
     with _building("overlay"):
         capture = _capture(source, picture, model_name, model_version, instance_number)
         _copy_identifiers(capture, source)
+        _date_series(capture)
         # the image keeps the source's orientation and laterality; without, none is claimed
         capture.PatientOrientation = None
         for name in ("PatientOrientation", "Laterality"):

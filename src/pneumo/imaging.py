@@ -444,13 +444,22 @@ def _quiet_dicom_logs():
         _QUIET.active.on = False
 
 
+@contextlib.contextmanager
+def quiet_dicom():
+    """While reading a DICOM header or pixel data: drop, for this thread, pydicom's and its
+    decoders' warnings and log records about malformed values. They quote the value, and
+    in a damaged header a "value" can span the patient's name and ID. Not reentrant."""
+    with _scoped_filters(_DICOM_FILTERS), _quiet_dicom_logs():
+        yield
+
+
 def _load_dicom(data: bytes, legacy: bool = False) -> DecodedImage:
     import pydicom
     from pydicom.errors import InvalidDicomError
 
     # pydicom warns (UserWarning) and logs about non-conformant values; such a file is judged
     # by the checks below instead, and the text could echo header values into a log.
-    with _scoped_filters(_DICOM_FILTERS), _quiet_dicom_logs():
+    with quiet_dicom():
         if legacy:
             ds, syntax = _read_legacy_dicom(data)
         else:
@@ -524,9 +533,10 @@ def _read_legacy_dicom(data: bytes):
     return ds, syntax
 
 
-def _dicom_transfer_syntax(data: bytes):
-    """Read the file meta group only, and refuse unknown syntaxes and deflate bombs."""
-    from pydicom import uid
+def dicom_file_meta(data: bytes):
+    """The file meta group of a DICOM Part 10 file held in memory, and the offset its
+    data set starts at, read without parsing (or, for deflate, inflating) the data set.
+    Raises UnsupportedFormat without a 'DICM' marker, UnreadableImage for a damaged one."""
     from pydicom.errors import InvalidDicomError
     from pydicom.filereader import _read_file_meta_info, read_preamble
 
@@ -536,8 +546,7 @@ def _dicom_transfer_syntax(data: bytes):
         # pydicom's public read_file_meta_info opens a path; the upload is only in memory
         # (never spooled to disk: a DICOM file holds the patient's name), and dcmread would
         # parse, and for deflate inflate, the whole dataset before the syntax is vetted.
-        meta = _read_file_meta_info(fp)
-        syntax = meta.get("TransferSyntaxUID")
+        return _read_file_meta_info(fp), fp.tell()
     except InvalidDicomError:
         raise UnsupportedFormat("The file is not a valid DICOM file: its header or "
                                 "'DICM' marker is missing.") from None
@@ -545,6 +554,28 @@ def _dicom_transfer_syntax(data: bytes):
         log.debug("DICOM file meta parsing failed: %s", type(exc).__name__)
         raise UnreadableImage("The DICOM file's header is damaged and could not be read.") \
             from None
+
+
+def check_inflation(data: bytes, start: int) -> None:
+    """pydicom inflates a deflated data set whole, in one call, before reading a tag of
+    it: refuse one that would inflate past ``MAX_FILE_BYTES`` (ImageTooLarge), or whose
+    compressed data is damaged (UnreadableImage), before it is handed to pydicom."""
+    inflater = zlib.decompressobj(-zlib.MAX_WBITS)
+    try:
+        inflater.decompress(data[start:], MAX_FILE_BYTES)
+    except zlib.error:
+        raise UnreadableImage("The DICOM file's deflate-compressed data is damaged.") from None
+    if inflater.unconsumed_tail:
+        raise ImageTooLarge(f"The DICOM file inflates to more than {MAX_FILE_BYTES // 2**20} MB "
+                            "and was refused as a possible decompression bomb.")
+
+
+def _dicom_transfer_syntax(data: bytes):
+    """Read the file meta group only, and refuse unknown syntaxes and deflate bombs."""
+    from pydicom import uid
+
+    meta, start = dicom_file_meta(data)
+    syntax = meta.get("TransferSyntaxUID")
     if not syntax:
         raise UnreadableImage("The DICOM file's header is damaged or incomplete: it does not say "
                               "how its pixels are encoded.")
@@ -554,16 +585,7 @@ def _dicom_transfer_syntax(data: bytes):
         raise UnsupportedFormat(f"The DICOM file is encoded as {_syntax_name(syntax)}, "
                                 "which is not accepted for radiographs.")
     if syntax == uid.DeflatedExplicitVRLittleEndian:
-        # pydicom inflates the whole dataset in one call: bound it first.
-        inflater = zlib.decompressobj(-zlib.MAX_WBITS)
-        try:
-            inflater.decompress(data[fp.tell():], MAX_FILE_BYTES)
-        except zlib.error:
-            raise UnreadableImage("The DICOM file's deflate-compressed data is damaged.") from None
-        if inflater.unconsumed_tail:
-            raise ImageTooLarge(f"The DICOM file inflates to more than "
-                                f"{MAX_FILE_BYTES // 2**20} MB "
-                                "and was refused as a possible decompression bomb.")
+        check_inflation(data, start)
     return syntax
 
 
