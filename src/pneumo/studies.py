@@ -22,6 +22,7 @@ import io
 import os
 import sqlite3
 import threading
+import time
 import uuid
 import zlib
 from contextlib import closing
@@ -149,6 +150,26 @@ def _study(row) -> Study:
     return Study(*row[:5], bool(row[5]), *row[6:])
 
 
+def _use_write_ahead_log(db: sqlite3.Connection, timeout: float = 30.0) -> None:
+    """Switch the file to write-ahead logging (kept in the file; see ``StudyStore``).
+
+    The first switch needs the file to itself. When two processes that open a new
+    database together switch at the same moment, each holds a shared lock and wants the
+    exclusive one; SQLite then answers one of them "database is locked" at once instead
+    of waiting out the busy timeout, since the two would wait on each other (seen once
+    in the full suite under load). So try again here, a few milliseconds apart; once the
+    file is in WAL mode the statement changes nothing and takes no lock."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            db.execute("PRAGMA journal_mode = WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.02)
+
+
 class StudyStore:
     """The database at ``data_dir / pneumo.sqlite3``, safe from any request thread: each
     thread keeps its own connection.
@@ -212,7 +233,7 @@ class StudyStore:
                     raise
                 if version >= len(MIGRATIONS) - 1:
                     break
-            db.execute("PRAGMA journal_mode = WAL")  # kept in the file; see the class
+            _use_write_ahead_log(db)
             return len(MIGRATIONS)
 
     def add(self, prediction, model_input: np.ndarray | None, *, input_status: str,
