@@ -18,6 +18,7 @@ import dataclasses
 import datetime as dt
 import logging
 import re
+import sqlite3
 import threading
 from collections.abc import Callable
 
@@ -96,19 +97,25 @@ class Sender(threading.Thread):
 
     def run(self) -> None:
         while not self.stop.is_set():
-            self.report_overdue()
             due = self.spool.due_results(BATCH)
             if due:
                 self.deliver(due)
-                continue
-            self.wake.wait(self._idle_seconds())
-            self.wake.clear()
+            # after a try, not before: a late result delivered at its first try (a backlog
+            # after a restart) is not worth an ERROR, and the line has the PACS's answer
+            self.report_overdue()
+            if not due:
+                self.wake.wait(self._idle_seconds())
+                self.wake.clear()
 
     def report_overdue(self) -> None:
         """One ERROR line for the results that became overdue since the last look; each
         result is reported once per run of the node (a restart reports those still
         waiting once more)."""
-        overdue = self.spool.overdue(self.overdue_after)
+        try:
+            overdue = self.spool.overdue(self.overdue_after)
+        except sqlite3.Error as exc:  # a look for monitoring must never stop the deliveries
+            log.warning("cannot look for overdue results: %s: %s", type(exc).__name__, exc)
+            return
         ids = {waiting.result_id for waiting in overdue}
         new = [waiting for waiting in overdue if waiting.result_id not in self._reported]
         self._reported = ids  # delivered or purged ones drop out
