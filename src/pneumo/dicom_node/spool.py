@@ -278,7 +278,8 @@ class Spool:
         for folder in (self.received_dir, self.results_dir):
             for path in folder.iterdir():
                 if path.name not in named:
-                    path.unlink()
+                    # missing_ok: a pneumo dicom-spool purge may be deleting it too
+                    path.unlink(missing_ok=True)
 
     # -- the inbox ---------------------------------------------------------------------
 
