@@ -409,6 +409,16 @@ def test_wrong_arguments_are_one_line(filled, arguments, message):
     one_line_error(dicom_spool(filled.data_dir, *arguments), message)
 
 
+def test_the_nodes_overdue_threshold_is_checked_before_the_model_loads(capsys):
+    from pneumo.cli import main
+
+    assert main(["dicom-listen", "--results-to", "PACS@127.0.0.1:104",
+                 "--overdue-after", "an hour"]) == 2
+    error = capsys.readouterr().err
+    assert error.startswith("pneumo dicom-listen: error: --overdue-after 'an hour'")
+    assert "Traceback" not in error
+
+
 def test_a_database_that_is_not_a_spool_is_one_line(tmp_path):
     folder = tmp_path / "dicom-node"
     folder.mkdir()
