@@ -465,3 +465,12 @@ def test_spans_and_ages():
             parse_duration(wrong, "--x")
     assert [describe_age(s) for s in (0, 59, 60, 3600, 3660, 86400, 90000)] == \
         ["0 s", "59 s", "1 min", "1 h", "1 h 1 min", "1 d", "1 d 1 h"]
+
+
+def test_retry_promises_no_sooner_than_the_node_looks():
+    """``retry`` says a running node takes its rows up within PICKED_UP_WITHIN seconds:
+    the sender's and the screener's longest idle waits."""
+    from pneumo.dicom_node import admin, screener, sender
+
+    assert sender.IDLE_CHECK <= admin.PICKED_UP_WITHIN
+    assert screener.IDLE_CHECK <= admin.PICKED_UP_WITHIN
