@@ -1,5 +1,5 @@
 """The ``pneumo`` command: train | evaluate | calibrate | refit-gate | predict | serve | token
-| bench | dicom-listen | dicomweb-sync.
+| bench | dicom-listen | dicom-spool | dicomweb-sync.
 
 Every error a user can cause ends in one line on stderr and exit status 2,
 never a traceback.
@@ -24,6 +24,11 @@ def _add_site_arguments(parser: argparse.ArgumentParser) -> None:
     """DATA_DIR and --out BUNDLE, for the commands that make a new bundle from a folder."""
     parser.add_argument("data_dir", metavar="DATA_DIR", help="folder of labelled X-rays")
     parser.add_argument("--out", required=True, metavar="BUNDLE", help="new bundle folder")
+
+
+def _add_data_dir_option(parser: argparse.ArgumentParser, what: str) -> None:
+    parser.add_argument("--data-dir", default=None, metavar="DIR",
+                        help=f"{what} (default: $PNEUMO_DATA_DIR or ~/.local/share/pneumo)")
 
 
 def _add_model_option(parser: argparse.ArgumentParser) -> None:
@@ -225,7 +230,59 @@ def build_parser() -> argparse.ArgumentParser:
     listen.add_argument("--no-overlay", dest="overlay", action="store_false",
                         help="send the SR only, without the Secondary Capture with the "
                              "heatmap")
+    listen.add_argument("--overdue-after", default="1h", metavar="SPAN",
+                        help="log at ERROR, once, results still undelivered this long after "
+                             "their image arrived (30m, 1h, 1d; default: 1h); the node keeps "
+                             "trying")
+    _add_data_dir_option(listen, "where the spool is kept, in dicom-node/")
     _add_model_option(listen)
+
+    spool = commands.add_parser(
+        "dicom-spool", help="what waits in the DICOM node's spool: status | retry | purge",
+        description="See and act on the spool of pneumo dicom-listen ($PNEUMO_DATA_DIR/"
+                    "dicom-node), beside a running node or without one. Instances and "
+                    "results are named by the tags the node's log uses (#row [hash]), never "
+                    "by an identifier. Exit status: 0 done (status: nothing needs "
+                    "attention); 1 status found failed instances or overdue results, or "
+                    "purge listed what it would delete without --yes; 2 an error (no spool, "
+                    "another user's spool, a busy or unreadable database). Run it as the "
+                    "node's user. See docs/integration.md, 'Operating the spool'.")
+    actions = spool.add_subparsers(dest="action", metavar="ACTION", required=True)
+    status = actions.add_parser(
+        "status", help="counts, the oldest wait, failed instances and waiting results",
+        description="Print instances by state, results waiting for delivery (and how many "
+                    "are overdue), how long the oldest waiting image has waited, then each "
+                    "failed instance with its error and each waiting result with its "
+                    "attempts, next try and last error. Exit status 1 when an instance "
+                    "failed or a result is overdue, so that a monitoring check can run it.")
+    status.add_argument("--overdue-after", default="1h", metavar="SPAN",
+                        help="a result undelivered this long after its image arrived is "
+                             "overdue (default: 1h, as the node's)")
+    status.add_argument("--limit", type=int, default=20, metavar="N",
+                        help="list at most N failed instances and N waiting results "
+                             "(default: 20; the counts are always whole)")
+    status.add_argument("--json", action="store_true", help="print JSON instead of text")
+    _add_data_dir_option(status, "the node's data folder (its spool is dicom-node/ in it)")
+    retry = actions.add_parser(
+        "retry", help="failed instances screened again, undelivered results sent now",
+        description="Put failed instances back in the queue to screen and make every "
+                    "undelivered result due now, instead of after the back-off (up to 5 "
+                    "minutes): after fixing what made the PACS refuse, or the bug that "
+                    "made screening fail. A running node takes them up within 30 s, a "
+                    "stopped one at its next start.")
+    _add_data_dir_option(retry, "the node's data folder (its spool is dicom-node/ in it)")
+    purge = actions.add_parser(
+        "purge", help="delete failed instances (patient data), and old undelivered results",
+        description="Delete the failed instances: their rows and their files, which hold "
+                    "patient data. With --results-older-than, also the instances whose "
+                    "results are still undelivered that long after their image arrived "
+                    "(the node gives up on them). Without --yes it only lists them and "
+                    "exits 1. An image the PACS sends again afterwards is screened afresh.")
+    purge.add_argument("--results-older-than", default=None, metavar="SPAN",
+                       help="also give up on results undelivered this long after their image "
+                            "arrived (e.g. 7d)")
+    purge.add_argument("--yes", action="store_true", help="delete, not only list")
+    _add_data_dir_option(purge, "the node's data folder (its spool is dicom-node/ in it)")
 
     sync = commands.add_parser(
         "dicomweb-sync", help="screen a DICOMweb archive's new CR/DX images, store the results",
@@ -360,11 +417,39 @@ def _token(args) -> int:
 
 
 def _dicom_listen(args) -> int:
+    from .dicom_node.admin import parse_duration
     from .dicom_node.node import run
 
     return run(host=args.host, port=args.port, ae_title=args.ae_title,
                results_to=args.results_to, model=args.model, calling_aets=args.calling_aets,
-               overlay=args.overlay)
+               overlay=args.overlay, data_dir=args.data_dir,
+               overdue_after=parse_duration(args.overdue_after, "--overdue-after"))
+
+
+def _dicom_spool(args) -> int:
+    import json
+
+    from .dicom_node.admin import open_spool, parse_duration
+
+    if args.action == "status":
+        overdue_after = parse_duration(args.overdue_after, "--overdue-after")
+        if args.limit < 0:
+            raise ValueError(f"--limit {args.limit}: expected 0 or more")
+    older_than = None
+    if args.action == "purge" and args.results_older_than is not None:
+        older_than = parse_duration(args.results_older_than, "--results-older-than")
+    with open_spool(args.data_dir) as spool:
+        if args.action == "status":
+            status = spool.status(overdue_after)
+            print(json.dumps(status.as_dict(), indent=2) if args.json
+                  else status.text(args.limit))
+            return 1 if status.needs_attention else 0
+        if args.action == "retry":
+            print(spool.retry().text())
+            return 0
+        purged = spool.purge(older_than, confirmed=args.yes)
+        print(purged.text())
+        return 1 if purged and not purged.done else 0
 
 
 def _dicomweb_sync(args) -> int:
@@ -400,7 +485,8 @@ def main(argv: list[str] | None = None) -> int:
     handlers = {"train": _train, "evaluate": _evaluate, "calibrate": _calibrate,
                 "refit-gate": _refit_gate, "predict": _predict, "export-feedback": _export_feedback, "serve": _serve,
                 "dicomweb-sync": _dicomweb_sync,
-                "token": _token, "bench": _bench, "dicom-listen": _dicom_listen}
+                "token": _token, "bench": _bench, "dicom-listen": _dicom_listen,
+                "dicom-spool": _dicom_spool}
     try:
         return handlers[args.command](args)
     except (DataError, BundleError, BackboneWeightsError, ImageError, FileNotFoundError,

@@ -9,6 +9,7 @@ else waits in the spool for the next start.
 
 from __future__ import annotations
 
+import datetime as dt
 import ipaddress
 import logging
 import signal
@@ -20,7 +21,7 @@ import pydicom
 from .scp import StorageSCP
 from .screener import Screener
 from .sender import Destination, Sender, check_ae_title
-from .spool import Spool, now_utc
+from .spool import OVERDUE_AFTER, Spool, describe_age, now_utc
 
 log = logging.getLogger("pneumo.dicom_node")
 
@@ -36,7 +37,7 @@ def is_loopback(host: str) -> bool:
 
 def run(*, host: str, port: int, ae_title: str, results_to: str, model: str | None = None,
         calling_aets: list[str] | None = None, overlay: bool = True,
-        data_dir: str | Path | None = None) -> int:
+        data_dir: str | Path | None = None, overdue_after: dt.timedelta = OVERDUE_AFTER) -> int:
     """Run the node until SIGTERM or SIGINT; returns the exit status."""
     from ..predictor import Predictor
     from ..studies import default_data_dir
@@ -71,7 +72,8 @@ def run(*, host: str, port: int, ae_title: str, results_to: str, model: str | No
 
     screener = Screener(spool, lambda data: screen_dicom(predictor, data, overlay=overlay),
                         stop, screen_wake, on_screened=send_wake.set)
-    sender = Sender(spool, destination, ae_title, stop, send_wake, on_delivered=delivered)
+    sender = Sender(spool, destination, ae_title, stop, send_wake, on_delivered=delivered,
+                    overdue_after=overdue_after)
     scp = StorageSCP(spool, ae_title, calling_aets, on_received=screen_wake.set)
 
     def request_stop(signum, frame) -> None:
@@ -91,10 +93,15 @@ def run(*, host: str, port: int, ae_title: str, results_to: str, model: str | No
         sender.start()
         counts = spool.counts()
         log.info("listening as %s on %s:%d with %s %s; results to %s (overlay %s); calling AE "
-                 "titles: %s; spool %s (%d to screen, %d results to deliver)", ae_title, host,
-                 port, predictor.name, predictor.version, destination,
-                 "on" if overlay else "off", ", ".join(calling_aets) or "any", spool.root,
-                 counts.get("received", 0), counts.get("undelivered", 0))
+                 "titles: %s; spool %s (%d to screen, %d results to deliver, %d failed; "
+                 "overdue after %s)", ae_title, host, port, predictor.name, predictor.version,
+                 destination, "on" if overlay else "off", ", ".join(calling_aets) or "any",
+                 spool.root, counts.get("received", 0), counts.get("undelivered", 0),
+                 counts.get("failed", 0), describe_age(overdue_after.total_seconds()))
+        if counts.get("failed"):
+            log.warning("%d instance(s) could not be screened and are kept in %s (patient "
+                        "data): see pneumo dicom-spool status, then retry or purge them",
+                        counts["failed"], spool.received_dir)
         if not calling_aets and not is_loopback(host):
             log.warning("listening beyond loopback and accepting any calling AE title: "
                         "give --calling-aets (and keep the port behind a firewall: an AE "

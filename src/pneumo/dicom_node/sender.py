@@ -6,13 +6,19 @@ failed delivery is tried again after 2, 4, 8 ... seconds, at most 5 minutes apar
 for as long as the node runs (and after a restart, from the spool). A result is
 marked delivered only when the PACS answers success (or a warning, which still means
 stored); every failure, and its status, is logged.
+
+Retrying for ever must not mean failing quietly for ever: a result still undelivered an
+hour (``--overdue-after``) after its image arrived is logged once at ERROR, for
+monitoring to notice, and the node goes on trying.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import datetime as dt
 import logging
 import re
+import sqlite3
 import threading
 from collections.abc import Callable
 
@@ -21,7 +27,7 @@ from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import AE
 from pynetdicom.status import code_to_category
 
-from .spool import Result, Spool, now_utc
+from .spool import OVERDUE_AFTER, Result, Spool, describe_age, now_utc
 
 log = logging.getLogger("pneumo.dicom_node")
 
@@ -77,7 +83,8 @@ class Sender(threading.Thread):
 
     def __init__(self, spool: Spool, destination: Destination, ae_title: str,
                  stop: threading.Event, wake: threading.Event,
-                 on_delivered: Callable[[int], None] = lambda instance_id: None):
+                 on_delivered: Callable[[int], None] = lambda instance_id: None,
+                 overdue_after: dt.timedelta = OVERDUE_AFTER):
         super().__init__(name="pneumo-sender", daemon=True)
         self.spool = spool
         self.destination = destination
@@ -85,15 +92,42 @@ class Sender(threading.Thread):
         self.stop = stop
         self.wake = wake
         self.on_delivered = on_delivered
+        self.overdue_after = overdue_after
+        self._reported: set[int] = set()  # overdue results already logged at ERROR
 
     def run(self) -> None:
         while not self.stop.is_set():
             due = self.spool.due_results(BATCH)
             if due:
                 self.deliver(due)
-                continue
-            self.wake.wait(self._idle_seconds())
-            self.wake.clear()
+            # after a try, not before: a late result delivered at its first try (a backlog
+            # after a restart) is not worth an ERROR, and the line has the PACS's answer
+            self.report_overdue()
+            if not due:
+                self.wake.wait(self._idle_seconds())
+                self.wake.clear()
+
+    def report_overdue(self) -> None:
+        """One ERROR line for the results that became overdue since the last look; each
+        result is reported once per run of the node (a restart reports those still
+        waiting once more)."""
+        try:
+            overdue = self.spool.overdue(self.overdue_after)
+        except sqlite3.Error as exc:  # a look for monitoring must never stop the deliveries
+            log.warning("cannot look for overdue results: %s: %s", type(exc).__name__, exc)
+            return
+        ids = {waiting.result_id for waiting in overdue}
+        new = [waiting for waiting in overdue if waiting.result_id not in self._reported]
+        self._reported = ids  # delivered or purged ones drop out
+        if not new:
+            return
+        oldest = new[0]
+        log.error("%d result(s) still not delivered to %s more than %s after their image "
+                  "arrived (oldest: %s, %s, %d attempt(s), last error: %s); still trying, "
+                  "see pneumo dicom-spool status", len(new), self.destination,
+                  describe_age(self.overdue_after.total_seconds()), oldest.tag,
+                  describe_age((now_utc() - oldest.received).total_seconds()),
+                  oldest.attempts, oldest.last_error or "none yet")
 
     def _idle_seconds(self) -> float:
         upcoming = self.spool.next_try()

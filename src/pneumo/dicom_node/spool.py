@@ -21,6 +21,8 @@ identifier: a hash of the SOP Instance UID, the outcome and the timings.
 
 The folder is ``$PNEUMO_DATA_DIR/dicom-node`` (``received/``, ``results/``,
 ``queue.sqlite3``); one node at a time uses it (a lock file says so).
+``pneumo dicom-spool`` (``admin.py``) works on the same database beside a running node,
+without the lock, in transactions of its own.
 """
 
 from __future__ import annotations
@@ -40,6 +42,11 @@ FOLDER = "dicom-node"
 DATABASE_FILE = "queue.sqlite3"
 LOCK_FILE = "node.lock"
 TEMPORARY_SUFFIX = ".partial"
+
+#: A result still undelivered this long after its image arrived is overdue: the sender
+#: logs it at ERROR (once) and ``pneumo dicom-spool status`` shows it, while the node
+#: keeps trying (a PACS down for a weekend must not lose results).
+OVERDUE_AFTER = dt.timedelta(hours=1)
 
 MIGRATIONS = [
     # 1: instances received and the result objects made from them
@@ -81,6 +88,26 @@ def uid_hash(sop_instance_uid: str) -> str:
     """What the node keeps and logs of a SOP Instance UID: enough to recognise it again,
     nothing to look it up by in the PACS."""
     return hashlib.sha256(str(sop_instance_uid).strip().encode()).hexdigest()
+
+
+def row_tag(instance_id: int, key: str) -> str:
+    """How logs and ``pneumo dicom-spool`` name an instance: its row id and the first
+    characters of its UID's hash."""
+    return f"#{instance_id} [{key[:10]}]"
+
+
+def describe_age(seconds: float) -> str:
+    """A wait in the largest units that say it (``45 s``, ``12 min``, ``2 h 5 min``,
+    ``3 d 4 h``), for log lines and ``pneumo dicom-spool status``."""
+    seconds = max(int(seconds), 0)
+    minutes, hours, days = seconds // 60, seconds // 3600, seconds // 86400
+    if days:
+        return f"{days} d {hours % 24} h" if hours % 24 else f"{days} d"
+    if hours:
+        return f"{hours} h {minutes % 60} min" if minutes % 60 else f"{hours} h"
+    if minutes:
+        return f"{minutes} min"
+    return f"{seconds} s"
 
 
 def now_utc() -> dt.datetime:
@@ -127,7 +154,7 @@ class Instance:
     @property
     def tag(self) -> str:
         """How logs name it: the row id and the first characters of the UID's hash."""
-        return f"#{self.id} [{self.uid_hash[:10]}]"
+        return row_tag(self.id, self.uid_hash)
 
 
 @dataclasses.dataclass
@@ -138,6 +165,38 @@ class Result:
     sop_instance_uid: str
     file: Path
     attempts: int
+
+
+@dataclasses.dataclass
+class Waiting:
+    """An undelivered result, as the operator sees it: no UID, no file name."""
+    result_id: int
+    instance_id: int
+    uid_hash: str
+    kind: str
+    received: dt.datetime  # when its image arrived: what it has waited since
+    attempts: int
+    next_try: dt.datetime
+    last_error: str | None
+
+    @property
+    def tag(self) -> str:
+        """Its instance's tag and its kind (``sr``, ``sc``)."""
+        return f"{row_tag(self.instance_id, self.uid_hash)} {self.kind}"
+
+
+def waiting_results(db: sqlite3.Connection, received_before: dt.datetime | None = None
+                    ) -> list[Waiting]:
+    """Undelivered results, oldest image first; only those whose image arrived before
+    ``received_before`` if given. ``db`` is the node's connection or the admin's."""
+    cutoff = _stamp(received_before) if received_before else "9999"
+    rows = db.execute(
+        "SELECT r.id, i.id, i.uid_hash, r.kind, i.received, r.attempts, r.next_try, "
+        "r.last_error FROM results r JOIN instances i ON i.id = r.instance_id "
+        "WHERE r.sent IS NULL AND i.received < ? ORDER BY i.received, r.id",
+        (cutoff,)).fetchall()
+    return [Waiting(r[0], r[1], r[2], r[3], dt.datetime.fromisoformat(r[4]), r[5],
+                    dt.datetime.fromisoformat(r[6]), r[7]) for r in rows]
 
 
 @dataclasses.dataclass
@@ -219,7 +278,8 @@ class Spool:
         for folder in (self.received_dir, self.results_dir):
             for path in folder.iterdir():
                 if path.name not in named:
-                    path.unlink()
+                    # missing_ok: a pneumo dicom-spool purge may be deleting it too
+                    path.unlink(missing_ok=True)
 
     # -- the inbox ---------------------------------------------------------------------
 
@@ -377,9 +437,14 @@ class Spool:
                 "SELECT uid_hash, outcome, screen_seconds, received, (SELECT COUNT(*) FROM "
                 "results WHERE instance_id = ?) FROM instances WHERE id = ?",
                 (instance_id, instance_id)).fetchone()
-        return {"tag": Instance(instance_id, row[0], None, "").tag, "outcome": row[1],
+        return {"tag": row_tag(instance_id, row[0]), "outcome": row[1],
                 "screen_seconds": row[2], "received": dt.datetime.fromisoformat(row[3]),
                 "results": row[4]}
+
+    def overdue(self, after: dt.timedelta = OVERDUE_AFTER) -> list[Waiting]:
+        """Undelivered results whose image arrived more than ``after`` ago."""
+        with self._mutex:
+            return waiting_results(self._db, now_utc() - after)
 
     def counts(self) -> dict[str, int]:
         """Instances by state and undelivered results: for the start-up line."""

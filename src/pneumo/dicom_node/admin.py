@@ -1,0 +1,434 @@
+"""``pneumo dicom-spool``: what waits in the node's spool, and what an operator does about
+it, beside a running node or without one.
+
+- ``status``: instances by state, results waiting for delivery, the oldest wait, the
+  failed instances and the waiting results with their last error and attempts; named
+  by the tags the node's log uses, never by an identifier or a UID;
+- ``retry``: failed instances back in the queue to screen, undelivered results due now
+  (an operator who fixed the PACS need not wait out the back-off);
+- ``purge``: failed instances forgotten, their files (patient data) deleted; with an age,
+  also instances whose results are still undelivered that long after their image
+  arrived.
+
+It works beside a running node, so that ``retry`` helps when it matters (the node is
+running, its back-off has reached 5 minutes) and ``status`` can be a monitoring check:
+
+- it never takes the node's lock, never runs the node's recovery (which deletes files no
+  row names: a running node's files are written before their rows), never migrates;
+- each action is one SQLite transaction (``BEGIN IMMEDIATE`` for changes: the node's
+  own transactions are milliseconds long and wait for it, as it waits for them); the
+  database is in WAL mode, so a reader never blocks the node;
+- it changes only rows the node no longer works on (failed instances, results waiting
+  for a retry) and never writes a file; it deletes files only after their rows are gone,
+  so a crash in between leaves files no row names, which the node deletes at its next
+  start.
+
+A running node takes up what ``retry`` made due within 30 seconds (its screener looks
+every 5, its sender at least every 30); a stopped node at its start. A result being sent
+at the very moment it is purged may still arrive (the PACS then has it; the node notes
+nothing). An image the PACS sends again after its instance was purged is screened afresh.
+
+Run it as the node's user: files SQLite makes beside the database (``-wal``, ``-shm``)
+as another user (root) would lock the node out, so another user is refused.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import datetime as dt
+import os
+import re
+import sqlite3
+from pathlib import Path
+
+from .spool import (DATABASE_FILE, FOLDER, MIGRATIONS, OVERDUE_AFTER, Waiting, _stamp,
+                    describe_age, now_utc, row_tag, waiting_results)
+
+BUSY_TIMEOUT = 15.0  # seconds: the node's transactions are milliseconds long
+#: How soon a running node takes up what ``retry`` made due (its sender's longest idle
+#: wait; its screener's is shorter).
+PICKED_UP_WITHIN = 30
+
+_DURATION = re.compile(r"(\d+)\s*([smhdw])")
+_UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
+
+
+class SpoolError(RuntimeError):
+    """Something an operator can fix, said in one line."""
+
+
+def parse_duration(text: str, option: str) -> dt.timedelta:
+    """``30m``, ``1h``, ``7d``, ``2w`` (or ``90s``) for ``option``; ValueError otherwise."""
+    match = _DURATION.fullmatch(text.strip().lower())
+    if not match or int(match[1]) == 0:
+        raise ValueError(f"{option} {text!r}: expected a span such as 30m, 1h, 7d or 2w")
+    return dt.timedelta(**{_UNITS[match[2]]: int(match[1])})
+
+
+@dataclasses.dataclass
+class FailedInstance:
+    """An instance the node could not screen: kept, with its file, for someone to see."""
+
+    id: int
+    uid_hash: str
+    received: dt.datetime
+    error: str | None
+    has_file: bool
+
+    @property
+    def tag(self) -> str:
+        return row_tag(self.id, self.uid_hash)
+
+
+@dataclasses.dataclass
+class Status:
+    """The spool at one moment (one read transaction)."""
+
+    root: Path
+    now: dt.datetime
+    overdue_after: dt.timedelta
+    states: dict[str, int]  # instances by state: received, screened, done, failed
+    delivered: int
+    waiting: list[Waiting]  # undelivered results, oldest image first
+    failed: list[FailedInstance]
+    oldest_to_screen: tuple[dt.datetime, str] | None  # the oldest image still to screen:
+    # when it arrived, and its tag
+
+    @property
+    def overdue(self) -> list[Waiting]:
+        return [w for w in self.waiting if self.now - w.received > self.overdue_after]
+
+    @property
+    def oldest(self) -> tuple[dt.timedelta, str] | None:
+        """The oldest image still waiting, to be screened or for its results to be
+        delivered: how long it has waited, and what it waits as (tag and stage)."""
+        candidates = []
+        if self.oldest_to_screen:
+            received, tag = self.oldest_to_screen
+            candidates.append((received, f"{tag}, to be screened"))
+        if self.waiting:
+            first = self.waiting[0]
+            candidates.append((first.received, f"{row_tag(first.instance_id, first.uid_hash)}"
+                                               ", results waiting for delivery"))
+        if not candidates:
+            return None
+        received, what = min(candidates)
+        return self.now - received, what
+
+    @property
+    def needs_attention(self) -> bool:
+        """Failed instances or overdue results: what ``status`` exits 1 for."""
+        return bool(self.failed or self.overdue)
+
+    def as_dict(self) -> dict:
+        """For ``status --json``: the same facts, ages in seconds."""
+        oldest = self.oldest
+        return {
+            "spool": str(self.root),
+            "instances": {state: self.states.get(state, 0)
+                          for state in ("received", "screened", "done", "failed")},
+            "results": {"waiting": len(self.waiting), "overdue": len(self.overdue),
+                        "delivered": self.delivered},
+            "overdue_after_seconds": self.overdue_after.total_seconds(),
+            "oldest_wait_seconds": round(oldest[0].total_seconds(), 1) if oldest else None,
+            "oldest_waiting": oldest[1] if oldest else None,
+            "failed": [{"tag": f.tag, "age_seconds": self._age(f.received),
+                        "error": f.error, "file_kept": f.has_file} for f in self.failed],
+            "waiting": [{"tag": w.tag, "age_seconds": self._age(w.received),
+                         "overdue": self.now - w.received > self.overdue_after,
+                         "attempts": w.attempts, "last_error": w.last_error,
+                         "next_try_in_seconds": max(self._until(w.next_try), 0.0)}
+                        for w in self.waiting],
+        }
+
+    def _age(self, moment: dt.datetime) -> float:
+        return round((self.now - moment).total_seconds(), 1)
+
+    def _until(self, moment: dt.datetime) -> float:
+        return round((moment - self.now).total_seconds(), 1)
+
+    def text(self, limit: int = 20) -> str:
+        """What ``status`` prints: counts, the oldest wait, then the failed instances and
+        the waiting results (at most ``limit`` of each)."""
+        s = self.states
+        overdue = self.overdue
+        late = {w.result_id for w in overdue}
+        lines = [
+            f"spool: {self.root}",
+            f"instances: {s.get('received', 0)} to screen, {s.get('screened', 0)} with "
+            f"results waiting, {s.get('done', 0)} done, {s.get('failed', 0)} failed",
+            f"results: {len(self.waiting)} waiting for delivery ({len(overdue)} overdue: "
+            f"image arrived more than {describe_age(self.overdue_after.total_seconds())} "
+            f"ago), {self.delivered} delivered",
+        ]
+        oldest = self.oldest
+        lines.append(f"oldest waiting: {describe_age(oldest[0].total_seconds())} "
+                     f"({oldest[1]})" if oldest else "oldest waiting: nothing waits")
+        if self.failed:
+            lines.append("failed (not tried again; the files hold patient data: "
+                         "pneumo dicom-spool retry, or purge):")
+            for f in self.failed[:limit]:
+                kept = "" if f.has_file else "; file missing"
+                lines.append(f"  {f.tag}  arrived {describe_age(self._age(f.received))} ago"
+                             f"  error: {f.error or 'unknown'}{kept}")
+            lines.extend(_more(len(self.failed), limit))
+        if self.waiting:
+            lines.append("waiting for delivery (oldest first):")
+            for w in self.waiting[:limit]:
+                due = self._until(w.next_try)
+                when = f"next try in {describe_age(due)}" if due > 0 else "due now"
+                flag = "  OVERDUE" if w.result_id in late else ""
+                lines.append(f"  {w.tag}  arrived {describe_age(self._age(w.received))} ago"
+                             f"{flag}  {w.attempts} attempt(s), {when}  last error: "
+                             f"{w.last_error or 'none yet'}")
+            lines.extend(_more(len(self.waiting), limit))
+        return "\n".join(lines)
+
+
+def _more(count: int, limit: int) -> list[str]:
+    return [f"  ... and {count - limit} more (--limit)"] if count > limit else []
+
+
+@dataclasses.dataclass
+class Retried:
+    instances: int  # failed instances back in the queue to screen
+    results: int  # undelivered results due now
+    without_file: list[str]  # tags of failed instances left failed: no file to screen
+
+    def text(self) -> str:
+        if not (self.instances or self.results or self.without_file):
+            return "nothing to retry: no failed instance, no undelivered result"
+        lines = [f"{self.instances} failed instance(s) back in the queue to screen; "
+                 f"{self.results} undelivered result(s) due now. A running node takes them "
+                 f"up within {PICKED_UP_WITHIN} s, a stopped one at its next start."]
+        if self.without_file:
+            lines.append(f"{len(self.without_file)} failed instance(s) have no file left to "
+                         f"screen and stay failed ({', '.join(self.without_file)}): purge "
+                         "them")
+        return "\n".join(lines)
+
+
+@dataclasses.dataclass
+class Abandoned:
+    """An instance whose results are still undelivered past ``purge``'s age."""
+
+    id: int
+    uid_hash: str
+    received: dt.datetime
+    undelivered: int
+    last_error: str | None
+
+    @property
+    def tag(self) -> str:
+        return row_tag(self.id, self.uid_hash)
+
+
+@dataclasses.dataclass
+class Purge:
+    """What ``purge`` deletes (or, without ``--yes``, would delete)."""
+
+    failed: list[FailedInstance]
+    abandoned: list[Abandoned]
+    results_older_than: dt.timedelta | None
+    done: bool = False  # deleted, not only listed
+
+    def __bool__(self) -> bool:
+        return bool(self.failed or self.abandoned)
+
+    def text(self, now: dt.datetime | None = None) -> str:
+        now = now or now_utc()
+        verb = "deleted" if self.done else "would delete"
+        if not self:
+            scope = "failed instance" if self.results_older_than is None else \
+                "failed instance, no result undelivered for more than " \
+                f"{describe_age(self.results_older_than.total_seconds())}"
+            return f"nothing to purge: no {scope}"
+        lines = []
+        if self.failed:
+            lines.append(f"{verb} {len(self.failed)} failed instance(s) and their files:")
+            lines.extend(f"  {f.tag}  arrived {describe_age((now - f.received).total_seconds())}"
+                         f" ago  error: {f.error or 'unknown'}" for f in self.failed)
+        if self.abandoned:
+            age = describe_age(self.results_older_than.total_seconds())
+            lines.append(f"{verb} {len(self.abandoned)} instance(s) whose results were still "
+                         f"undelivered more than {age} after their image arrived, with "
+                         f"{sum(a.undelivered for a in self.abandoned)} undelivered "
+                         "result(s) and their files:")
+            lines.extend(f"  {a.tag}  arrived {describe_age((now - a.received).total_seconds())}"
+                         f" ago  {a.undelivered} undelivered, last error: "
+                         f"{a.last_error or 'none'}" for a in self.abandoned)
+        if not self.done:
+            lines.append("nothing deleted: run again with --yes to delete them (the files "
+                         "hold patient data; the rows go too, so an image the PACS sends "
+                         "again is screened afresh)")
+        return "\n".join(lines)
+
+
+class SpoolAdmin:
+    """The node's spool database, opened for an operator: beside a running node, without
+    its lock (see the module's docstring)."""
+
+    def __init__(self, data_dir: str | Path):
+        self.root = Path(data_dir) / FOLDER
+        self.received_dir = self.root / "received"
+        self.results_dir = self.root / "results"
+        database = self.root / DATABASE_FILE
+        try:
+            if not database.is_file():
+                raise SpoolError(f"no DICOM node spool in {data_dir} ({FOLDER}/{DATABASE_FILE}"
+                                 " is made by pneumo dicom-listen at its first start; "
+                                 "--data-dir or $PNEUMO_DATA_DIR names another folder)")
+            owner = self.root.stat().st_uid
+        except PermissionError:
+            raise SpoolError(f"cannot open {self.root}: it is not this user's (run pneumo "
+                             "dicom-spool as the node's user)") from None
+        if owner != os.geteuid():
+            raise SpoolError(f"{self.root} belongs to user id {owner}, not to this user "
+                             f"({os.geteuid()}): run pneumo dicom-spool as the node's user, "
+                             "so that every file beside its database stays the node's")
+        try:
+            # mode=rw: never create a database where there was none
+            self._db = sqlite3.connect(f"{database.resolve().as_uri()}?mode=rw", uri=True,
+                                       timeout=BUSY_TIMEOUT, isolation_level=None)
+        except sqlite3.Error as exc:
+            raise SpoolError(f"cannot open {database}: {exc}") from None
+        try:
+            self._db.execute("PRAGMA foreign_keys = ON")
+            self._check_schema(database)
+        except BaseException:
+            self._db.close()
+            raise
+
+    def _check_schema(self, database: Path) -> None:
+        try:
+            version = self._db.execute("PRAGMA user_version").fetchone()[0]
+        except sqlite3.DatabaseError as exc:
+            raise SpoolError(f"{database} is not a spool database: {exc}") from None
+        if version > len(MIGRATIONS):
+            raise SpoolError(f"{database} has schema version {version}; this pneumo knows "
+                             f"up to {len(MIGRATIONS)}: upgrade pneumo")
+        if version < len(MIGRATIONS):
+            raise SpoolError(f"{database} has schema version {version}, older than this "
+                             "pneumo's: start pneumo dicom-listen once to bring it up to date"
+                             if version else f"{database} is not a spool database")
+
+    def close(self) -> None:
+        self._db.close()
+
+    def __enter__(self) -> SpoolAdmin:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    @contextlib.contextmanager
+    def _transaction(self, write: bool):
+        try:
+            self._db.execute("BEGIN IMMEDIATE" if write else "BEGIN")
+            try:
+                yield self._db
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+        except sqlite3.OperationalError as exc:
+            if "locked" in str(exc) or "busy" in str(exc):
+                raise SpoolError(f"the spool's database stayed busy for {BUSY_TIMEOUT:.0f} s "
+                                 "(the node is writing a lot): nothing changed, try again") \
+                    from None
+            raise SpoolError(f"the spool's database: {exc}") from None
+        except sqlite3.Error as exc:
+            raise SpoolError(f"the spool's database: {exc}") from None
+
+    def _failed(self, db: sqlite3.Connection) -> list[FailedInstance]:
+        rows = db.execute("SELECT id, uid_hash, received, error, file FROM instances "
+                          "WHERE state = 'failed' ORDER BY id").fetchall()
+        return [FailedInstance(r[0], r[1], dt.datetime.fromisoformat(r[2]), r[3],
+                               bool(r[4]) and (self.received_dir / r[4]).is_file())
+                for r in rows]
+
+    # -- status ------------------------------------------------------------------------
+
+    def status(self, overdue_after: dt.timedelta = OVERDUE_AFTER) -> Status:
+        with self._transaction(write=False) as db:
+            states = dict(db.execute(
+                "SELECT state, COUNT(*) FROM instances GROUP BY state").fetchall())
+            delivered = db.execute(
+                "SELECT COUNT(*) FROM results WHERE sent IS NOT NULL").fetchone()[0]
+            oldest = db.execute("SELECT received, id, uid_hash FROM instances WHERE state = "
+                                "'received' ORDER BY id LIMIT 1").fetchone()
+            waiting = waiting_results(db)
+            failed = self._failed(db)
+        return Status(self.root, now_utc(), overdue_after, states, delivered, waiting, failed,
+                      (dt.datetime.fromisoformat(oldest[0]), row_tag(oldest[1], oldest[2]))
+                      if oldest else None)
+
+    # -- retry -------------------------------------------------------------------------
+
+    def retry(self) -> Retried:
+        """Failed instances that still have their file back to ``received`` (the screener
+        takes them up again); every undelivered result due now. Attempts are kept: they
+        count every try."""
+        with self._transaction(write=True) as db:
+            failed = self._failed(db)
+            again = [f.id for f in failed if f.has_file]
+            db.executemany("UPDATE instances SET state = 'received', error = NULL "
+                           "WHERE id = ? AND state = 'failed'", [(i,) for i in again])
+            results = db.execute("UPDATE results SET next_try = ? WHERE sent IS NULL",
+                                 (_stamp(now_utc()),)).rowcount
+        return Retried(len(again), results, [f.tag for f in failed if not f.has_file])
+
+    # -- purge -------------------------------------------------------------------------
+
+    def purge(self, results_older_than: dt.timedelta | None = None,
+              confirmed: bool = False) -> Purge:
+        """Failed instances, and with ``results_older_than`` instances whose results are
+        still undelivered that long after their image arrived: listed, or with
+        ``confirmed`` deleted, rows first (with their results' rows), then files."""
+        with self._transaction(write=confirmed) as db:
+            failed = self._failed(db)
+            abandoned = []
+            if results_older_than is not None:
+                cutoff = _stamp(now_utc() - results_older_than)
+                abandoned = [Abandoned(r[0], r[1], dt.datetime.fromisoformat(r[2]), r[3], r[4])
+                             for r in db.execute(
+                    "SELECT i.id, i.uid_hash, i.received, COUNT(*), MAX(r.last_error) "
+                    "FROM instances i JOIN results r ON r.instance_id = i.id "
+                    "WHERE i.state = 'screened' AND r.sent IS NULL AND i.received < ? "
+                    "GROUP BY i.id ORDER BY i.id", (cutoff,)).fetchall()]
+            plan = Purge(failed, abandoned, results_older_than)
+            if not confirmed or not plan:
+                return plan
+            ids = [(f.id,) for f in failed] + [(a.id,) for a in abandoned]
+            files = []
+            for (instance_id,) in ids:
+                row = db.execute("SELECT file FROM instances WHERE id = ?",
+                                 (instance_id,)).fetchone()
+                if row and row[0]:
+                    files.append(self.received_dir / row[0])
+                files.extend(self.results_dir / name for (name,) in db.execute(
+                    "SELECT file FROM results WHERE instance_id = ? AND file IS NOT NULL",
+                    (instance_id,)))
+            db.executemany("DELETE FROM results WHERE instance_id = ?", ids)
+            db.executemany("DELETE FROM instances WHERE id = ?", ids)
+        plan.done = True
+        left = []
+        for path in files:
+            try:
+                path.unlink(missing_ok=True)
+            except OSError as exc:
+                left.append(f"{path.name}: {exc.strerror or exc}")
+        if left:
+            raise SpoolError(f"rows deleted, but {len(left)} file(s) could not be: "
+                             f"{'; '.join(left[:3])} (the node deletes them at its next "
+                             "start)")
+        return plan
+
+
+def open_spool(data_dir: str | Path | None) -> SpoolAdmin:
+    """The spool under ``data_dir`` (default: ``$PNEUMO_DATA_DIR`` or
+    ``~/.local/share/pneumo``, as the node's)."""
+    from ..studies import default_data_dir
+
+    return SpoolAdmin(Path(data_dir) if data_dir else default_data_dir())

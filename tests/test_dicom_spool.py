@@ -1,0 +1,476 @@
+"""``pneumo dicom-spool`` on real spools: filled through the ``Spool`` class (as the node
+fills it), read and changed by the real command in a subprocess.
+
+The command works beside a running node (it never takes the node's lock): the tests
+that say so keep a ``Spool`` open in this process, which holds the lock as a node does,
+and run the node's sender or writes beside the command. The sender's ERROR for overdue
+results is tested on the sender alone, against a recording SCP. No model is loaded:
+seconds, not minutes.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+import os
+import re
+import sqlite3
+import subprocess
+import sys
+import threading
+from contextlib import closing
+from pathlib import Path
+
+import pytest
+from pydicom import uid
+
+from dicom_factory import make_dataset, to_bytes
+from dicom_peers import ROOT, Recorder, wait_for
+from synthetic import synthetic_xray
+
+DEADLINE = 60  # seconds: a generous limit for what takes well under one
+
+
+def dicom_spool(data_dir: Path, *args: str) -> subprocess.CompletedProcess:
+    """The real command, as an operator runs it."""
+    return subprocess.run([sys.executable, "-m", "pneumo.cli", "dicom-spool", *args,
+                           "--data-dir", str(data_dir)],
+                          cwd=ROOT, capture_output=True, text=True, timeout=DEADLINE)
+
+
+def database(data_dir: Path) -> closing[sqlite3.Connection]:
+    """The node's database, opened as any SQLite client would."""
+    return closing(sqlite3.connect(data_dir / "dicom-node" / "queue.sqlite3",
+                                   isolation_level=None))
+
+
+def backdate(data_dir: Path, instance_id: int, hours: float) -> None:
+    """The instance arrived ``hours`` ago (as if the PACS had refused that long)."""
+    moment = dt.datetime.now(dt.timezone.utc) - dt.timedelta(hours=hours)
+    with database(data_dir) as db:
+        db.execute("UPDATE instances SET received = ? WHERE id = ?",
+                   (moment.isoformat(timespec="milliseconds"), instance_id))
+
+
+class Filled:
+    """A spool as a node leaves it: one instance of each state, with UIDs to look for."""
+
+    def __init__(self, data_dir: Path):
+        from pneumo.dicom_node.spool import Spool
+
+        self.data_dir = data_dir
+        self.uids = [uid.generate_uid() for _ in range(4)]
+        self.result_uids = [uid.generate_uid() for _ in range(4)]
+        spool = Spool(data_dir, "test")
+        try:
+            self.to_screen, self.waiting, self.failed, self.done = (
+                spool.receive(b"image %d" % n, self.uids[n]).instance for n in range(4))
+            spool.failed(self.failed, "ZeroDivisionError")
+            spool.screened(self.waiting, "NORMAL p=0.100", 0.1,
+                           [("sr", self.result_uids[0], b"sr"), ("sc", self.result_uids[1], b"sc")])
+            refused = spool.due_results()[0]
+            spool.retry_later(refused, "the PACS answered 0xA700", 300)
+            spool.screened(self.done, "PNEUMONIA p=0.900", 0.1,
+                           [("sr", self.result_uids[2], b"sr")])
+            spool.sent(spool.due_results()[-1])
+        finally:
+            spool.close()
+
+    def spool(self):
+        from pneumo.dicom_node.spool import Spool
+
+        return Spool(self.data_dir, "test")
+
+    def files(self, folder: str) -> set[str]:
+        return {path.name for path in (self.data_dir / "dicom-node" / folder).iterdir()}
+
+
+@pytest.fixture
+def filled(tmp_path) -> Filled:
+    return Filled(tmp_path / "data")
+
+
+# -- status ---------------------------------------------------------------------------
+
+def test_status_counts_every_state_and_names_rows_by_their_tags_never_by_uids(filled):
+    run = dicom_spool(filled.data_dir, "status")
+    assert run.returncode == 1, run  # a failed instance needs attention
+    text = run.stdout
+    assert "instances: 1 to screen, 1 with results waiting, 1 done, 1 failed" in text
+    assert "results: 2 waiting for delivery (0 overdue" in text and "1 delivered" in text
+    assert f"{filled.failed.tag}  arrived" in text and "error: ZeroDivisionError" in text
+    assert f"{filled.waiting.tag} sr" in text and f"{filled.waiting.tag} sc" in text
+    assert "1 attempt(s), next try in 4 min  last error: the PACS answered 0xA700" in text
+    assert "0 attempt(s), due now  last error: none yet" in text
+    assert re.search(r"oldest waiting: \d+ s \(" + re.escape(f"{filled.to_screen.tag}, to be "
+                                                            "screened)"), text)
+    for value in (*filled.uids, *filled.result_uids):
+        assert value not in text + run.stderr
+    assert run.stderr == ""
+
+
+def test_status_as_json_for_monitoring(filled):
+    run = dicom_spool(filled.data_dir, "status", "--json")
+    assert run.returncode == 1
+    status = json.loads(run.stdout)
+    assert status["instances"] == {"received": 1, "screened": 1, "done": 1, "failed": 1}
+    assert status["results"] == {"waiting": 2, "overdue": 0, "delivered": 1}
+    assert [row["tag"] for row in status["failed"]] == [filled.failed.tag]
+    assert [row["attempts"] for row in status["waiting"]] == [1, 0]
+    assert status["oldest_waiting"] == f"{filled.to_screen.tag}, to be screened"
+    for value in (*filled.uids, *filled.result_uids):
+        assert value not in run.stdout
+
+
+def test_status_of_a_spool_where_nothing_waits_exits_0(tmp_path):
+    from pneumo.dicom_node.spool import Spool
+
+    Spool(tmp_path, "test").close()
+    run = dicom_spool(tmp_path, "status")
+    assert run.returncode == 0, run
+    assert "instances: 0 to screen, 0 with results waiting, 0 done, 0 failed" in run.stdout
+    assert "oldest waiting: nothing waits" in run.stdout
+
+
+def test_results_waiting_past_the_threshold_are_overdue(filled):
+    backdate(filled.data_dir, filled.waiting.id, hours=2)
+    run = dicom_spool(filled.data_dir, "status")
+    assert "2 waiting for delivery (2 overdue: image arrived more than 1 h ago)" in run.stdout
+    assert run.stdout.count("OVERDUE") == 2
+    assert f"oldest waiting: 2 h ({filled.waiting.tag}, results waiting for delivery)" \
+        in run.stdout
+    later = dicom_spool(filled.data_dir, "status", "--overdue-after", "3h", "--json")
+    assert json.loads(later.stdout)["results"]["overdue"] == 0
+
+
+def test_status_lists_at_most_limit_rows_but_counts_them_all(filled):
+    run = dicom_spool(filled.data_dir, "status", "--limit", "1")
+    assert "2 waiting for delivery" in run.stdout
+    assert f"{filled.waiting.tag} sr" in run.stdout and f"{filled.waiting.tag} sc" \
+        not in run.stdout
+    assert "... and 1 more (--limit)" in run.stdout
+
+
+# -- retry ----------------------------------------------------------------------------
+
+def test_retry_puts_failed_instances_back_and_makes_results_due_now(filled):
+    run = dicom_spool(filled.data_dir, "retry")
+    assert run.returncode == 0, run
+    assert "1 failed instance(s) back in the queue to screen; 2 undelivered result(s) due " \
+           "now" in run.stdout
+    spool = filled.spool()
+    try:
+        assert spool.counts() == {"received": 2, "screened": 1, "done": 1, "undelivered": 2}
+        screened = []
+        while (instance := spool.next_to_screen()) is not None:  # as the screener takes them
+            assert instance.file.is_file()
+            screened.append(instance.id)
+            spool.failed(instance, "again")
+        assert screened == [filled.to_screen.id, filled.failed.id]
+        due = spool.due_results()
+        assert len(due) == 2 and sorted(r.attempts for r in due) == [0, 1]  # attempts kept
+    finally:
+        spool.close()
+
+
+def test_a_failed_instance_without_its_file_stays_failed(filled):
+    (filled.data_dir / "dicom-node" / "received" / filled.failed.file.name).unlink()
+    run = dicom_spool(filled.data_dir, "retry")
+    assert run.returncode == 0
+    assert "0 failed instance(s) back in the queue" in run.stdout
+    assert f"no file left to screen and stay failed ({filled.failed.tag}): purge" in run.stdout
+    status = dicom_spool(filled.data_dir, "status")
+    assert "error: ZeroDivisionError; file missing" in status.stdout
+
+
+def test_nothing_to_retry_says_so(tmp_path):
+    from pneumo.dicom_node.spool import Spool
+
+    Spool(tmp_path, "test").close()
+    run = dicom_spool(tmp_path, "retry")
+    assert run.returncode == 0 and run.stdout.startswith("nothing to retry")
+
+
+# -- purge ----------------------------------------------------------------------------
+
+def test_purge_lists_without_yes_and_deletes_failed_instances_with_it(filled):
+    failed_file = filled.failed.file.name
+    listed = dicom_spool(filled.data_dir, "purge")
+    assert listed.returncode == 1, listed
+    assert "would delete 1 failed instance(s)" in listed.stdout
+    assert "nothing deleted: run again with --yes" in listed.stdout
+    assert failed_file in filled.files("received")
+
+    results_before = filled.files("results")
+    purged = dicom_spool(filled.data_dir, "purge", "--yes")
+    assert purged.returncode == 0, purged
+    assert f"deleted 1 failed instance(s) and their files:\n  {filled.failed.tag}" \
+        in purged.stdout
+    assert filled.files("received") == {filled.to_screen.file.name, filled.waiting.file.name}
+    assert filled.files("results") == results_before  # waiting results untouched
+    spool = filled.spool()
+    try:
+        assert spool.counts() == {"received": 1, "screened": 1, "done": 1, "undelivered": 2}
+        # forgotten: the PACS sending the image again has it screened afresh
+        assert not spool.receive(b"image 2", filled.uids[2]).duplicate
+    finally:
+        spool.close()
+    again = dicom_spool(filled.data_dir, "purge", "--yes")
+    assert again.returncode == 0 and again.stdout.startswith("nothing to purge")
+
+
+def test_purge_gives_up_on_results_undelivered_past_the_age(filled):
+    backdate(filled.data_dir, filled.waiting.id, hours=24 * 8)
+    young = dicom_spool(filled.data_dir, "purge", "--results-older-than", "9d", "--yes")
+    assert "whose results" not in young.stdout  # only the failed instance went
+    assert len(filled.files("results")) == 2
+
+    listed = dicom_spool(filled.data_dir, "purge", "--results-older-than", "7d")
+    assert listed.returncode == 1
+    assert "would delete 1 instance(s) whose results were still undelivered more than " \
+           "7 d after their image arrived, with 2 undelivered result(s)" in listed.stdout
+    assert f"{filled.waiting.tag}  arrived 8 d ago  2 undelivered, last error: the PACS " \
+           "answered 0xA700" in listed.stdout
+    purged = dicom_spool(filled.data_dir, "purge", "--results-older-than", "7d", "--yes")
+    assert purged.returncode == 0, purged
+    assert filled.files("results") == set()
+    assert filled.files("received") == {filled.to_screen.file.name}
+    with database(filled.data_dir) as db:
+        assert db.execute("SELECT COUNT(*) FROM results WHERE sent IS NULL").fetchone() == (0,)
+        assert db.execute("SELECT id FROM instances ORDER BY id").fetchall() == \
+            [(filled.to_screen.id,), (filled.done.id,)]
+
+
+# -- beside a running node ------------------------------------------------------------
+
+def test_retry_beside_a_running_sender_delivers_without_waiting_out_the_back_off(
+        tmp_path, monkeypatch):
+    """A node's spool (its lock held) and sender run in this process; the PACS refused,
+    the back-off says 5 minutes, the PACS is fixed: retry has it delivered at once."""
+    from pneumo.dicom_node import sender as sender_module
+    from pneumo.dicom_node.screener import part10
+    from pneumo.dicom_node.sender import Destination, Sender
+    from pneumo.dicom_node.spool import Spool, SpoolBusy
+
+    # the sender looks at the spool every 30 s when nothing wakes it: every 0.2 s here
+    monkeypatch.setattr(sender_module, "IDLE_CHECK", 0.2)
+    recorder = Recorder()
+    spool = Spool(tmp_path, "test")
+    with pytest.raises(SpoolBusy):
+        Spool(tmp_path, "test")  # the lock is held, as by a running node
+    source = make_dataset(synthetic_xray(1, size=(32, 32)))
+    instance = spool.receive(to_bytes(source), source.SOPInstanceUID).instance
+    result = make_dataset(synthetic_xray(2, size=(32, 32)))  # stands for an SR
+    spool.screened(instance, "test", 0.0, [("sr", str(result.SOPInstanceUID),
+                                            part10(result))])
+    spool.retry_later(spool.due_results()[0], "the PACS answered 0xA700", 300)
+    stop, wake, delivered = threading.Event(), threading.Event(), []
+    sender = Sender(spool, Destination.parse(recorder.address), "PNEUMO", stop, wake,
+                    on_delivered=delivered.append)
+    sender.start()
+    try:
+        status = dicom_spool(tmp_path, "status")
+        assert "1 attempt(s), next try in 4 min" in status.stdout, status
+        run = dicom_spool(tmp_path, "retry")
+        assert run.returncode == 0, run
+        wait_for(lambda: delivered, DEADLINE, "the delivery after retry")
+    finally:
+        stop.set()
+        wake.set()
+        sender.join(DEADLINE)
+        recorder.stop()
+    assert recorder.uids() == [str(result.SOPInstanceUID)]
+    assert spool.counts() == {"done": 1, "undelivered": 0}
+    assert not list(spool.received_dir.iterdir()) and not list(spool.results_dir.iterdir())
+    spool.close()
+
+
+def test_the_command_and_a_writing_node_share_the_database(filled):
+    """The node's spool receives instances as fast as it can while the command reads,
+    retries and purges: no side waits out a lock or fails, and every row adds up."""
+    spool = filled.spool()
+    received, errors, stop = [], [], threading.Event()
+
+    def node_receiving():
+        while not stop.is_set():
+            try:
+                received.append(spool.receive(b"x", uid.generate_uid()).instance)
+                if len(received) % 3 == 0:
+                    spool.failed(received[-1], "OSError")
+            except Exception as exc:  # noqa: BLE001 (reported below)
+                errors.append(repr(exc))
+
+    writer = threading.Thread(target=node_receiving)
+    writer.start()
+    try:
+        runs = [dicom_spool(filled.data_dir, *action) for action in
+                (["status"], ["retry"], ["purge", "--yes"], ["status", "--json"], ["retry"])]
+    finally:
+        stop.set()
+        writer.join(DEADLINE)
+    assert not errors
+    assert all(run.stderr == "" for run in runs), runs
+    status = json.loads(runs[3].stdout)
+    needs_attention = bool(status["failed"] or status["results"]["overdue"])
+    assert [run.returncode for run in runs] == [1, 0, 0, int(needs_attention), 0], runs
+    assert len(received) > 10  # the node kept writing throughout
+    # every row that names a file has it, and every file has its row
+    with database(filled.data_dir) as db:
+        named = {row[0] for row in db.execute("SELECT file FROM instances WHERE file IS "
+                                              "NOT NULL")}
+        rows = db.execute("SELECT COUNT(*) FROM instances").fetchone()[0]
+    assert named == filled.files("received")
+    counts = spool.counts()
+    assert sum(counts.values()) - counts["undelivered"] == rows
+    assert counts["done"] == 1 and counts["screened"] == 1
+    spool.close()
+
+
+def test_the_sender_logs_an_overdue_result_at_error_once(tmp_path, monkeypatch, caplog):
+    """The PACS refuses; once a result is an hour late the sender says so at ERROR, once,
+    and goes on trying; a second result late later gets its own line."""
+    from pneumo.dicom_node import sender as sender_module
+    from pneumo.dicom_node.screener import part10
+    from pneumo.dicom_node.sender import Destination, Sender
+    from pneumo.dicom_node.spool import Spool
+
+    caplog.set_level(logging.WARNING, "pneumo.dicom_node")
+    monkeypatch.setattr(sender_module, "FIRST_RETRY", 0.05)  # tries every 0.1 s at most
+    monkeypatch.setattr(sender_module, "MAX_RETRY", 0.1)
+    recorder = Recorder()
+    recorder.refusing = True
+    spool = Spool(tmp_path, "test")
+    sources, results, uids = [], [], []
+    for seed in (3, 4):
+        source = make_dataset(synthetic_xray(seed, size=(32, 32)))
+        uids.append(str(source.SOPInstanceUID))
+        sources.append(spool.receive(to_bytes(source), source.SOPInstanceUID).instance)
+        results.append(make_dataset(synthetic_xray(seed + 10, size=(32, 32))))
+    spool.screened(sources[0], "test", 0.0, [("sr", str(results[0].SOPInstanceUID),
+                                              part10(results[0]))])
+    backdate(tmp_path, sources[0].id, hours=2)
+    stop, wake = threading.Event(), threading.Event()
+    sender = Sender(spool, Destination.parse(recorder.address), "PNEUMO", stop, wake)
+    sender.start()
+
+    def overdue_lines():
+        return [r for r in caplog.records if r.levelno == logging.ERROR]
+
+    try:
+        wait_for(lambda: len(recorder.refused) >= 5, DEADLINE, "five refused tries")
+        first, = overdue_lines()
+        assert first.getMessage().startswith(
+            f"1 result(s) still not delivered to {recorder.address} more than 1 h after their "
+            f"image arrived (oldest: {sources[0].tag} sr, 2 h, ")
+        assert "last error: the PACS answered 0xA700); still trying" in first.getMessage()
+
+        spool.screened(sources[1], "test", 0.0, [("sr", str(results[1].SOPInstanceUID),
+                                                  part10(results[1]))])
+        backdate(tmp_path, sources[1].id, hours=3)
+        wait_for(lambda: len(overdue_lines()) >= 2, DEADLINE, "the second result's line")
+        refused = len(recorder.refused)
+        wait_for(lambda: len(recorder.refused) >= refused + 5, DEADLINE, "five more tries")
+        assert len(overdue_lines()) == 2
+        assert f"oldest: {sources[1].tag} sr, 3 h" in overdue_lines()[1].getMessage()
+        recorder.refusing = False
+        wait_for(lambda: len(recorder.uids()) == 2, DEADLINE, "the deliveries")
+    finally:
+        stop.set()
+        wake.set()
+        sender.join(DEADLINE)
+        recorder.stop()
+        spool.close()
+    assert len(overdue_lines()) == 2
+    for value in (*uids, *(str(ds.SOPInstanceUID) for ds in results)):
+        assert value not in caplog.text
+
+
+# -- errors ---------------------------------------------------------------------------
+
+def one_line_error(run: subprocess.CompletedProcess, message: str) -> None:
+    assert run.returncode == 2, run
+    assert run.stderr.startswith("pneumo dicom-spool: error:"), run.stderr
+    assert message in run.stderr and run.stderr.count("\n") == 1
+    assert "Traceback" not in run.stderr
+
+
+def test_no_spool_is_one_line_and_nothing_is_created(tmp_path):
+    one_line_error(dicom_spool(tmp_path, "status"), "no DICOM node spool in")
+    assert not (tmp_path / "dicom-node").exists()
+
+
+@pytest.mark.parametrize("arguments, message", [
+    (["status", "--overdue-after", "soon"], "--overdue-after 'soon': expected a span"),
+    (["purge", "--results-older-than", "0d"], "--results-older-than '0d': expected a span"),
+    (["status", "--limit", "-1"], "--limit -1: expected 0 or more"),
+])
+def test_wrong_arguments_are_one_line(filled, arguments, message):
+    one_line_error(dicom_spool(filled.data_dir, *arguments), message)
+
+
+def test_the_nodes_overdue_threshold_is_checked_before_the_model_loads(capsys):
+    from pneumo.cli import main
+
+    assert main(["dicom-listen", "--results-to", "PACS@127.0.0.1:104",
+                 "--overdue-after", "an hour"]) == 2
+    error = capsys.readouterr().err
+    assert error.startswith("pneumo dicom-listen: error: --overdue-after 'an hour'")
+    assert "Traceback" not in error
+
+
+def test_a_database_that_is_not_a_spool_is_one_line(tmp_path):
+    folder = tmp_path / "dicom-node"
+    folder.mkdir()
+    (folder / "queue.sqlite3").write_bytes(b"not a database at all" * 100)
+    one_line_error(dicom_spool(tmp_path, "status"), "is not a spool database")
+
+
+def test_a_spool_of_a_newer_pneumo_is_refused(filled):
+    with database(filled.data_dir) as db:
+        db.execute("PRAGMA user_version = 99")
+    one_line_error(dicom_spool(filled.data_dir, "retry"), "upgrade pneumo")
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="changing a folder's owner needs root")
+def test_another_users_spool_is_refused(filled):
+    os.chown(filled.data_dir / "dicom-node", 65534, -1)
+    one_line_error(dicom_spool(filled.data_dir, "status"), "run pneumo dicom-spool as the "
+                                                           "node's user")
+
+
+def test_a_busy_database_is_reported_not_waited_on_forever(filled, monkeypatch):
+    """In this process (the wait is shortened): a node holding a write transaction."""
+    from pneumo.dicom_node import admin
+
+    monkeypatch.setattr(admin, "BUSY_TIMEOUT", 0.2)
+    with database(filled.data_dir) as db:
+        db.execute("BEGIN IMMEDIATE")
+        with admin.SpoolAdmin(filled.data_dir) as spool:
+            assert spool.status().states["failed"] == 1  # reading never waits (WAL)
+            with pytest.raises(admin.SpoolError, match="stayed busy for 0 s"):
+                spool.retry()
+        db.execute("ROLLBACK")
+
+
+def test_spans_and_ages():
+    from pneumo.dicom_node.admin import parse_duration
+    from pneumo.dicom_node.spool import describe_age
+
+    assert parse_duration("90s", "x") == dt.timedelta(seconds=90)
+    assert parse_duration(" 7D ", "x") == dt.timedelta(days=7)
+    assert parse_duration("2w", "x") == dt.timedelta(weeks=2)
+    for wrong in ("", "1", "h", "1.5h", "-1h", "1y"):
+        with pytest.raises(ValueError):
+            parse_duration(wrong, "--x")
+    assert [describe_age(s) for s in (0, 59, 60, 3600, 3660, 86400, 90000)] == \
+        ["0 s", "59 s", "1 min", "1 h", "1 h 1 min", "1 d", "1 d 1 h"]
+
+
+def test_retry_promises_no_sooner_than_the_node_looks():
+    """``retry`` says a running node takes its rows up within PICKED_UP_WITHIN seconds:
+    the sender's and the screener's longest idle waits."""
+    from pneumo.dicom_node import admin, screener, sender
+
+    assert sender.IDLE_CHECK <= admin.PICKED_UP_WITHIN
+    assert screener.IDLE_CHECK <= admin.PICKED_UP_WITHIN
