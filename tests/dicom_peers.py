@@ -56,6 +56,23 @@ def associate(port: int, ae_title: str = TEST_SCU, called: str = "PNEUMO",
     return ae.associate("127.0.0.1", port, ae_title=called)
 
 
+def store_file_as_is(port: int, path: Path, context: tuple[str, list[str]]) -> int:
+    """C-STORE the file at ``path`` to the node with its bytes sent as they are (pynetdicom
+    neither parses nor re-encodes it: what a broken or hostile sender puts on the wire);
+    returns the status."""
+    from pynetdicom import _config
+
+    assoc = associate(port, contexts=[context])
+    assert assoc.is_established
+    previous = _config.STORE_SEND_CHUNKED_DATASET
+    _config.STORE_SEND_CHUNKED_DATASET = True
+    try:
+        return assoc.send_c_store(path).Status
+    finally:
+        _config.STORE_SEND_CHUNKED_DATASET = previous
+        assoc.release()
+
+
 def echo(port: int, ae_title: str = TEST_SCU) -> int | None:
     """The C-ECHO status from the node on ``port`` (None: no association)."""
     assoc = associate(port, ae_title)

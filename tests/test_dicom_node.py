@@ -22,7 +22,7 @@ from pydicom import uid
 
 from conftest import TRAIN_DATA
 from dicom_factory import CT_STORAGE, DX_STORAGE, make_dataset, make_dicom, to_bytes
-from dicom_peers import TEST_SCU, Node, Recorder, associate, echo, wait_for
+from dicom_peers import TEST_SCU, Node, Recorder, associate, echo, store_file_as_is, wait_for
 from orthanc import Orthanc, require_orthanc
 from pneumo.bench.server import free_port
 from synthetic import synthetic_xray
@@ -299,8 +299,6 @@ def test_a_compressed_image_is_accepted_as_the_pacs_sent_it(node, orthanc, synta
 @pytest.mark.slow
 def test_an_unparsable_data_set_cannot_be_understood(node, tmp_path):
     """A valid file meta header, then bytes that are not a data set: 0xC000."""
-    from pynetdicom import _config
-
     from pynetdicom.dsutils import split_dataset
 
     path = tmp_path / "broken.dcm"
@@ -309,24 +307,14 @@ def test_an_unparsable_data_set_cannot_be_understood(node, tmp_path):
     # after the file meta, a sequence of undefined length whose items are not items
     path.write_bytes(path.read_bytes()[:offset]
                      + b"\x08\x00\x16\x00SQ\x00\x00\xff\xff\xff\xff\x01\x02\x03")
-    assoc = associate(node.port, contexts=[(DX_STORAGE, [uid.ExplicitVRLittleEndian])])
-    assert assoc.is_established
-    previous = _config.STORE_SEND_CHUNKED_DATASET
-    _config.STORE_SEND_CHUNKED_DATASET = True  # send the file's bytes as they are
-    try:
-        answer = assoc.send_c_store(path)
-    finally:
-        _config.STORE_SEND_CHUNKED_DATASET = previous
-        assoc.release()
-    assert answer.Status == 0xC000
+    assert store_file_as_is(node.port, path, (DX_STORAGE, [uid.ExplicitVRLittleEndian])) \
+        == 0xC000
 
 
 @pytest.mark.slow
 def test_a_deflate_bomb_is_refused_before_it_is_inflated(node, tmp_path):
     """80 KB on the wire that would inflate to 72 MB, past the decoder's limit: refused
     from its file meta and a bounded inflation, on the association's thread."""
-    from pynetdicom import _config
-
     ds = make_dataset(np.zeros((9000, 8000), np.uint8))
     ds.StudyInstanceUID, ds.SeriesInstanceUID = uid.generate_uid(), uid.generate_uid()
     ds.file_meta.TransferSyntaxUID = uid.DeflatedExplicitVRLittleEndian
@@ -334,16 +322,8 @@ def test_a_deflate_bomb_is_refused_before_it_is_inflated(node, tmp_path):
     path.write_bytes(to_bytes(ds))
     del ds
     assert path.stat().st_size < 1_000_000
-    assoc = associate(node.port, contexts=[(DX_STORAGE, [uid.DeflatedExplicitVRLittleEndian])])
-    assert assoc.is_established
-    previous = _config.STORE_SEND_CHUNKED_DATASET
-    _config.STORE_SEND_CHUNKED_DATASET = True  # send the file's bytes as they are
-    try:
-        answer = assoc.send_c_store(path)
-    finally:
-        _config.STORE_SEND_CHUNKED_DATASET = previous
-        assoc.release()
-    assert answer.Status == 0xA700
+    assert store_file_as_is(node.port, path,
+                            (DX_STORAGE, [uid.DeflatedExplicitVRLittleEndian])) == 0xA700
     assert "inflates to more than" in node.log()
 
 
