@@ -516,6 +516,35 @@ def test_an_image_that_breaks_screening_is_kept_and_the_next_one_screened(
     spool.close()
 
 
+def test_a_worker_that_dies_stops_the_node_with_status_1(tmp_path, tiny_bundle, monkeypatch,
+                                                        caplog):
+    """A node whose sender (or screener) died would go on acknowledging images it never
+    sends: it stops instead, with status 1, for the service manager to restart it."""
+    import logging
+    import threading
+
+    from pneumo.dicom_node import node
+    from pneumo.dicom_node.sender import Sender
+
+    def broken(self):
+        raise sqlite3.OperationalError("database is locked")
+
+    died = []
+    monkeypatch.setattr(Sender, "run", broken)
+    monkeypatch.setattr(threading, "excepthook", died.append)
+    # the node sets these for its process; put them back for the other tests
+    monkeypatch.setattr(pydicom.config.settings, "reading_validation_mode",
+                        pydicom.config.settings.reading_validation_mode)
+    for library in ("pynetdicom", "highdicom"):
+        monkeypatch.setattr(logging.getLogger(library), "level", logging.getLogger(library).level)
+    caplog.set_level(logging.INFO, "pneumo.dicom_node")
+    assert node.run(host="127.0.0.1", port=free_port(), ae_title="PNEUMO",
+                    results_to="PACS@127.0.0.1:1", model=str(tiny_bundle),
+                    data_dir=tmp_path) == 1
+    assert [hook.thread.name for hook in died] == ["pneumo-sender"]
+    assert "pneumo-sender stopped on an unexpected error" in caplog.text
+
+
 def test_destination_addresses_are_checked():
     from pneumo.dicom_node.sender import Destination, backoff
 

@@ -38,7 +38,8 @@ def is_loopback(host: str) -> bool:
 def run(*, host: str, port: int, ae_title: str, results_to: str, model: str | None = None,
         calling_aets: list[str] | None = None, overlay: bool = True,
         data_dir: str | Path | None = None, overdue_after: dt.timedelta = OVERDUE_AFTER) -> int:
-    """Run the node until SIGTERM or SIGINT; returns the exit status."""
+    """Run the node until SIGTERM or SIGINT; returns the exit status (1: a worker thread
+    died)."""
     from ..predictor import Predictor
     from ..studies import default_data_dir
 
@@ -106,8 +107,17 @@ def run(*, host: str, port: int, ae_title: str, results_to: str, model: str | No
             log.warning("listening beyond loopback and accepting any calling AE title: "
                         "give --calling-aets (and keep the port behind a firewall: an AE "
                         "title is a name, not a password)")
+        status = 0
         while not stop.wait(0.5):
-            pass
+            # a worker that died (an error its loop does not expect, e.g. a database busy
+            # past its timeout) would leave a node that acknowledges images and never
+            # screens or sends them: stop, so that the service manager restarts it
+            dead = [thread.name for thread in (screener, sender) if not thread.is_alive()]
+            if dead:
+                log.error("%s stopped on an unexpected error (above): stopping the node; "
+                          "its work waits in the spool for the next start", ", ".join(dead))
+                status = 1
+                break
     finally:
         stop.set()
         scp.stop()
@@ -120,4 +130,4 @@ def run(*, host: str, port: int, ae_title: str, results_to: str, model: str | No
         for signum, handler in previous.items():
             signal.signal(signum, handler)
     log.info("stopped")
-    return 0
+    return status
