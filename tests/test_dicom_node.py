@@ -516,8 +516,34 @@ def test_an_image_that_breaks_screening_is_kept_and_the_next_one_screened(
     spool.close()
 
 
+@pytest.fixture
+def node_settings_restored(monkeypatch):
+    """``node.run`` in this process: what it sets for its process is put back for the
+    other tests (pydicom's validation, the libraries' log levels)."""
+    import logging
+
+    monkeypatch.setattr(pydicom.config.settings, "reading_validation_mode",
+                        pydicom.config.settings.reading_validation_mode)
+    for library in ("pynetdicom", "highdicom"):
+        monkeypatch.setattr(logging.getLogger(library), "level", logging.getLogger(library).level)
+
+
+def test_a_data_folder_that_cannot_hold_the_spool_is_one_line(tmp_path, tiny_bundle, capsys,
+                                                              node_settings_restored):
+    from pneumo.cli import main
+
+    not_a_folder = tmp_path / "file"
+    not_a_folder.write_text("")
+    assert main(["dicom-listen", "--results-to", "PACS@127.0.0.1:104", "--model",
+                 str(tiny_bundle), "--data-dir", str(not_a_folder)]) == 2
+    error = capsys.readouterr().err
+    assert error.startswith(f"pneumo dicom-listen: error: cannot keep the spool in "
+                            f"{not_a_folder / 'dicom-node'}")
+    assert "Traceback" not in error
+
+
 def test_a_worker_that_dies_stops_the_node_with_status_1(tmp_path, tiny_bundle, monkeypatch,
-                                                        caplog):
+                                                        caplog, node_settings_restored):
     """A node whose sender (or screener) died would go on acknowledging images it never
     sends: it stops instead, with status 1, for the service manager to restart it."""
     import logging
@@ -532,11 +558,6 @@ def test_a_worker_that_dies_stops_the_node_with_status_1(tmp_path, tiny_bundle, 
     died = []
     monkeypatch.setattr(Sender, "run", broken)
     monkeypatch.setattr(threading, "excepthook", died.append)
-    # the node sets these for its process; put them back for the other tests
-    monkeypatch.setattr(pydicom.config.settings, "reading_validation_mode",
-                        pydicom.config.settings.reading_validation_mode)
-    for library in ("pynetdicom", "highdicom"):
-        monkeypatch.setattr(logging.getLogger(library), "level", logging.getLogger(library).level)
     caplog.set_level(logging.INFO, "pneumo.dicom_node")
     assert node.run(host="127.0.0.1", port=free_port(), ae_title="PNEUMO",
                     results_to="PACS@127.0.0.1:1", model=str(tiny_bundle),

@@ -302,6 +302,16 @@ def test_one_run_at_a_time(tmp_path):
     Ledger(tmp_path).close()  # free again
 
 
+def test_a_data_folder_that_cannot_hold_the_ledger_is_one_line(tmp_path, capsys):
+    not_a_folder = tmp_path / "file"
+    not_a_folder.write_text("")
+    code = cli.main(["dicomweb-sync", "--url", "http://127.0.0.1:1/dicom-web", "--data-dir",
+                     str(not_a_folder)])
+    err = capsys.readouterr().err
+    assert code == 2 and "Traceback" not in err
+    assert err.startswith(f"pneumo dicomweb-sync: error: cannot keep the ledger in {not_a_folder}")
+
+
 def test_since_parses_dates_times_and_spans():
     now = dt.datetime(2026, 12, 2, 12, 0)
     assert parse_since("2026-12-01", now) == dt.datetime(2026, 12, 1)

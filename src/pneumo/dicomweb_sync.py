@@ -124,17 +124,26 @@ class Ledger:
     """Instances handled, by digest; and a lock so that one run at a time uses it."""
 
     def __init__(self, folder: Path):
-        folder.mkdir(parents=True, exist_ok=True)
-        self._lock = open(folder / (LEDGER_FILE + ".lock"), "w")  # noqa: SIM115
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            self._lock = open(folder / (LEDGER_FILE + ".lock"), "w")  # noqa: SIM115
+        except OSError as exc:
+            where = f": {exc.filename}" if exc.filename else ""
+            raise SyncError(f"cannot keep the ledger in {folder} ({exc.strerror or exc}{where}):"
+                            " --data-dir or $PNEUMO_DATA_DIR names another folder") from None
         try:
             fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             self._lock.close()
             raise SyncError(f"another pneumo dicomweb-sync is running on {folder}") from None
-        self._db = sqlite3.connect(folder / LEDGER_FILE)
-        self._db.execute("CREATE TABLE IF NOT EXISTS handled (digest TEXT PRIMARY KEY, "
-                         "outcome TEXT NOT NULL, at TEXT NOT NULL)")
-        self._db.commit()
+        try:
+            self._db = sqlite3.connect(folder / LEDGER_FILE)
+            self._db.execute("CREATE TABLE IF NOT EXISTS handled (digest TEXT PRIMARY KEY, "
+                             "outcome TEXT NOT NULL, at TEXT NOT NULL)")
+            self._db.commit()
+        except sqlite3.Error as exc:
+            self._lock.close()
+            raise SyncError(f"cannot use the ledger {folder / LEDGER_FILE}: {exc}") from None
 
     @staticmethod
     def digest(url: str, ref: InstanceRef, model: str) -> str:

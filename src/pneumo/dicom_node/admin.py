@@ -42,8 +42,8 @@ import re
 import sqlite3
 from pathlib import Path
 
-from .spool import (DATABASE_FILE, FOLDER, MIGRATIONS, OVERDUE_AFTER, Waiting, _stamp,
-                    describe_age, now_utc, row_tag, waiting_results)
+from .spool import (DATABASE_FILE, FOLDER, MIGRATIONS, OVERDUE_AFTER, SpoolError, Waiting,
+                    _stamp, describe_age, now_utc, row_tag, waiting_results)
 
 BUSY_TIMEOUT = 15.0  # seconds: the node's transactions are milliseconds long
 #: How soon a running node takes up what ``retry`` made due (its sender's longest idle
@@ -52,10 +52,6 @@ PICKED_UP_WITHIN = 30
 
 _DURATION = re.compile(r"(\d+)\s*([smhdw])")
 _UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
-
-
-class SpoolError(RuntimeError):
-    """Something an operator can fix, said in one line."""
 
 
 def parse_duration(text: str, option: str) -> dt.timedelta:

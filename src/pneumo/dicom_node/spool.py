@@ -80,8 +80,21 @@ MIGRATIONS = [
 ]
 
 
-class SpoolBusy(RuntimeError):
+class SpoolError(RuntimeError):
+    """The spool cannot be used, in one line an operator can act on."""
+
+
+class SpoolBusy(SpoolError):
     """Another node already uses this data folder."""
+
+
+def _unusable(exc: OSError | sqlite3.Error, where: Path) -> SpoolError:
+    if isinstance(exc, OSError):
+        what = f"{exc.strerror or exc}" + (f": {exc.filename}" if exc.filename else "")
+    else:
+        what = f"its database: {exc}"
+    return SpoolError(f"cannot keep the spool in {where} ({what}): --data-dir or "
+                      "$PNEUMO_DATA_DIR names another folder")
 
 
 def uid_hash(sop_instance_uid: str) -> str:
@@ -215,26 +228,36 @@ class Spool:
         self.root = Path(data_dir) / FOLDER
         self.received_dir = self.root / "received"
         self.results_dir = self.root / "results"
-        for folder in (self.root, self.received_dir, self.results_dir):
-            folder.mkdir(parents=True, exist_ok=True)
-        # the files hold patient data: only the node's own user may open the folder
-        self.root.chmod(0o700)
         self.model_version = model_version
-        self._lock_handle = open(self.root / LOCK_FILE, "a")  # noqa: SIM115 (held open)
+        try:
+            for folder in (self.root, self.received_dir, self.results_dir):
+                folder.mkdir(parents=True, exist_ok=True)
+            # the files hold patient data: only the node's own user may open the folder
+            self.root.chmod(0o700)
+            self._lock_handle = open(self.root / LOCK_FILE, "a")  # noqa: SIM115 (held open)
+        except OSError as exc:
+            raise _unusable(exc, self.root) from None
         try:
             fcntl.flock(self._lock_handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             self._lock_handle.close()
             raise SpoolBusy(f"another pneumo dicom-listen already uses {self.root}") from None
         self._mutex = threading.Lock()
-        self._db = sqlite3.connect(self.root / DATABASE_FILE, timeout=30,
-                                   isolation_level=None, check_same_thread=False)
+        try:
+            self._db = sqlite3.connect(self.root / DATABASE_FILE, timeout=30,
+                                       isolation_level=None, check_same_thread=False)
+        except sqlite3.Error as exc:
+            self._lock_handle.close()
+            raise _unusable(exc, self.root) from None
         try:
             self._db.execute("PRAGMA foreign_keys = ON")
             self._db.execute("PRAGMA synchronous = FULL")
             self._migrate()
             self._db.execute("PRAGMA journal_mode = WAL")
             self._recover()
+        except (OSError, sqlite3.Error) as exc:
+            self.close()
+            raise _unusable(exc, self.root) from None
         except BaseException:
             self.close()
             raise
