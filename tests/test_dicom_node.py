@@ -584,6 +584,7 @@ def test_destination_addresses_are_checked():
     (["--results-to", "ORTHANC@127.0.0.1:4242", "--ae-title", "A\\B"], "not a valid AE title"),
     (["--results-to", "ORTHANC@127.0.0.1:4242", "--calling-aets", "X" * 17],
      "not a valid AE title"),
+    (["--results-to", "ORTHANC@127.0.0.1:4242", "--port", "70000"], "--port 70000: expected"),
 ])
 def test_a_wrong_address_or_ae_title_is_one_line_not_a_traceback(arguments, message, capsys):
     from pneumo.cli import main

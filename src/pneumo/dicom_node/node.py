@@ -43,6 +43,8 @@ def run(*, host: str, port: int, ae_title: str, results_to: str, model: str | No
     from ..predictor import Predictor
     from ..studies import default_data_dir
 
+    if not 0 < port < 65536:  # the socket would raise OverflowError, after the model loads
+        raise ValueError(f"--port {port}: expected 1 to 65535")
     check_ae_title(ae_title)
     calling_aets = [check_ae_title(title) for title in calling_aets or []]
     destination = Destination.parse(results_to)
