@@ -214,6 +214,25 @@ def test_cli_runs_a_sync_and_prints_a_summary(pacs, tiny_bundle, tmp_path, capsy
     assert pacs.rest("GET", "/statistics")["CountInstances"] == 2  # the film and its SR
 
 
+def test_a_run_with_nothing_new_loads_no_model(pacs, tiny_bundle, tmp_path, capsys,
+                                               monkeypatch):
+    """From cron every few minutes, most runs find only films done before: the model's
+    card names the ledger's entries, and the model itself is not loaded."""
+    from pneumo.predictor import Predictor
+
+    pacs.upload(film(synthetic_xray(1), date=dt.date.today().strftime("%Y%m%d")))
+    arguments = ["dicomweb-sync", "--url", pacs.dicomweb_url, "--model", str(tiny_bundle),
+                 "--data-dir", str(tmp_path), "--no-overlay", "--since", "1d"]
+    assert cli.main(arguments) == 0
+
+    def no_model(*args, **kwargs):
+        raise AssertionError("the model was loaded with nothing new to screen")
+
+    monkeypatch.setattr(Predictor, "from_bundle", no_model)
+    assert cli.main(arguments) == 0
+    assert "1 CR/DX instances found, 1 done before; 0 screened" in capsys.readouterr().out
+
+
 # -- errors the user can cause -----------------------------------------------------------
 
 

@@ -453,11 +453,18 @@ def _dicom_spool(args) -> int:
 
 
 def _dicomweb_sync(args) -> int:
+    from .bundle import ModelCard, read_card
+    from .config import default_bundle_path
     from .dicomweb_sync import parse_since, sync
     from .predictor import Predictor
 
     since = parse_since(args.since) if args.since else None
-    stats = sync(args.url, lambda: Predictor.from_bundle(args.model), since=since,
+    # the card says which model the ledger's entries are for; the model itself loads
+    # only when a run finds something it has not screened (most runs from cron do not)
+    bundle = Path(args.model) if args.model else default_bundle_path()
+    card = ModelCard.from_dict(read_card(bundle))
+    stats = sync(args.url, lambda: Predictor.from_bundle(bundle),
+                 model=f"{card.name} {card.version}", since=since,
                  data_dir=Path(args.data_dir) if args.data_dir else None,
                  overlay=args.overlay, progress=sys.stderr.isatty())
     print(stats.summary())

@@ -294,11 +294,13 @@ def _study_time(result: dict) -> dt.datetime:
 # The run
 
 
-def sync(url: str, predictor_loader, *, since: dt.datetime | None = None,
-         data_dir: Path | None = None, overlay: bool = True, progress: bool = False,
-         client=None) -> SyncStats:
+def sync(url: str, predictor_loader, *, model: str | None = None,
+         since: dt.datetime | None = None, data_dir: Path | None = None, overlay: bool = True,
+         progress: bool = False, client=None) -> SyncStats:
     """One pass over the server at ``url``; ``predictor_loader()`` gives the Predictor,
-    loaded only when there is something new to screen.
+    loaded only when there is something new to screen. ``model``: its name and version
+    as the ledger keys instances by them (read from the bundle's card, which is cheap);
+    without it the Predictor is loaded as soon as anything is found, to ask it.
 
     Raises SyncError when the server cannot be searched or reached."""
     from tqdm.auto import tqdm
@@ -313,17 +315,19 @@ def sync(url: str, predictor_loader, *, since: dt.datetime | None = None,
         refs = find_instances(client, url, since)
         stats.found = len(refs)
         predictor = None
-        model = None
         todo: list[tuple[InstanceRef, str]] = []
         if refs:
-            predictor = predictor_loader()
-            model = f"{predictor.name} {predictor.version}"
+            if model is None:
+                predictor = predictor_loader()
+                model = f"{predictor.name} {predictor.version}"
             for ref in refs:
                 digest = Ledger.digest(url, ref, model)
                 if digest in ledger:
                     stats.already += 1
                 else:
                     todo.append((ref, digest))
+        if todo and predictor is None:
+            predictor = predictor_loader()
         with tqdm(total=len(todo), unit="instance", desc="screening",
                   disable=not progress or not todo) as bar:
             for number, (ref, digest) in enumerate(todo, 1):
