@@ -22,6 +22,7 @@ import sqlite3
 import threading
 from collections.abc import Callable
 
+from pydicom.dataset import FileMetaDataset
 from pydicom.filereader import read_file_meta_info
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import AE
@@ -135,15 +136,14 @@ class Sender(threading.Thread):
             return IDLE_CHECK
         return min(max((upcoming - now_utc()).total_seconds(), 0.05), IDLE_CHECK)
 
-    def _association(self, results: list[Result]):
+    def _association(self, metas: list[FileMetaDataset]):
         ae = AE(ae_title=self.ae_title)
         ae.connection_timeout = 10
         ae.acse_timeout = 30
         ae.dimse_timeout = 60
         ae.network_timeout = 60
         contexts = set()
-        for result in results:
-            meta = read_file_meta_info(result.file)
+        for meta in metas:
             syntax = meta.TransferSyntaxUID
             contexts.add((str(meta.MediaStorageSOPClassUID),
                           tuple(dict.fromkeys([syntax, ExplicitVRLittleEndian,
@@ -153,25 +153,26 @@ class Sender(threading.Thread):
         return ae.associate(self.destination.host, self.destination.port,
                             ae_title=self.destination.ae_title)
 
-    def _readable(self, results: list[Result]) -> list[Result]:
-        """``results`` whose files can be read; the others are due again later, so that
-        one bad file never holds back the rest."""
+    def _readable(self, results: list[Result]) -> list[tuple[Result, FileMetaDataset]]:
+        """``results`` whose files can be read, with their file meta (what the association
+        proposes); the others are due again later, so that one bad file never holds back
+        the rest."""
         readable = []
         for result in results:
             try:
-                read_file_meta_info(result.file)
-                readable.append(result)
+                readable.append((result, read_file_meta_info(result.file)))
             except (OSError, ValueError, AttributeError) as exc:
                 self._later([result], f"cannot read its file: {type(exc).__name__}: {exc}")
         return readable
 
     def deliver(self, results: list[Result]) -> None:
         """One association: send ``results``, mark each delivered or due again later."""
-        results = self._readable(results)
-        if not results:
+        readable = self._readable(results)
+        if not readable:
             return
+        results = [result for result, _ in readable]
         try:
-            assoc = self._association(results)
+            assoc = self._association([meta for _, meta in readable])
         except (OSError, ValueError, AttributeError) as exc:
             self._later(results, f"cannot prepare the association: {type(exc).__name__}: {exc}")
             return
@@ -196,8 +197,7 @@ class Sender(threading.Thread):
                     self._later(results[index:], "the association ended without an answer")
                     return
                 if code_to_category(code) in ("Success", "Warning"):
-                    self.spool.sent(result)
-                    if self.spool.instance_done(result.instance_id):
+                    if self.spool.sent(result):
                         self.on_delivered(result.instance_id)
                 else:
                     self._later([result], f"the PACS answered 0x{code:04X}")

@@ -416,13 +416,14 @@ class Spool:
                 "SELECT MIN(next_try) FROM results WHERE sent IS NULL").fetchone()
         return dt.datetime.fromisoformat(row[0]) if row and row[0] else None
 
-    def sent(self, result: Result) -> None:
-        """The destination confirmed ``result``: never send it again."""
+    def sent(self, result: Result) -> bool:
+        """The destination confirmed ``result``: never send it again. Returns whether its
+        instance is done now (every result delivered)."""
         with self._transaction() as db:
             db.execute("UPDATE results SET sent = ?, file = NULL, attempts = attempts + 1 "
                        "WHERE id = ?", (_stamp(now_utc()), result.id))
         result.file.unlink(missing_ok=True)
-        self._finish_if_delivered(result.instance_id)
+        return self._finish_if_delivered(result.instance_id)
 
     def retry_later(self, result: Result, error: str, delay: float) -> None:
         """Delivery failed: try again in ``delay`` seconds."""
@@ -446,12 +447,6 @@ class Spool:
         if row[0]:
             (self.received_dir / row[0]).unlink(missing_ok=True)
         return True
-
-    def instance_done(self, instance_id: int) -> bool:
-        with self._mutex:
-            row = self._db.execute("SELECT state FROM instances WHERE id = ?",
-                                   (instance_id,)).fetchone()
-        return row is not None and row[0] == "done"
 
     def summary(self, instance_id: int) -> dict:
         """The row of one instance, for its log line."""
