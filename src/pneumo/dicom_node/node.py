@@ -40,6 +40,7 @@ def run(*, host: str, port: int, ae_title: str, results_to: str, model: str | No
         data_dir: str | Path | None = None, overdue_after: dt.timedelta = OVERDUE_AFTER) -> int:
     """Run the node until SIGTERM or SIGINT; returns the exit status (1: a worker thread
     died)."""
+    from ..dicom_results import screen_dicom
     from ..predictor import Predictor
     from ..studies import default_data_dir
 
@@ -48,11 +49,6 @@ def run(*, host: str, port: int, ae_title: str, results_to: str, model: str | No
     check_ae_title(ae_title)
     calling_aets = [check_ae_title(title) for title in calling_aets or []]
     destination = Destination.parse(results_to)
-    try:
-        from ..dicom_results import screen_dicom
-    except ImportError:
-        raise RuntimeError("the DICOM results (pneumo.dicom_results) are not part of this "
-                           "build") from None
     # pynetdicom and highdicom log UIDs at INFO (every association, every attribute they
     # copy): the node logs its own lines, without identifiers, instead
     for library in ("pynetdicom", "highdicom"):
