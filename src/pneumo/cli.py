@@ -303,9 +303,7 @@ def build_parser() -> argparse.ArgumentParser:
                            "2d, 1w); default: every study")
     sync.add_argument("--no-overlay", dest="overlay", action="store_false",
                       help="store the SR only, no Secondary Capture")
-    sync.add_argument("--data-dir", default=None, metavar="DIR",
-                      help="where the ledger is kept (default: $PNEUMO_DATA_DIR or "
-                           "~/.local/share/pneumo)")
+    _add_data_dir_option(sync, "where the ledger is kept")
     _add_model_option(sync)
 
     from .bench import add_arguments as add_bench_arguments
