@@ -338,6 +338,9 @@ def test_since_parses_dates_times_and_spans():
     assert parse_since("12h", now) == dt.datetime(2026, 12, 2, 0, 0)
     assert parse_since("2d", now) == dt.datetime(2026, 11, 30, 12, 0)
     assert parse_since("30m", now) == dt.datetime(2026, 12, 2, 11, 30)
+    # with an offset: the same moment in local time, naive like the study times it meets
+    utc = dt.datetime(2026, 12, 1, 8, 0, tzinfo=dt.timezone.utc)
+    assert parse_since("2026-12-01T08:00+00:00", now) == utc.astimezone().replace(tzinfo=None)
     with pytest.raises(ValueError, match="--since 'yesterday'"):
         parse_since("yesterday", now)
 

@@ -103,17 +103,21 @@ _UNITS = {"m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
 
 def parse_since(text: str, now: dt.datetime | None = None) -> dt.datetime:
     """``--since``: an ISO date or date and time (2026-12-01, 2026-12-01T08:00), or a
-    span back from now (30m, 12h, 2d, 1w)."""
+    span back from now (30m, 12h, 2d, 1w). Naive local time, as DICOM's study date and
+    time are: a time given with an offset (``Z``, ``+01:00``) is turned into this
+    machine's local time."""
     now = now or dt.datetime.now()
     value = text.strip()
     if match := _RELATIVE.fullmatch(value.lower()):
         return now - dt.timedelta(**{_UNITS[match[2]]: int(match[1])})
     try:
-        return dt.datetime.fromisoformat(value)
+        since = dt.datetime.fromisoformat(value)
     except ValueError:
         raise ValueError(f"--since {text!r} is neither a date or date and time "
                          "(2026-12-01, 2026-12-01T08:00) nor a span (30m, 12h, 2d, 1w)") \
             from None
+    # compared with naive study times: an aware one would raise TypeError there
+    return since.astimezone().replace(tzinfo=None) if since.tzinfo else since
 
 
 # --------------------------------------------------------------------------------------
