@@ -542,6 +542,27 @@ def test_a_data_folder_that_cannot_hold_the_spool_is_one_line(tmp_path, tiny_bun
     assert "Traceback" not in error
 
 
+def test_a_second_node_on_the_same_spool_is_told_before_the_model_loads(
+        tmp_path, tiny_bundle, capsys, monkeypatch, node_settings_restored):
+    from pneumo.cli import main
+    from pneumo.dicom_node.spool import Spool
+    from pneumo.predictor import Predictor
+
+    def no_model(*args, **kwargs):
+        raise AssertionError("the model was loaded before the spool was checked")
+
+    monkeypatch.setattr(Predictor, "from_bundle", no_model)
+    first = Spool(tmp_path, "0")
+    try:
+        assert main(["dicom-listen", "--results-to", "PACS@127.0.0.1:104", "--model",
+                     str(tiny_bundle), "--data-dir", str(tmp_path)]) == 2
+    finally:
+        first.close()
+    error = capsys.readouterr().err
+    assert error.startswith("pneumo dicom-listen: error: another pneumo dicom-listen already "
+                            f"uses {tmp_path / 'dicom-node'}")
+
+
 def test_a_worker_that_dies_stops_the_node_with_status_1(tmp_path, tiny_bundle, monkeypatch,
                                                         caplog, node_settings_restored):
     """A node whose sender (or screener) died would go on acknowledging images it never

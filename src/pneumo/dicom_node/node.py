@@ -41,6 +41,8 @@ def run(*, host: str, port: int, ae_title: str, results_to: str, model: str | No
     """Run the node until SIGTERM or SIGINT; returns the exit status (1: a worker thread
     died)."""
     from ..dicom_results import screen_dicom
+    from ..bundle import ModelCard, read_card
+    from ..config import default_bundle_path
     from ..predictor import Predictor
     from ..studies import default_data_dir
 
@@ -57,8 +59,16 @@ def run(*, host: str, port: int, ae_title: str, results_to: str, model: str | No
     # may be one): what a PACS sends is read as it is, without them
     pydicom.config.settings.reading_validation_mode = pydicom.config.IGNORE
 
-    predictor = Predictor.from_bundle(model)
-    spool = Spool(Path(data_dir) if data_dir else default_data_dir(), predictor.version)
+    bundle = Path(model) if model else default_bundle_path()
+    # the spool before the model: its folder and lock take milliseconds to check, the
+    # model seconds to load, so a second node on the same folder is told at once
+    spool = Spool(Path(data_dir) if data_dir else default_data_dir(),
+                  ModelCard.from_dict(read_card(bundle)).version)
+    try:
+        predictor = Predictor.from_bundle(bundle)
+    except BaseException:
+        spool.close()
+        raise
     stop = threading.Event()
     screen_wake, send_wake = threading.Event(), threading.Event()
 
