@@ -364,13 +364,13 @@ def screen_dicom(predictor: Predictor, dataset_or_bytes: Dataset | bytes, *,
 
 
 def screening_report(source: Dataset, outcome: Screened | Refusal, *, model_name: str,
-                     model_version: str, instance_number: int | None = None) -> Dataset:
+                     model_version: str) -> Dataset:
     """The Comprehensive SR of ``outcome`` on ``source`` (its header suffices): same
     study and patient, new series, the source referenced as the finding's image.
 
     Raises ResultError for a header it cannot be built from."""
     with _building("SR"):
-        report = _report(source, outcome, model_name, model_version, instance_number)
+        report = _report(source, outcome, model_name, model_version)
         _copy_identifiers(report, source)
         _date_series(report)
     return report
@@ -385,7 +385,7 @@ def _date_series(result: Dataset) -> None:
 
 
 def _report(source: Dataset, outcome: Screened | Refusal, model_name: str,
-            model_version: str, instance_number: int | None) -> Dataset:
+            model_version: str) -> Dataset:
     from highdicom.sr import (
         AlgorithmIdentification, ComprehensiveSR, DeviceObserverIdentifyingAttributes,
         FindingSite, Measurement, MeasurementReport, MeasurementsAndQualitativeEvaluations,
@@ -442,7 +442,7 @@ def _report(source: Dataset, outcome: Screened | Refusal, model_name: str,
         series_instance_uid=result_series_uid(source.StudyInstanceUID, model_version, "sr"),
         series_number=SR_SERIES_NUMBER,
         sop_instance_uid=result_uid(source_uid, model_version, "sr"),
-        instance_number=instance_number or _instance_number(source),
+        instance_number=_instance_number(source),
         manufacturer=MANUFACTURER, is_complete=True, is_final=False, is_verified=False,
         series_description=SR_SERIES_DESCRIPTION,
         software_versions=[f"pneumo {__version__}", f"{model_name} {model_version}"])
@@ -462,8 +462,7 @@ def _instance_number(source: Dataset) -> int:
 
 
 def overlay_capture(source: Dataset, gray: np.ndarray, heatmap: np.ndarray,
-                    outcome: Screened, *, model_name: str, model_version: str,
-                    instance_number: int | None = None) -> Dataset:
+                    outcome: Screened, *, model_name: str, model_version: str) -> Dataset:
     """The Secondary Capture: ``gray`` (the decoded X-ray, uint8) with ``heatmap`` drawn
     over it, below a burned-in banner saying it is an AI second opinion, not for
     diagnosis, and the result; BurnedInAnnotation YES.
@@ -472,7 +471,7 @@ def overlay_capture(source: Dataset, gray: np.ndarray, heatmap: np.ndarray,
     picture = capture_pixels(gray, heatmap, outcome, model_name=model_name,
                              model_version=model_version)
     with _building("overlay"):
-        capture = _capture(source, picture, model_name, model_version, instance_number)
+        capture = _capture(source, picture, model_name, model_version)
         _copy_identifiers(capture, source)
         _date_series(capture)
         # the image keeps the source's orientation and laterality; without, none is claimed
@@ -483,8 +482,8 @@ def overlay_capture(source: Dataset, gray: np.ndarray, heatmap: np.ndarray,
     return capture
 
 
-def _capture(source: Dataset, picture: np.ndarray, model_name: str, model_version: str,
-             instance_number: int | None) -> Dataset:
+def _capture(source: Dataset, picture: np.ndarray, model_name: str,
+             model_version: str) -> Dataset:
     from highdicom.sc import SCImage
 
     capture = SCImage.from_ref_dataset(
@@ -493,7 +492,7 @@ def _capture(source: Dataset, picture: np.ndarray, model_name: str, model_versio
         series_instance_uid=result_series_uid(source.StudyInstanceUID, model_version, "sc"),
         series_number=CAPTURE_SERIES_NUMBER,
         sop_instance_uid=result_uid(str(source.SOPInstanceUID), model_version, "sc"),
-        instance_number=instance_number or _instance_number(source),
+        instance_number=_instance_number(source),
         manufacturer=MANUFACTURER,
         patient_orientation=("L", "F"),  # replaced by the caller: the source's own, or empty
         series_description=CAPTURE_SERIES_DESCRIPTION,
