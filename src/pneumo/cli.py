@@ -215,6 +215,9 @@ def build_parser() -> argparse.ArgumentParser:
                     "SOP classes are answered 0x0122 (SOP class not supported). Work "
                     "unfinished at a stop resumes at the next start (the spool lives in "
                     "$PNEUMO_DATA_DIR/dicom-node). SIGTERM or SIGINT stops it gracefully. "
+                    "Exit status: 0 after such a stop; 1 when its screener or sender thread "
+                    "died (restart it: its work waits in the spool); 2 for a wrong option, "
+                    "or a model, data folder or port it cannot use. "
                     "See docs/integration.md.")
     listen.add_argument("--host", default="127.0.0.1",
                         help="interface to listen on (default: 127.0.0.1, loopback)")
