@@ -162,7 +162,6 @@ class Instance:
     id: int
     uid_hash: str
     file: Path | None
-    state: str
 
     @property
     def tag(self) -> str:
@@ -174,8 +173,6 @@ class Instance:
 class Result:
     id: int
     instance_id: int
-    kind: str
-    sop_instance_uid: str
     file: Path
     attempts: int
 
@@ -318,14 +315,14 @@ class Spool:
         write_durably(path, data)
         try:
             with self._transaction() as db:
-                row = db.execute("SELECT id, state FROM instances WHERE uid_hash = ? AND "
+                row = db.execute("SELECT id FROM instances WHERE uid_hash = ? AND "
                                  "model_version = ?", (key, self.model_version)).fetchone()
                 if row is None:
                     cursor = db.execute(
                         "INSERT INTO instances (uid_hash, model_version, received, file, state)"
                         " VALUES (?, ?, ?, ?, 'received')",
                         (key, self.model_version, _stamp(now_utc()), name))
-                    return Received(Instance(cursor.lastrowid, key, path, "received"), False)
+                    return Received(Instance(cursor.lastrowid, key, path), False)
         except BaseException:
             path.unlink(missing_ok=True)
             raise
@@ -336,19 +333,19 @@ class Spool:
     def _find(self, key: str) -> Instance | None:
         with self._mutex:
             row = self._db.execute(
-                "SELECT id, uid_hash, file, state FROM instances WHERE uid_hash = ? AND "
+                "SELECT id, uid_hash, file FROM instances WHERE uid_hash = ? AND "
                 "model_version = ?", (key, self.model_version)).fetchone()
         return None if row is None else self._instance(row)
 
     def _instance(self, row) -> Instance:
-        return Instance(row[0], row[1], self.received_dir / row[2] if row[2] else None, row[3])
+        return Instance(row[0], row[1], self.received_dir / row[2] if row[2] else None)
 
     def next_to_screen(self) -> Instance | None:
         """The oldest instance received and not yet screened (by whichever model the node
         ran when it arrived: the model it runs now screens it)."""
         with self._mutex:
             row = self._db.execute(
-                "SELECT id, uid_hash, file, state FROM instances WHERE state = 'received' "
+                "SELECT id, uid_hash, file FROM instances WHERE state = 'received' "
                 "ORDER BY id LIMIT 1").fetchone()
         return None if row is None else self._instance(row)
 
@@ -397,10 +394,10 @@ class Spool:
         """Results not yet delivered whose next try has come, oldest first."""
         with self._mutex:
             rows = self._db.execute(
-                "SELECT id, instance_id, kind, sop_instance_uid, file, attempts FROM results "
+                "SELECT id, instance_id, file, attempts FROM results "
                 "WHERE sent IS NULL AND next_try <= ? ORDER BY id LIMIT ?",
                 (_stamp(now_utc()), limit)).fetchall()
-        return [Result(r[0], r[1], r[2], r[3], self.results_dir / r[4], r[5]) for r in rows]
+        return [Result(r[0], r[1], self.results_dir / r[2], r[3]) for r in rows]
 
     def due_now(self) -> int:
         """Every undelivered result due now (at start-up: whatever made the PACS refuse
