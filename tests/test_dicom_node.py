@@ -587,6 +587,33 @@ def test_a_worker_that_dies_stops_the_node_with_status_1(tmp_path, tiny_bundle, 
     assert "pneumo-sender stopped on an unexpected error" in caplog.text
 
 
+def test_a_screening_bug_quoting_a_header_value_logs_no_identifier(tmp_path, caplog):
+    """Even at DEBUG, an unexpected error is logged by its type and where it was
+    raised: a library's message can quote the header (here the patient's name)."""
+    import logging
+    import threading
+
+    from pneumo.dicom_node.screener import Screener
+    from pneumo.dicom_node.spool import Spool
+
+    caplog.set_level(logging.DEBUG, "pneumo.dicom_node")
+    spool = Spool(tmp_path, "test")
+    try:
+        ds = make_dataset(synthetic_xray(8, size=(32, 32)))
+        ds.StudyInstanceUID, ds.SeriesInstanceUID = uid.generate_uid(), uid.generate_uid()
+        instance = spool.receive(to_bytes(ds), ds.SOPInstanceUID).instance
+
+        def screen(data):
+            raise ValueError(f"invalid value {PATIENT['PatientName']!r} for PN")
+
+        Screener(spool, screen, threading.Event(), threading.Event()).process(instance)
+        assert spool.counts().get("failed") == 1
+    finally:
+        spool.close()
+    assert "ValueError, raised at:" in caplog.text and "in screen" in caplog.text
+    assert PATIENT["PatientName"] not in caplog.text
+
+
 def test_destination_addresses_are_checked():
     from pneumo.dicom_node.sender import Destination, backoff
 

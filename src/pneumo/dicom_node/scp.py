@@ -41,7 +41,7 @@ from pynetdicom import ALL_TRANSFER_SYNTAXES, AE, AllStoragePresentationContexts
 from pynetdicom.sop_class import Verification
 
 from ..dicom_results import SourceError, read_source
-from .spool import Spool
+from .spool import Spool, where_it_failed
 
 log = logging.getLogger("pneumo.dicom_node")
 
@@ -130,7 +130,7 @@ class StorageSCP:
             status, detail = self._store(event)
         except Exception as exc:  # a bug: answer it as a failure, say what it was
             status, detail = CANNOT_UNDERSTAND, f"unexpected {type(exc).__name__}"
-            log.debug("C-STORE from %r failed", calling, exc_info=True)
+            log.debug("C-STORE from %r failed: %s", calling, where_it_failed(exc))
         if status != SUCCESS:
             log.warning("C-STORE from %r refused with 0x%04X: %s", calling, status, detail)
         else:

@@ -21,7 +21,7 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian
 
 from ..screening import Refusal, Screened
-from .spool import Instance, Spool
+from .spool import Instance, Spool, where_it_failed
 
 log = logging.getLogger("pneumo.dicom_node")
 
@@ -93,7 +93,7 @@ class Screener(threading.Thread):
             error = type(exc).__name__
             log.error("instance %s: could not be screened (%s); kept in %s, not tried again",
                       instance.tag, error, self.spool.received_dir)
-            log.debug("instance %s: screening failed", instance.tag, exc_info=True)
+            log.debug("instance %s: screening failed: %s", instance.tag, where_it_failed(exc))
             self.spool.failed(instance, error)
             return
         seconds = time.monotonic() - started

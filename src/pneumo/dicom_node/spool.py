@@ -35,6 +35,7 @@ import hashlib
 import os
 import sqlite3
 import threading
+import traceback
 import uuid
 from pathlib import Path
 
@@ -121,6 +122,14 @@ def describe_age(seconds: float) -> str:
     if minutes:
         return f"{minutes} min"
     return f"{seconds} s"
+
+
+def where_it_failed(exc: BaseException) -> str:
+    """An unexpected error for a debug line: its type and the frames it was raised
+    through, without its message, which (pydicom's, highdicom's) can quote a header
+    value such as the patient's name."""
+    return f"{type(exc).__name__}, raised at:\n" + \
+        "".join(traceback.format_tb(exc.__traceback__)).rstrip()
 
 
 def now_utc() -> dt.datetime:
