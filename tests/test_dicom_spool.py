@@ -454,15 +454,15 @@ def test_a_busy_database_is_reported_not_waited_on_forever(filled, monkeypatch):
 
 
 def test_spans_and_ages():
-    from pneumo.dicom_node.admin import parse_duration
     from pneumo.dicom_node.spool import describe_age
+    from pneumo.spans import parse_span
 
-    assert parse_duration("90s", "x") == dt.timedelta(seconds=90)
-    assert parse_duration(" 7D ", "x") == dt.timedelta(days=7)
-    assert parse_duration("2w", "x") == dt.timedelta(weeks=2)
-    for wrong in ("", "1", "h", "1.5h", "-1h", "1y"):
+    assert parse_span("90s", "x") == dt.timedelta(seconds=90)
+    assert parse_span(" 7D ", "x") == dt.timedelta(days=7)
+    assert parse_span("2w", "x") == dt.timedelta(weeks=2)
+    for wrong in ("", "1", "h", "1.5h", "-1h", "1y", "0h"):
         with pytest.raises(ValueError):
-            parse_duration(wrong, "--x")
+            parse_span(wrong, "--x")
     assert [describe_age(s) for s in (0, 59, 60, 3600, 3660, 86400, 90000)] == \
         ["0 s", "59 s", "1 min", "1 h", "1 h 1 min", "1 d", "1 d 1 h"]
 

@@ -418,27 +418,28 @@ def _token(args) -> int:
 
 
 def _dicom_listen(args) -> int:
-    from .dicom_node.admin import parse_duration
+    from .spans import parse_span
     from .dicom_node.node import run
 
     return run(host=args.host, port=args.port, ae_title=args.ae_title,
                results_to=args.results_to, model=args.model, calling_aets=args.calling_aets,
                overlay=args.overlay, data_dir=args.data_dir,
-               overdue_after=parse_duration(args.overdue_after, "--overdue-after"))
+               overdue_after=parse_span(args.overdue_after, "--overdue-after"))
 
 
 def _dicom_spool(args) -> int:
     import json
 
-    from .dicom_node.admin import open_spool, parse_duration
+    from .dicom_node.admin import open_spool
+    from .spans import parse_span
 
     if args.action == "status":
-        overdue_after = parse_duration(args.overdue_after, "--overdue-after")
+        overdue_after = parse_span(args.overdue_after, "--overdue-after")
         if args.limit < 0:
             raise ValueError(f"--limit {args.limit}: expected 0 or more")
     older_than = None
     if args.action == "purge" and args.results_older_than is not None:
-        older_than = parse_duration(args.results_older_than, "--results-older-than")
+        older_than = parse_span(args.results_older_than, "--results-older-than")
     with open_spool(args.data_dir) as spool:
         if args.action == "status":
             status = spool.status(overdue_after)

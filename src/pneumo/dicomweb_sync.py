@@ -36,6 +36,7 @@ from typing import Iterator
 
 from .dicom_results import SourceError, screen_dicom
 from .screening import Screened
+from .spans import as_span
 
 log = logging.getLogger(__name__)
 
@@ -97,8 +98,6 @@ class InstanceRef:
 # --since
 
 
-_RELATIVE = re.compile(r"(\d+)\s*([mhdw])")
-_UNITS = {"m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
 
 
 def parse_since(text: str, now: dt.datetime | None = None) -> dt.datetime:
@@ -108,8 +107,8 @@ def parse_since(text: str, now: dt.datetime | None = None) -> dt.datetime:
     machine's local time."""
     now = now or dt.datetime.now()
     value = text.strip()
-    if match := _RELATIVE.fullmatch(value.lower()):
-        return now - dt.timedelta(**{_UNITS[match[2]]: int(match[1])})
+    if span := as_span(value):
+        return now - span
     try:
         since = dt.datetime.fromisoformat(value)
     except ValueError:

@@ -38,7 +38,6 @@ import contextlib
 import dataclasses
 import datetime as dt
 import os
-import re
 import sqlite3
 from pathlib import Path
 
@@ -49,18 +48,6 @@ BUSY_TIMEOUT = 15.0  # seconds: the node's transactions are milliseconds long
 #: How soon a running node takes up what ``retry`` made due (its sender's longest idle
 #: wait; its screener's is shorter).
 PICKED_UP_WITHIN = 30
-
-_DURATION = re.compile(r"(\d+)\s*([smhdw])")
-_UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
-
-
-def parse_duration(text: str, option: str) -> dt.timedelta:
-    """``30m``, ``1h``, ``7d``, ``2w`` (or ``90s``) for ``option``; ValueError otherwise."""
-    match = _DURATION.fullmatch(text.strip().lower())
-    if not match or int(match[1]) == 0:
-        raise ValueError(f"{option} {text!r}: expected a span such as 30m, 1h, 7d or 2w")
-    return dt.timedelta(**{_UNITS[match[2]]: int(match[1])})
-
 
 @dataclasses.dataclass
 class FailedInstance:
