@@ -97,6 +97,15 @@ def test_rerun_with_the_same_name_resumes(trained_run, caplog):
     assert "resuming: phase 1 already done" in caplog.text
 
 
+def test_a_run_resumed_with_another_recipe_is_refused(trained_run, capsys):
+    _, _, run_dir, args = trained_run
+    before = (run_dir / "config.json").read_text()
+    assert main([*args, "--feature-block", "12"]) == 2
+    error = capsys.readouterr().err
+    assert "was started with feature_block = 14" in error and "--run-name" in error
+    assert (run_dir / "config.json").read_text() == before  # its record is left as it was
+
+
 def test_evaluate_writes_one_report_over_several_sets(trained_run, tmp_path):
     _, data, run_dir, _ = trained_run
     other = make_dataset(tmp_path / "other", n_per_class=6)  # never trained on
@@ -216,7 +225,8 @@ def multi_source_run(tmp_path_factory):
     assert main(["train", str(kids), str(adults), "--calibrate-on", str(calibration),
                  "--out", str(root / "runs"), "--run-name", "multi", "--backbone-weights",
                  "random", "--image-size", "71", "--head-epochs", "1", "--fine-tune-blocks", "0",
-                 "--batch-size", "8", "--val-fraction", "0.3", "--normalization", "clahe"]) == 0
+                 "--batch-size", "8", "--val-fraction", "0.3", "--normalization", "clahe",
+                 "--feature-block", "12"]) == 0
     return root, root / "runs" / "multi"
 
 
@@ -236,6 +246,30 @@ def test_card_records_every_source_and_what_chose_the_threshold(multi_source_run
     assert list(card["validation_by_set"]) == ["kids", "adults", "shift"]
     assert set(card["input_gate"]["false_rejection_validation_by_source"]) == {"kids", "adults"}
     assert card["input"]["normalization"] == "clahe"
+
+
+def test_a_backbone_ending_early_is_what_the_bundle_runs(multi_source_run):
+    """--feature-block 12: the saved network ends at block 12 (the middle flow's 728
+    channels), the card says so, and the heatmap is that block's class activation map."""
+    import keras
+
+    from pneumo.models import backbone_of, feature_block_of
+    from pneumo.predictor import Predictor
+
+    _, run_dir = multi_source_run
+    card = json.loads((run_dir / "bundle" / "card.json").read_text())
+    assert "up to block 12 of 14" in card["description"]
+    assert "block 12's output" in card["head"]
+    model = keras.models.load_model(run_dir / "bundle" / "model.keras", compile=False)
+    assert feature_block_of(model) == 12
+    assert backbone_of(model).output.shape[-1] == 728
+    predictor = Predictor.from_bundle(run_dir / "bundle")
+    image = np.random.default_rng(0).integers(0, 256, (71, 71), dtype=np.uint8)
+    prediction = predictor.predict(image, heatmap=True)
+    # the map at block 12's resolution (stride 16), twice as fine as block 14's
+    assert prediction.heatmap.shape == tuple(backbone_of(model).output.shape[1:3])
+    assert 0.0 <= prediction.heatmap.min() <= prediction.heatmap.max() <= 1.0
+    assert 0.0 <= prediction.probability <= 1.0
 
 
 def test_evaluate_rebuilds_every_sources_validation_part(multi_source_run, tmp_path):

@@ -80,6 +80,13 @@ def build_parser() -> argparse.ArgumentParser:
                             "without it Keras downloads the weights, which needs internet. "
                             "'random' starts from random weights (smoke tests only)")
     train.add_argument("--image-size", type=int, default=IMAGE_SIZE, help="model input side")
+    from .models import FIRST_FEATURE_BLOCK, N_BLOCKS
+
+    train.add_argument("--feature-block", type=int, default=defaults.feature_block,
+                       choices=range(FIRST_FEATURE_BLOCK, N_BLOCKS + 1), metavar="N",
+                       help=f"the head reads the output of Xception block N "
+                            f"({FIRST_FEATURE_BLOCK}-{N_BLOCKS}; 14 is the last, 12 the end of "
+                            "the middle flow); the network ends there")
     train.add_argument("--seed", type=int, default=defaults.seed, help="seed for split and training")
     train.add_argument("--validation-design", choices=["patient", "block"],
                        default=defaults.validation_design,

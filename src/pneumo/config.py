@@ -73,6 +73,9 @@ class TrainConfig:
     backbone_weights: str | None = None
     image_size: int = IMAGE_SIZE
     normalization: str = "none"  # intensity normalisation, see preprocessing.NORMALIZATIONS
+    # The head reads the output of this Xception block (14: the last; 12: the end of the
+    # middle flow), see models.truncate.
+    feature_block: int = 14
     seed: int = 1337
     validation_design: str = "patient"  # "patient" or "block"
     val_fraction: float = 0.2

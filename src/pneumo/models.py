@@ -4,6 +4,11 @@ helpers that freeze, unfreeze and re-wire it.
 The head is global average pooling -> dropout -> one logit. With that head the
 class activation map (features . logit weights) is *exactly* the logit's
 spatial decomposition, so the heatmap costs no second pass (see ``explain.py``).
+
+The backbone may end early, at the output of an earlier block than the last
+(``feature_block``): the middle flow's features generalise to other hospitals
+better than the exit flow's, which are the most specific to ImageNet's objects
+(docs/training.md, "Which depth").
 """
 
 from __future__ import annotations
@@ -20,8 +25,10 @@ from .preprocessing import input_layers
 log = logging.getLogger(__name__)
 
 BACKBONE_NAME = "xception"
-#: Xception has 14 blocks; fine-tuning "the top n" unfreezes blocks 15-n..14.
+#: Xception has 14 blocks: 1-4 the entry flow, 5-12 the middle flow, 13-14 the exit flow.
+#: Blocks 2-13 end in a residual addition; their outputs are where a backbone may end.
 N_BLOCKS = 14
+FIRST_FEATURE_BLOCK = 2
 
 
 class BackboneWeightsError(RuntimeError):
@@ -44,8 +51,30 @@ def resolve_backbone_weights(path: str | None) -> str:
     return "imagenet"
 
 
-def build_backbone(image_size: int, weights: str | None):
-    """ImageNet Xception without its top, from a local file or Keras' download."""
+def build_backbone(image_size: int, weights: str | None, feature_block: int = N_BLOCKS):
+    """ImageNet Xception without its top, from a local file or Keras' download, ending at
+    the output of block ``feature_block``."""
+    return truncate(_full_backbone(image_size, weights), feature_block)
+
+
+def truncate(backbone, feature_block: int):
+    """``backbone`` up to the output of block ``feature_block`` (the same layers, weights
+    shared): block 14's is the backbone's own output, blocks 2-13's their residual sums."""
+    import keras
+
+    if not FIRST_FEATURE_BLOCK <= feature_block <= N_BLOCKS:
+        raise ValueError(f"feature block {feature_block}: expected "
+                         f"{FIRST_FEATURE_BLOCK} to {N_BLOCKS}")
+    if feature_block == N_BLOCKS:
+        return backbone
+    # Keras numbers the names of Add layers per process ("add_7"), so the residual sums
+    # are found by their order, which is the blocks' order
+    sums = [layer for layer in backbone.layers if isinstance(layer, keras.layers.Add)]
+    return keras.Model(backbone.input, sums[feature_block - FIRST_FEATURE_BLOCK].output,
+                       name=BACKBONE_NAME)
+
+
+def _full_backbone(image_size: int, weights: str | None):
     import keras
 
     source = resolve_backbone_weights(weights)
@@ -71,15 +100,16 @@ def build_backbone(image_size: int, weights: str | None):
 
 
 def build_model(image_size: int = IMAGE_SIZE, backbone_weights: str | None = None,
-                dropout: float = 0.3):
-    """The inference model: uint8 grayscale ``(S, S, 1)`` -> one logit for PNEUMONIA.
+                dropout: float = 0.3, feature_block: int = N_BLOCKS):
+    """The inference model: uint8 grayscale ``(S, S, 1)`` -> one logit for PNEUMONIA,
+    from the features at the output of Xception's block ``feature_block``.
 
     The backbone is called with ``training=False`` so its BatchNormalization
     layers stay in inference mode, even while its top blocks are fine-tuned.
     """
     import keras
 
-    backbone = build_backbone(image_size, backbone_weights)
+    backbone = build_backbone(image_size, backbone_weights, feature_block)
     backbone.trainable = False
     pixels = keras.Input((image_size, image_size, 1), dtype="uint8", name="pixels")
     features = backbone(input_layers(pixels), training=False)
@@ -122,8 +152,14 @@ def backbone_of(model):
     return model.get_layer(BACKBONE_NAME)
 
 
+def feature_block_of(model) -> int:
+    """The last Xception block in ``model``'s backbone (14 unless it ends early)."""
+    return max(int(match.group(1)) for layer in backbone_of(model).layers
+               if (match := re.match(r"block(\d+)_", layer.name)))
+
+
 def set_trainable_blocks(model, n_blocks: int) -> int:
-    """Unfreeze the top ``n_blocks`` Xception blocks (their residual convs too).
+    """Unfreeze the top ``n_blocks`` blocks of the backbone (their residual convs too).
 
     BatchNormalization layers stay frozen. Returns the number of trainable
     backbone weights.
@@ -134,7 +170,7 @@ def set_trainable_blocks(model, n_blocks: int) -> int:
     backbone.trainable = n_blocks > 0
     if n_blocks <= 0:
         return 0
-    first_block = N_BLOCKS - n_blocks + 1
+    first_block = feature_block_of(model) - n_blocks + 1
     start = 0
     for index, layer in enumerate(backbone.layers):
         match = re.match(r"block(\d+)_", layer.name)

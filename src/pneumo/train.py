@@ -32,7 +32,8 @@ from .data import DataError, discover, limit_per_class, load_images, make_datase
     merge_duplicates, source_name, split_by_block, split_by_patient, subgroups
 from .gate import GATE_FILE, fit_gate
 from .metrics import screening_metrics
-from .models import build_model, head_only, resolve_backbone_weights, set_trainable_blocks, training_model
+from .models import (N_BLOCKS, build_model, head_only, resolve_backbone_weights,
+                     set_trainable_blocks, training_model)
 from .preprocessing import PREPROCESSING_DESCRIPTION, PREPROCESSING_VERSION
 
 log = logging.getLogger(__name__)
@@ -274,11 +275,13 @@ def _model_card(config: TrainConfig, command: str, run_name: str, metrics: dict,
     validation_by_set = metrics.pop("by_set")
     how = (f"its top {config.fine_tune_blocks} blocks fine-tuned" if config.fine_tune_blocks
            else "frozen, with a head trained on its features")
+    depth = ("" if config.feature_block == N_BLOCKS
+             else f" up to block {config.feature_block} of {N_BLOCKS}")
     return {
         "name": "pneumo-xception",
         "version": f"{__version__}+{run_name}",
         "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        "description": f"Xception (ImageNet), {how}, telling NORMAL from PNEUMONIA on frontal "
+        "description": f"Xception (ImageNet){depth}, {how}, telling NORMAL from PNEUMONIA on frontal "
                        "chest X-rays (" + ", ".join(data_summary["sources"]) + ").",
         "class_names": list(CLASS_NAMES),
         "positive_class": CLASS_NAMES[1],
@@ -286,7 +289,8 @@ def _model_card(config: TrainConfig, command: str, run_name: str, metrics: dict,
                   "value_range": [0, 255], "preprocessing": PREPROCESSING_DESCRIPTION,
                   "preprocessing_version": PREPROCESSING_VERSION,
                   "normalization": config.normalization},
-        "head": "global average pooling -> dropout -> dense(1) logit; heatmap = class activation map",
+        "head": f"global average pooling of block {config.feature_block}'s output -> dropout -> "
+                "dense(1) logit; heatmap = class activation map",
         "threshold": metrics["threshold"],
         "threshold_method": metrics["threshold_method"],
         "calibration": {"method": "temperature scaling with bias (Platt): "
@@ -312,6 +316,39 @@ def _model_card(config: TrainConfig, command: str, run_name: str, metrics: dict,
     }
 
 
+#: What phase 1 depends on: a run folder resumed with another value of one of these
+#: would mix two recipes (or fail to load the head's weights), so it is refused.
+RECIPE_FIELDS = ("data_dir", "extra_sources", "image_size", "normalization", "feature_block",
+                 "seed", "validation_design", "val_fraction", "balance", "dropout",
+                 "label_smoothing", "limit_per_class")
+
+
+def _recipe(config: dict) -> dict:
+    """The fields of ``RECIPE_FIELDS`` in ``config``, folders resolved however spelled."""
+    recipe = {field: config[field] for field in RECIPE_FIELDS if field in config}
+    for field in ("data_dir", "extra_sources"):
+        if field in recipe:
+            folders = recipe[field] if isinstance(recipe[field], list) else [recipe[field]]
+            recipe[field] = [str(Path(folder).resolve()) for folder in folders]
+    return recipe
+
+
+def _check_resumable(run_dir: Path, config: TrainConfig) -> None:
+    """Refuse to resume ``run_dir`` with a recipe other than the one it was started with."""
+    if not (run_dir / "head.weights.h5").exists():
+        return  # nothing trained yet: the run starts afresh
+    try:
+        started = json.loads((run_dir / "config.json").read_text())
+    except (OSError, ValueError):
+        return  # no readable record to compare with
+    before, now = _recipe(started), _recipe(config.to_dict())
+    changed = [field for field in before if before[field] != now[field]]
+    if changed:
+        was = ", ".join(f"{field} = {started[field]!r}" for field in changed)
+        raise ValueError(f"run folder {run_dir} was started with {was}: resume it with the "
+                         "same options, or give another --run-name")
+
+
 def run_training(config: TrainConfig, command: str = "") -> Path:
     """Train, calibrate, evaluate on validation and write the run folder. Returns it."""
     import keras
@@ -323,6 +360,7 @@ def run_training(config: TrainConfig, command: str = "") -> Path:
     run_name = config.run_name or dt.datetime.now().strftime("%Y%m%d-%H%M%S")
     run_dir = Path(config.out_dir) / run_name
     run_dir.mkdir(parents=True, exist_ok=True)
+    _check_resumable(run_dir, config)
     (run_dir / "config.json").write_text(json.dumps({**config.to_dict(), "command": command},
                                                     indent=2) + "\n")
     log.info("split by %s: %d training images (%d patients), %d validation (%d patients)",
@@ -336,7 +374,8 @@ def run_training(config: TrainConfig, command: str = "") -> Path:
             "w_train": sample_weights(train, config.balance),
             "x_val": x_val, "y_val": np.array([s.label for s in val]),
             "w_val": sample_weights(val, config.balance)}
-    model = build_model(config.image_size, config.backbone_weights, config.dropout)
+    model = build_model(config.image_size, config.backbone_weights, config.dropout,
+                        config.feature_block)
 
     timings = {}
     t0 = time.monotonic()
