@@ -64,7 +64,7 @@ def photo() -> np.ndarray:
 @pytest.fixture(scope="module")
 def ports() -> dict[str, int]:
     """The nodes' ports, known before Orthanc starts (its configuration names them)."""
-    return {"pneumo": free_port(), "restarting": free_port()}
+    return {"pneumo": free_port(), "restarting": free_port(), "limited": free_port()}
 
 
 @pytest.fixture(scope="module")
@@ -429,6 +429,84 @@ def test_a_spool_that_cannot_write_answers_out_of_resources(tmp_path):
         spool.close()
 
 
+def test_one_association_past_the_limit_is_rejected_as_transient_and_logged(tmp_path, caplog):
+    """The SCP alone, in this process, with --max-associations 2: two associations open,
+    a third is rejected as transient ("local limit exceeded") and the node says why; once
+    one closes, the next is served."""
+    import logging
+
+    from pneumo.dicom_node.scp import StorageSCP
+    from pneumo.dicom_node.spool import Spool
+
+    caplog.set_level(logging.WARNING, "pneumo.dicom_node")
+    spool = Spool(tmp_path, "test")
+    scp = StorageSCP(spool, "PNEUMO", [TEST_SCU], max_associations=2)
+    port = free_port()
+    scp.start("127.0.0.1", port)
+    held = []
+    try:
+        held = [associate(port) for _ in range(2)]
+        assert all(assoc.is_established for assoc in held)
+        third = associate(port)
+        assert third.is_rejected
+        rejection = third.acceptor.primitive
+        assert (rejection.result, rejection.result_source, rejection.diagnostic) == \
+            (0x02, 0x03, 0x02)  # transient, presentation related, local limit exceeded
+        wait_for(lambda: "serves 2 association(s), its limit (--max-associations)"
+                 in caplog.text, 60, "the node's line about the rejection")
+        held.pop().release()
+        wait_for(lambda: echo(port) == 0x0000, 60, "an association once one closed")
+    finally:
+        for assoc in held:
+            assoc.release()
+        scp.stop()
+        spool.close()
+    assert "not on the allow-list" not in caplog.text
+
+
+@pytest.mark.slow
+def test_orthanc_past_the_association_limit_is_refused_and_can_send_again(orthanc, ports,
+                                                                          tmp_path):
+    """What docs/integration.md tells the operator: Orthanc, refused as one association
+    too many, marks its job failed (it does not try again by itself); sent again once an
+    association is free, the image is kept. The SCP alone, in this process."""
+    import urllib.error
+
+    from pneumo.dicom_node.scp import StorageSCP
+    from pneumo.dicom_node.spool import Spool
+
+    spool = Spool(tmp_path, "test")
+    scp = StorageSCP(spool, "PNEUMO", ["ORTHANC", TEST_SCU], max_associations=1)
+    scp.start("127.0.0.1", ports["limited"])
+    try:
+        held = associate(ports["limited"])
+        assert held.is_established
+        uploaded, = [orthanc.upload(study_image(synthetic_xray(12, size=(64, 64))))]
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            orthanc.send("limited", [uploaded["ID"]])
+        assert "Association Rejected" in refused.value.read().decode()
+        assert spool.counts() == {"undelivered": 0}
+        held.release()
+        wait_for(lambda: echo(ports["limited"]) == 0x0000, 60, "a free association")
+        orthanc.send("limited", [uploaded["ID"]])
+        assert spool.counts() == {"received": 1, "undelivered": 0}
+    finally:
+        scp.stop()
+        spool.close()
+
+
+def test_the_association_limit_is_checked_and_its_default_documented():
+    from pneumo.cli import build_parser
+    from pneumo.dicom_node.scp import MAX_ASSOCIATIONS, check_max_associations
+
+    listen = build_parser().parse_args(["dicom-listen", "--results-to", "PACS@127.0.0.1:104"])
+    assert listen.max_associations == MAX_ASSOCIATIONS == 10  # pynetdicom's, as the docs say
+    assert check_max_associations(1) == 1
+    for wrong in (0, -1, True, 2.5):
+        with pytest.raises(ValueError, match="expected 1 or more"):
+            check_max_associations(wrong)
+
+
 @pytest.mark.slow
 def test_a_result_the_pacs_refused_is_delivered_on_a_later_try_once(tmp_path, caplog):
     """The sender alone, in this process, against a recording SCP that first rejects the
@@ -633,6 +711,10 @@ def test_destination_addresses_are_checked():
     (["--results-to", "ORTHANC@127.0.0.1:4242", "--calling-aets", "X" * 17],
      "not a valid AE title"),
     (["--results-to", "ORTHANC@127.0.0.1:4242", "--port", "70000"], "--port 70000: expected"),
+    (["--results-to", "ORTHANC@127.0.0.1:4242", "--max-associations", "0"],
+     "--max-associations 0: expected 1 or more"),
+    (["--results-to", "ORTHANC@127.0.0.1:4242", "--max-associations", "-3"],
+     "--max-associations -3: expected 1 or more"),
 ])
 def test_a_wrong_address_or_ae_title_is_one_line_not_a_traceback(arguments, message, capsys):
     from pneumo.cli import main

@@ -230,6 +230,9 @@ def build_parser() -> argparse.ArgumentParser:
     listen.add_argument("--calling-aets", nargs="+", default=None, metavar="AET",
                         help="accept associations only from these calling AE titles "
                              "(default: any)")
+    listen.add_argument("--max-associations", type=int, default=10, metavar="N",
+                        help="serve at most N associations at once; one more is rejected as "
+                             "transient (local limit exceeded) and logged (default: 10)")
     listen.add_argument("--no-overlay", dest="overlay", action="store_false",
                         help="send the SR only, without the Secondary Capture with the "
                              "heatmap")
@@ -424,7 +427,8 @@ def _dicom_listen(args) -> int:
     return run(host=args.host, port=args.port, ae_title=args.ae_title,
                results_to=args.results_to, model=args.model, calling_aets=args.calling_aets,
                overlay=args.overlay, data_dir=args.data_dir,
-               overdue_after=parse_span(args.overdue_after, "--overdue-after"))
+               overdue_after=parse_span(args.overdue_after, "--overdue-after"),
+               max_associations=args.max_associations)
 
 
 def _dicom_spool(args) -> int:

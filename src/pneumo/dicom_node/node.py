@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pydicom
 
-from .scp import StorageSCP
+from .scp import MAX_ASSOCIATIONS, StorageSCP, check_max_associations
 from .screener import Screener
 from .sender import Destination, Sender, check_ae_title
 from .spool import OVERDUE_AFTER, Spool, describe_age, now_utc
@@ -37,7 +37,8 @@ def is_loopback(host: str) -> bool:
 
 def run(*, host: str, port: int, ae_title: str, results_to: str, model: str | None = None,
         calling_aets: list[str] | None = None, overlay: bool = True,
-        data_dir: str | Path | None = None, overdue_after: dt.timedelta = OVERDUE_AFTER) -> int:
+        data_dir: str | Path | None = None, overdue_after: dt.timedelta = OVERDUE_AFTER,
+        max_associations: int = MAX_ASSOCIATIONS) -> int:
     """Run the node until SIGTERM or SIGINT; returns the exit status (1: a worker thread
     died)."""
     from ..dicom_results import screen_dicom
@@ -48,6 +49,7 @@ def run(*, host: str, port: int, ae_title: str, results_to: str, model: str | No
 
     if not 0 < port < 65536:  # the socket would raise OverflowError, after the model loads
         raise ValueError(f"--port {port}: expected 1 to 65535")
+    check_max_associations(max_associations)
     check_ae_title(ae_title)
     calling_aets = [check_ae_title(title) for title in calling_aets or []]
     destination = Destination.parse(results_to)
@@ -83,7 +85,8 @@ def run(*, host: str, port: int, ae_title: str, results_to: str, model: str | No
                         stop, screen_wake, on_screened=send_wake.set)
     sender = Sender(spool, destination, ae_title, stop, send_wake, on_delivered=delivered,
                     overdue_after=overdue_after)
-    scp = StorageSCP(spool, ae_title, calling_aets, on_received=screen_wake.set)
+    scp = StorageSCP(spool, ae_title, calling_aets, on_received=screen_wake.set,
+                     max_associations=max_associations)
 
     def request_stop(signum, frame) -> None:
         log.info("%s received: stopping", signal.Signals(signum).name)
@@ -101,9 +104,10 @@ def run(*, host: str, port: int, ae_title: str, results_to: str, model: str | No
         screener.start()
         sender.start()
         counts = spool.counts()
-        log.info("listening as %s on %s:%d with %s %s; results to %s (overlay %s); calling AE "
-                 "titles: %s; spool %s (%d to screen, %d results to deliver, %d failed; "
-                 "overdue after %s)", ae_title, host, port, predictor.name, predictor.version,
+        log.info("listening as %s on %s:%d (at most %d associations at once) with %s %s; "
+                 "results to %s (overlay %s); calling AE titles: %s; spool %s (%d to screen, "
+                 "%d results to deliver, %d failed; overdue after %s)", ae_title, host, port,
+                 max_associations, predictor.name, predictor.version,
                  destination, "on" if overlay else "off", ", ".join(calling_aets) or "any",
                  spool.root, counts.get("received", 0), counts.get("undelivered", 0),
                  counts.get("failed", 0), describe_age(overdue_after.total_seconds()))
