@@ -404,6 +404,8 @@ def test_no_spool_is_one_line_and_nothing_is_created(tmp_path):
     (["status", "--overdue-after", "soon"], "--overdue-after 'soon': expected a span"),
     (["purge", "--results-older-than", "0d"], "--results-older-than '0d': expected a span"),
     (["status", "--limit", "-1"], "--limit -1: expected 0 or more"),
+    (["status", "--overdue-after", "99999999999w"], "--overdue-after '99999999999w': expected"),
+    (["purge", "--results-older-than", "9" * 5000 + "d"], "expected a span"),
 ])
 def test_wrong_arguments_are_one_line(filled, arguments, message):
     one_line_error(dicom_spool(filled.data_dir, *arguments), message)
@@ -460,7 +462,9 @@ def test_spans_and_ages():
     assert parse_span("90s", "x") == dt.timedelta(seconds=90)
     assert parse_span(" 7D ", "x") == dt.timedelta(days=7)
     assert parse_span("2w", "x") == dt.timedelta(weeks=2)
-    for wrong in ("", "1", "h", "1.5h", "-1h", "1y", "0h"):
+    assert parse_span("36500d", "x") == dt.timedelta(days=36500)
+    for wrong in ("", "1", "h", "1.5h", "-1h", "1y", "0h", "36501d", "5300w", "99999999999w",
+                  "9" * 5000 + "s"):
         with pytest.raises(ValueError):
             parse_span(wrong, "--x")
     assert [describe_age(s) for s in (0, 59, 60, 3600, 3660, 86400, 90000)] == \
