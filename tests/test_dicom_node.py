@@ -9,6 +9,7 @@ the parts alone (the SCP on a broken spool, addresses, the command's errors) are
 
 from __future__ import annotations
 
+import datetime as dt
 import io
 import signal
 import sqlite3
@@ -663,6 +664,65 @@ def test_a_worker_that_dies_stops_the_node_with_status_1(tmp_path, tiny_bundle, 
                     data_dir=tmp_path) == 1
     assert [hook.thread.name for hook in died] == ["pneumo-sender"]
     assert "pneumo-sender stopped on an unexpected error" in caplog.text
+
+
+def test_a_running_node_whose_screener_hangs_logs_the_waiting_image_at_error(
+        tmp_path, tiny_bundle, monkeypatch, caplog, node_settings_restored):
+    """``node.run`` in this process, its screening hung on the first image: the image is
+    acknowledged, and once it has waited --overdue-after (1 s here) the node's own loop
+    logs it at ERROR, by its tag, while the screener is still stuck."""
+    import logging
+    import os
+    import threading
+
+    from pneumo import dicom_results
+    from pneumo.dicom_node import node
+    from pneumo.dicom_node.spool import uid_hash
+
+    release = threading.Event()
+
+    def hung(predictor, data, overlay=True):
+        release.wait(120)
+        raise TimeoutError("the model hung")
+
+    monkeypatch.setattr(dicom_results, "screen_dicom", hung)
+    monkeypatch.setattr(node, "WATCH_INTERVAL", 0.2)
+    caplog.set_level(logging.INFO, "pneumo.dicom_node")
+    port = free_port()
+    ds = make_dataset(synthetic_xray(13, size=(32, 32)))
+    ds.StudyInstanceUID, ds.SeriesInstanceUID = uid.generate_uid(), uid.generate_uid()
+    tag = f"[{uid_hash(ds.SOPInstanceUID)[:10]}]"
+    answers = []
+
+    def overdue_lines():
+        return [r.getMessage() for r in caplog.records
+                if r.levelno == logging.ERROR and "still not screened" in r.getMessage()]
+
+    def pacs():
+        try:
+            wait_for(lambda: "listening as" in caplog.text, 120, "the node to listen")
+            assoc = associate(port, contexts=[DX_STORAGE])
+            try:
+                answers.append(assoc.send_c_store(ds).Status)
+            finally:
+                assoc.release()
+            wait_for(overdue_lines, 60, "the node's ERROR line")
+        finally:
+            release.set()
+            os.kill(os.getpid(), signal.SIGTERM)  # the node's own handler: a graceful stop
+
+    sender = threading.Thread(target=pacs, daemon=True)
+    sender.start()
+    status = node.run(host="127.0.0.1", port=port, ae_title="PNEUMO",
+                      results_to="PACS@127.0.0.1:1", model=str(tiny_bundle),
+                      data_dir=tmp_path, overdue_after=dt.timedelta(seconds=1))
+    sender.join(60)
+    assert status == 0 and answers == [0x0000]
+    line, = overdue_lines()
+    assert line.startswith("1 instance(s) still not screened more than 1 s after they "
+                           f"arrived (oldest: #1 {tag}, ")
+    assert f"the screener has been on #1 {tag} for " in line
+    assert str(ds.SOPInstanceUID) not in caplog.text
 
 
 def test_a_screening_bug_quoting_a_header_value_logs_no_identifier(tmp_path, caplog):

@@ -116,6 +116,8 @@ def test_status_as_json_for_monitoring(filled):
     status = json.loads(run.stdout)
     assert status["instances"] == {"received": 1, "screened": 1, "done": 1, "failed": 1}
     assert status["results"] == {"waiting": 2, "overdue": 0, "delivered": 1}
+    assert status["screening"] == {"waiting": 1, "overdue": 0}
+    assert status["overdue_to_screen"] == []
     assert [row["tag"] for row in status["failed"]] == [filled.failed.tag]
     assert [row["attempts"] for row in status["waiting"]] == [1, 0]
     assert status["oldest_waiting"] == f"{filled.to_screen.tag}, to be screened"
@@ -142,6 +144,40 @@ def test_results_waiting_past_the_threshold_are_overdue(filled):
         in run.stdout
     later = dicom_spool(filled.data_dir, "status", "--overdue-after", "3h", "--json")
     assert json.loads(later.stdout)["results"]["overdue"] == 0
+
+
+def test_an_instance_waiting_to_be_screened_past_the_threshold_needs_attention(tmp_path):
+    """The screener stuck or far behind: what waits to be screened an hour after it
+    arrived makes status exit 1 and is listed by its tag, as results overdue are."""
+    from pneumo.dicom_node.spool import Spool
+
+    uids = [uid.generate_uid() for _ in range(2)]
+    spool = Spool(tmp_path, "test")
+    try:
+        waiting = [spool.receive(b"image %d" % n, uids[n]).instance for n in range(2)]
+    finally:
+        spool.close()
+    fresh = dicom_spool(tmp_path, "status")
+    assert fresh.returncode == 0, fresh  # waiting, but not for long: nothing to see to
+    assert "instances: 2 to screen, 0 with results waiting" in fresh.stdout
+
+    backdate(tmp_path, waiting[0].id, hours=2)
+    late = dicom_spool(tmp_path, "status")
+    assert late.returncode == 1, late
+    assert "instances: 2 to screen (1 overdue: arrived more than 1 h ago), 0 with results " \
+           "waiting, 0 done, 0 failed" in late.stdout
+    assert f"not screened more than 1 h after they arrived (the screener is stuck on one, " \
+           f"or far behind; see the node's log):\n  {waiting[0].tag}  arrived 2 h ago" \
+        in late.stdout
+    assert waiting[1].tag not in late.stdout.split("not screened more than")[1]
+    assert f"oldest waiting: 2 h ({waiting[0].tag}, to be screened)" in late.stdout
+    as_json = json.loads(dicom_spool(tmp_path, "status", "--json").stdout)
+    assert as_json["screening"] == {"waiting": 2, "overdue": 1}
+    assert [row["tag"] for row in as_json["overdue_to_screen"]] == [waiting[0].tag]
+    patient = dicom_spool(tmp_path, "status", "--overdue-after", "3h")
+    assert patient.returncode == 0 and "overdue" not in patient.stdout.split("\n")[1]
+    for value in uids:
+        assert value not in late.stdout + json.dumps(as_json)
 
 
 def test_status_lists_at_most_limit_rows_but_counts_them_all(filled):
@@ -312,7 +348,8 @@ def test_the_command_and_a_writing_node_share_the_database(filled):
     assert not errors
     assert all(run.stderr == "" for run in runs), runs
     status = json.loads(runs[3].stdout)
-    needs_attention = bool(status["failed"] or status["results"]["overdue"])
+    needs_attention = bool(status["failed"] or status["results"]["overdue"]
+                           or status["screening"]["overdue"])
     assert [run.returncode for run in runs] == [1, 0, 0, int(needs_attention), 0], runs
     assert len(received) > 10  # the node kept writing throughout
     # every row that names a file has it, and every file has its row
@@ -384,6 +421,91 @@ def test_the_sender_logs_an_overdue_result_at_error_once(tmp_path, monkeypatch, 
     assert len(overdue_lines()) == 2
     for value in (*uids, *(str(ds.SOPInstanceUID) for ds in results)):
         assert value not in caplog.text
+
+
+def test_a_stuck_screener_is_logged_at_error_once_per_instance_by_a_look_from_outside(
+        tmp_path, caplog):
+    """The screener hangs on its first image. The watch (the node runs it from its own
+    loop) says so at ERROR, once per instance overdue, by tag, with what the screener is
+    on; even while a worker holds the spool's shared lock, since it reads on a
+    connection of its own."""
+    from pneumo.dicom_node.screener import Screener, ScreeningWatch
+    from pneumo.dicom_node.spool import Spool
+
+    caplog.set_level(logging.WARNING, "pneumo.dicom_node")
+    spool = Spool(tmp_path, "test")
+    uids = [uid.generate_uid() for _ in range(3)]
+    instances = [spool.receive(b"image %d" % n, uids[n]).instance for n in range(3)]
+    release = threading.Event()
+
+    def hung(data):
+        release.wait(DEADLINE)
+        raise TimeoutError("the decoder hung")  # then it fails: it leaves the queue
+
+    stop, wake = threading.Event(), threading.Event()
+    screener = Screener(spool, hung, stop, wake)
+    watch = ScreeningWatch(spool, screener, dt.timedelta(hours=1))
+
+    def errors():
+        return [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR
+                and "not screened" in r.getMessage()]
+
+    screener.start()
+    try:
+        wait_for(lambda: screener.current, DEADLINE, "the screener on its first image")
+        watch.look()
+        assert errors() == []  # waiting, but not yet for an hour
+        backdate(tmp_path, instances[0].id, hours=2)
+        backdate(tmp_path, instances[1].id, hours=1.5)
+        with spool._mutex:  # a worker stuck while holding the lock the workers share
+            looking = threading.Thread(target=watch.look)
+            looking.start()
+            looking.join(DEADLINE)
+            assert not looking.is_alive(), "the watch waited on the workers' lock"
+        looking.join()
+        first, = errors()
+        assert re.fullmatch(
+            re.escape(f"2 instance(s) still not screened more than 1 h after they arrived "
+                      f"(oldest: {instances[0].tag}, 2 h); the screener has been on "
+                      f"{instances[0].tag} for ") + r"\d+ s; see pneumo dicom-spool status",
+            first), first
+        watch.look()
+        assert len(errors()) == 1  # once per instance
+        backdate(tmp_path, instances[2].id, hours=3)
+        watch.look()
+        assert errors()[1].startswith(f"1 instance(s) still not screened more than 1 h after "
+                                      f"they arrived (oldest: {instances[2].tag}, 3 h); ")
+        release.set()
+        wait_for(lambda: spool.counts().get("failed") == 3, DEADLINE, "the queue to drain")
+        watch.look()
+        assert len(errors()) == 2
+    finally:
+        release.set()
+        stop.set()
+        wake.set()
+        screener.join(DEADLINE)
+        watch.close()
+        spool.close()
+    for value in uids:
+        assert value not in caplog.text
+
+
+def test_the_watch_says_when_the_screener_is_between_images(tmp_path, caplog):
+    from pneumo.dicom_node.screener import ScreeningWatch
+    from pneumo.dicom_node.spool import Spool
+
+    spool = Spool(tmp_path, "test")
+    watch = ScreeningWatch(spool, None, dt.timedelta(minutes=30))
+    try:
+        instance = spool.receive(b"image", uid.generate_uid()).instance
+        backdate(tmp_path, instance.id, hours=2)
+        with caplog.at_level(logging.ERROR, "pneumo.dicom_node"):
+            watch.look()
+    finally:
+        watch.close()
+        spool.close()
+    assert f"(oldest: {instance.tag}, 2 h); the screener is between images" in caplog.text
+    assert "more than 30 min after they arrived" in caplog.text
 
 
 # -- errors ---------------------------------------------------------------------------

@@ -237,9 +237,10 @@ def build_parser() -> argparse.ArgumentParser:
                         help="send the SR only, without the Secondary Capture with the "
                              "heatmap")
     listen.add_argument("--overdue-after", default="1h", metavar="SPAN",
-                        help="log at ERROR, once, results still undelivered this long after "
-                             "their image arrived (30m, 1h, 1d; default: 1h); the node keeps "
-                             "trying")
+                        help="log at ERROR, once, images still not screened (the screener "
+                             "stuck or far behind) and results still undelivered this long "
+                             "after the image arrived (30m, 1h, 1d; default: 1h); the node "
+                             "keeps working on them")
     _add_data_dir_option(listen, "where the spool is kept, in dicom-node/")
     _add_model_option(listen)
 
@@ -249,24 +250,29 @@ def build_parser() -> argparse.ArgumentParser:
                     "dicom-node), beside a running node or without one. Instances and "
                     "results are named by the tags the node's log uses (#row [hash]), never "
                     "by an identifier. Exit status: 0 done (status: nothing needs "
-                    "attention); 1 status found failed instances or overdue results, or "
-                    "purge listed what it would delete without --yes; 2 an error (no spool, "
+                    "attention); 1 status found failed instances, instances overdue to be "
+                    "screened or overdue results, or purge listed what it would delete without --yes; 2 an error (no spool, "
                     "another user's spool, a busy or unreadable database). Run it as the "
                     "node's user. See docs/integration.md, 'Operating the spool'.")
     actions = spool.add_subparsers(dest="action", metavar="ACTION", required=True)
     status = actions.add_parser(
         "status", help="counts, the oldest wait, failed instances and waiting results",
-        description="Print instances by state, results waiting for delivery (and how many "
-                    "are overdue), how long the oldest waiting image has waited, then each "
-                    "failed instance with its error and each waiting result with its "
-                    "attempts, next try and last error. Exit status 1 when an instance "
-                    "failed or a result is overdue, so that a monitoring check can run it.")
+        description="Print instances by state (and how many wait overdue to be screened), "
+                    "results waiting for delivery (and how many are overdue), how long the "
+                    "oldest waiting image has waited, then each failed instance with its "
+                    "error, each instance overdue to be screened, and each waiting result "
+                    "with its attempts, next try and last error. Exit status 1 when an "
+                    "instance failed, an instance is overdue to be screened (the screener "
+                    "is stuck or far behind) or a result is overdue, so that a monitoring "
+                    "check can run it.")
     status.add_argument("--overdue-after", default="1h", metavar="SPAN",
-                        help="a result undelivered this long after its image arrived is "
-                             "overdue (default: 1h, as the node's)")
+                        help="an instance not yet screened, or a result undelivered, this "
+                             "long after its image arrived is overdue (default: 1h, as the "
+                             "node's)")
     status.add_argument("--limit", type=int, default=20, metavar="N",
-                        help="list at most N failed instances and N waiting results "
-                             "(default: 20; the counts are always whole)")
+                        help="list at most N of each: failed instances, instances overdue "
+                             "to be screened, waiting results (default: 20; the counts are "
+                             "always whole)")
     status.add_argument("--json", action="store_true", help="print JSON instead of text")
     _add_data_dir_option(status, "the node's data folder (its spool is dicom-node/ in it)")
     retry = actions.add_parser(

@@ -2,8 +2,9 @@
 it, beside a running node or without one.
 
 - ``status``: instances by state, results waiting for delivery, the oldest wait, the
-  failed instances and the waiting results with their last error and attempts; named
-  by the tags the node's log uses, never by an identifier or a UID;
+  failed instances, the instances overdue to be screened and the waiting results with
+  their last error and attempts; named by the tags the node's log uses, never by an
+  identifier or a UID;
 - ``retry``: failed instances back in the queue to screen, undelivered results due now
   (an operator who fixed the PACS need not wait out the back-off);
 - ``purge``: failed instances forgotten, their files (patient data) deleted; with an age,
@@ -41,8 +42,9 @@ import os
 import sqlite3
 from pathlib import Path
 
-from .spool import (DATABASE_FILE, FOLDER, MIGRATIONS, OVERDUE_AFTER, SpoolError, Waiting,
-                    _stamp, describe_age, now_utc, row_tag, waiting_results)
+from .spool import (DATABASE_FILE, FOLDER, MIGRATIONS, OVERDUE_AFTER, SpoolError, ToScreen,
+                    Waiting, _stamp, describe_age, now_utc, row_tag, waiting_results,
+                    waiting_to_screen)
 
 BUSY_TIMEOUT = 15.0  # seconds: the node's transactions are milliseconds long
 #: How soon a running node takes up what ``retry`` made due (its sender's longest idle
@@ -75,21 +77,26 @@ class Status:
     delivered: int
     waiting: list[Waiting]  # undelivered results, oldest image first
     failed: list[FailedInstance]
-    oldest_to_screen: tuple[dt.datetime, str] | None  # the oldest image still to screen:
-    # when it arrived, and its tag
+    to_screen: list[ToScreen]  # instances still to be screened, in the screener's order
 
     @property
     def overdue(self) -> list[Waiting]:
         return [w for w in self.waiting if self.now - w.received > self.overdue_after]
 
     @property
+    def overdue_to_screen(self) -> list[ToScreen]:
+        """Instances still not screened ``overdue_after`` after they arrived: the
+        screener is stuck or far behind (the node logs them at ERROR too)."""
+        return [t for t in self.to_screen if self.now - t.received > self.overdue_after]
+
+    @property
     def oldest(self) -> tuple[dt.timedelta, str] | None:
         """The oldest image still waiting, to be screened or for its results to be
         delivered: how long it has waited, and what it waits as (tag and stage)."""
         candidates = []
-        if self.oldest_to_screen:
-            received, tag = self.oldest_to_screen
-            candidates.append((received, f"{tag}, to be screened"))
+        if self.to_screen:
+            first = min(self.to_screen, key=lambda t: t.received)
+            candidates.append((first.received, f"{first.tag}, to be screened"))
         if self.waiting:
             first = self.waiting[0]
             candidates.append((first.received, f"{row_tag(first.instance_id, first.uid_hash)}"
@@ -101,8 +108,9 @@ class Status:
 
     @property
     def needs_attention(self) -> bool:
-        """Failed instances or overdue results: what ``status`` exits 1 for."""
-        return bool(self.failed or self.overdue)
+        """Failed instances, instances overdue to be screened or overdue results: what
+        ``status`` exits 1 for."""
+        return bool(self.failed or self.overdue_to_screen or self.overdue)
 
     def as_dict(self) -> dict:
         """For ``status --json``: the same facts, ages in seconds."""
@@ -111,6 +119,8 @@ class Status:
             "spool": str(self.root),
             "instances": {state: self.states.get(state, 0)
                           for state in ("received", "screened", "done", "failed")},
+            "screening": {"waiting": len(self.to_screen),
+                          "overdue": len(self.overdue_to_screen)},
             "results": {"waiting": len(self.waiting), "overdue": len(self.overdue),
                         "delivered": self.delivered},
             "overdue_after_seconds": self.overdue_after.total_seconds(),
@@ -118,6 +128,8 @@ class Status:
             "oldest_waiting": oldest[1] if oldest else None,
             "failed": [{"tag": f.tag, "age_seconds": self._age(f.received),
                         "error": f.error, "file_kept": f.has_file} for f in self.failed],
+            "overdue_to_screen": [{"tag": t.tag, "age_seconds": self._age(t.received)}
+                                  for t in self.overdue_to_screen],
             "waiting": [{"tag": w.tag, "age_seconds": self._age(w.received),
                          "overdue": self.now - w.received > self.overdue_after,
                          "attempts": w.attempts, "last_error": w.last_error,
@@ -132,18 +144,23 @@ class Status:
         return round((moment - self.now).total_seconds(), 1)
 
     def text(self, limit: int = 20) -> str:
-        """What ``status`` prints: counts, the oldest wait, then the failed instances and
-        the waiting results (at most ``limit`` of each)."""
+        """What ``status`` prints: counts, the oldest wait, then the failed instances, the
+        instances overdue to be screened and the waiting results (at most ``limit`` of
+        each)."""
         s = self.states
         overdue = self.overdue
         late = {w.result_id for w in overdue}
+        overdue_after = describe_age(self.overdue_after.total_seconds())
+        stuck = self.overdue_to_screen
         lines = [
             f"spool: {self.root}",
-            f"instances: {s.get('received', 0)} to screen, {s.get('screened', 0)} with "
-            f"results waiting, {s.get('done', 0)} done, {s.get('failed', 0)} failed",
+            f"instances: {s.get('received', 0)} to screen"
+            + (f" ({len(stuck)} overdue: arrived more than {overdue_after} ago)" if stuck
+               else "")
+            + f", {s.get('screened', 0)} with results waiting, {s.get('done', 0)} done, "
+            f"{s.get('failed', 0)} failed",
             f"results: {len(self.waiting)} waiting for delivery ({len(overdue)} overdue: "
-            f"image arrived more than {describe_age(self.overdue_after.total_seconds())} "
-            f"ago), {self.delivered} delivered",
+            f"image arrived more than {overdue_after} ago), {self.delivered} delivered",
         ]
         oldest = self.oldest
         lines.append(f"oldest waiting: {describe_age(oldest[0].total_seconds())} "
@@ -156,6 +173,12 @@ class Status:
                 lines.append(f"  {f.tag}  arrived {describe_age(self._age(f.received))} ago"
                              f"  error: {f.error or 'unknown'}{kept}")
             lines.extend(_more(len(self.failed), limit))
+        if stuck:
+            lines.append(f"not screened more than {overdue_after} after they arrived (the "
+                         "screener is stuck on one, or far behind; see the node's log):")
+            lines.extend(f"  {t.tag}  arrived {describe_age(self._age(t.received))} ago"
+                         for t in stuck[:limit])
+            lines.extend(_more(len(stuck), limit))
         if self.waiting:
             lines.append("waiting for delivery (oldest first):")
             for w in self.waiting[:limit]:
@@ -339,13 +362,11 @@ class SpoolAdmin:
                 "SELECT state, COUNT(*) FROM instances GROUP BY state").fetchall())
             delivered = db.execute(
                 "SELECT COUNT(*) FROM results WHERE sent IS NOT NULL").fetchone()[0]
-            oldest = db.execute("SELECT received, id, uid_hash FROM instances WHERE state = "
-                                "'received' ORDER BY id LIMIT 1").fetchone()
+            to_screen = waiting_to_screen(db)
             waiting = waiting_results(db)
             failed = self._failed(db)
         return Status(self.root, now_utc(), overdue_after, states, delivered, waiting, failed,
-                      (dt.datetime.fromisoformat(oldest[0]), row_tag(oldest[1], oldest[2]))
-                      if oldest else None)
+                      to_screen)
 
     # -- retry -------------------------------------------------------------------------
 

@@ -14,18 +14,23 @@ import ipaddress
 import logging
 import signal
 import threading
+import time
 from pathlib import Path
 
 import pydicom
 
 from .scp import MAX_ASSOCIATIONS, StorageSCP, check_max_associations
-from .screener import Screener
+from .screener import Screener, ScreeningWatch
 from .sender import Destination, Sender, check_ae_title
 from .spool import OVERDUE_AFTER, Spool, describe_age, now_utc
 
 log = logging.getLogger("pneumo.dicom_node")
 
 JOIN_TIMEOUT = 90  # seconds: an inference, or a C-STORE waiting on its answer
+#: Seconds between the node's looks for instances overdue to be screened (the first one
+#: this long after the start, so that a backlog the screener takes up at once is not
+#: reported).
+WATCH_INTERVAL = 30.0
 
 
 def is_loopback(host: str) -> bool:
@@ -87,6 +92,8 @@ def run(*, host: str, port: int, ae_title: str, results_to: str, model: str | No
                     overdue_after=overdue_after)
     scp = StorageSCP(spool, ae_title, calling_aets, on_received=screen_wake.set,
                      max_associations=max_associations)
+    # from this loop, not the screener's thread: a stuck screener cannot hide itself
+    watch = ScreeningWatch(spool, screener, overdue_after)
 
     def request_stop(signum, frame) -> None:
         log.info("%s received: stopping", signal.Signals(signum).name)
@@ -120,6 +127,7 @@ def run(*, host: str, port: int, ae_title: str, results_to: str, model: str | No
                         "give --calling-aets (and keep the port behind a firewall: an AE "
                         "title is a name, not a password)")
         status = 0
+        next_look = time.monotonic() + WATCH_INTERVAL
         while not stop.wait(0.5):
             # a worker that died (an error its loop does not expect, e.g. a database busy
             # past its timeout) would leave a node that acknowledges images and never
@@ -130,6 +138,9 @@ def run(*, host: str, port: int, ae_title: str, results_to: str, model: str | No
                           "its work waits in the spool for the next start", ", ".join(dead))
                 status = 1
                 break
+            if time.monotonic() >= next_look:
+                watch.look()
+                next_look = time.monotonic() + WATCH_INTERVAL
     finally:
         stop.set()
         scp.stop()
@@ -138,6 +149,7 @@ def run(*, host: str, port: int, ae_title: str, results_to: str, model: str | No
         for thread in (screener, sender):
             if thread.is_alive():
                 thread.join(JOIN_TIMEOUT)
+        watch.close()
         spool.close()
         for signum, handler in previous.items():
             signal.signal(signum, handler)
