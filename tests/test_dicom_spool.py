@@ -228,6 +228,173 @@ def test_nothing_to_retry_says_so(tmp_path):
     assert run.returncode == 0 and run.stdout.startswith("nothing to retry")
 
 
+def rows(data_dir: Path) -> list:
+    """Every row of the spool's database, to see that nothing changed."""
+    with database(data_dir) as db:
+        return db.execute("SELECT * FROM instances ORDER BY id").fetchall() + \
+            db.execute("SELECT * FROM results ORDER BY id").fetchall()
+
+
+def test_retry_with_a_tag_acts_on_that_instance_only(filled):
+    before = {r[0]: r for r in rows(filled.data_dir)[4:]}  # the results' rows
+    run = dicom_spool(filled.data_dir, "retry", "--tag", filled.failed.tag)
+    assert run.returncode == 0, run
+    assert run.stdout.startswith(f"{filled.failed.tag}: back in the queue to screen. A "
+                                 "running node takes them up within 30 s")
+    assert {r[0]: r for r in rows(filled.data_dir)[4:]} == before  # no result made due
+    with database(filled.data_dir) as db:
+        assert db.execute("SELECT id FROM instances WHERE state = 'received' ORDER BY id"
+                          ).fetchall() == [(filled.to_screen.id,), (filled.failed.id,)]
+
+    # pasted from the node's log line
+    pasted = f"instance {filled.waiting.tag}:"
+    run = dicom_spool(filled.data_dir, "retry", "--tag", pasted)
+    assert run.returncode == 0, run
+    assert run.stdout.startswith(f"{filled.waiting.tag}: 2 undelivered result(s) due now.")
+    status = json.loads(dicom_spool(filled.data_dir, "status", "--json").stdout)
+    assert [w["next_try_in_seconds"] for w in status["waiting"]] == [0.0, 0.0]
+
+    for instance, why in ((filled.to_screen, ("it waits to be screened, and the node screens "
+                                              "it in turn")),
+                          (filled.done, "it is done, its results delivered")):
+        run = dicom_spool(filled.data_dir, "retry", "--tag", f"#{instance.id}")
+        assert run.returncode == 0, run
+        assert run.stdout == f"nothing to retry: {instance.tag} ({why})\n"
+
+
+def test_purge_with_a_tag_deletes_that_instance_only(filled):
+    spool = filled.spool()
+    try:
+        other = spool.receive(b"image 9", uid.generate_uid()).instance
+        spool.failed(other, "OSError")
+    finally:
+        spool.close()
+    listed = dicom_spool(filled.data_dir, "purge", "--tag", filled.failed.tag)
+    assert listed.returncode == 1, listed
+    assert listed.stdout.startswith("would delete 1 failed instance(s) and their files:\n"
+                                    f"  {filled.failed.tag}  arrived")
+    assert other.tag not in listed.stdout
+    purged = dicom_spool(filled.data_dir, "purge", "--tag", filled.failed.tag, "--yes")
+    assert purged.returncode == 0, purged
+    assert f"deleted 1 failed instance(s) and their files:\n  {filled.failed.tag}" \
+        in purged.stdout
+    assert filled.files("received") == {filled.to_screen.file.name, filled.waiting.file.name,
+                                        other.file.name}
+
+    # a result's line from status names its instance; its results are given up on
+    result_line = f"{filled.waiting.tag} sr"
+    purged = dicom_spool(filled.data_dir, "purge", "--tag", result_line, "--yes")
+    assert purged.returncode == 0, purged
+    assert purged.stdout.startswith("deleted 1 instance(s) whose results are still "
+                                    "undelivered, with 2 undelivered result(s) and their "
+                                    f"files:\n  {filled.waiting.tag}  arrived")
+    assert filled.files("results") == set()
+    assert filled.files("received") == {filled.to_screen.file.name, other.file.name}
+
+    done = dicom_spool(filled.data_dir, "purge", "--tag", filled.done.tag, "--yes")
+    assert done.returncode == 0, done
+    assert done.stdout.startswith(f"nothing to purge: {filled.done.tag} is done")
+    with database(filled.data_dir) as db:
+        assert db.execute("SELECT id FROM instances ORDER BY id").fetchall() == \
+            [(filled.to_screen.id,), (filled.done.id,), (other.id,)]
+
+
+def test_purge_with_a_tag_takes_an_instance_still_to_be_screened_only_while_no_node_runs(
+        filled):
+    """An image that hangs the screener at every start: the operator stops the node and
+    purges it. While a node runs (its lock held, here by a Spool in this process) it may
+    be screening that very image: refused, nothing changed."""
+    before = rows(filled.data_dir)
+    spool = filled.spool()
+    try:
+        running = dicom_spool(filled.data_dir, "purge", "--tag", filled.to_screen.tag, "--yes")
+    finally:
+        spool.close()
+    assert running.returncode == 2, running
+    assert running.stderr == f"pneumo dicom-spool: error: --tag '{filled.to_screen.tag}': " \
+        f"{filled.to_screen.tag} is still to be screened and a node runs on this spool (it " \
+        "may be screening it now): stop the node, then purge it; nothing changed\n"
+    assert rows(filled.data_dir) == before
+    assert filled.to_screen.file.name in filled.files("received")
+
+    listed = dicom_spool(filled.data_dir, "purge", "--tag", filled.to_screen.tag)
+    assert listed.returncode == 1, listed
+    assert listed.stdout.startswith("would delete 1 instance(s) still to be screened (no node "
+                                    f"runs on this spool) and their files:\n  "
+                                    f"{filled.to_screen.tag}  arrived")
+    purged = dicom_spool(filled.data_dir, "purge", "--tag", filled.to_screen.tag, "--yes")
+    assert purged.returncode == 0, purged
+    assert filled.to_screen.file.name not in filled.files("received")
+    filled.spool().close()  # the node's lock was let go: the node starts again
+    assert json.loads(dicom_spool(filled.data_dir, "status", "--json").stdout)[
+        "instances"]["received"] == 0
+
+
+@pytest.mark.parametrize("action", ["retry", "purge"])
+def test_a_tag_that_names_no_instance_is_one_line_and_changes_nothing(filled, action):
+    wrong_hash = "0" if filled.to_screen.uid_hash[0] != "0" else "1"
+    confirmed = ["--yes"] if action == "purge" else []
+    before = rows(filled.data_dir)
+    for tag, message in [
+        ("#99", ("--tag '#99': no instance #99 in the spool (see pneumo dicom-spool "
+                 "status); nothing changed")),
+        (f"#{filled.to_screen.id} [{wrong_hash}{filled.to_screen.uid_hash[1:10]}]",
+         (f"no such instance in the spool: #{filled.to_screen.id} is another image now "
+          f"({filled.to_screen.tag}); nothing changed")),
+        ("[3f9a0c2b1d]", "expected an instance's tag"),  # a hash without its row
+        ("twelve", ("--tag 'twelve': expected an instance's tag as the node's log and "
+                    "pneumo dicom-spool status print it")),
+        ("", "--tag '': expected an instance's tag"),  # never "every instance"
+    ]:
+        one_line_error(dicom_spool(filled.data_dir, action, "--tag", tag, *confirmed), message)
+    assert rows(filled.data_dir) == before
+
+
+def test_purge_takes_a_tag_or_an_age_not_both(filled):
+    before = rows(filled.data_dir)
+    one_line_error(dicom_spool(filled.data_dir, "purge", "--tag", filled.failed.tag,
+                               "--results-older-than", "7d", "--yes"),
+                   "--tag and --results-older-than: give one or the other")
+    assert rows(filled.data_dir) == before
+
+
+def test_an_old_tag_whose_row_number_came_back_for_another_image_is_refused(filled):
+    """SQLite gives a new row the number after the highest: purge the newest instance and
+    the next image gets its number. The tag an operator kept (with its hash) no longer
+    names it."""
+    spool = filled.spool()
+    try:
+        newest = spool.receive(b"image 8", uid.generate_uid()).instance
+        spool.failed(newest, "OSError")
+    finally:
+        spool.close()
+    assert dicom_spool(filled.data_dir, "purge", "--tag", newest.tag, "--yes").returncode == 0
+    spool = filled.spool()
+    try:
+        again = spool.receive(b"image 7", uid.generate_uid()).instance
+        spool.failed(again, "OSError")
+    finally:
+        spool.close()
+    assert again.id == newest.id and again.tag != newest.tag
+    before = rows(filled.data_dir)
+    one_line_error(dicom_spool(filled.data_dir, "purge", "--tag", newest.tag, "--yes"),
+                   f"#{newest.id} is another image now ({again.tag})")
+    assert rows(filled.data_dir) == before
+
+
+def test_tags_read_as_the_log_and_status_print_them():
+    from pneumo.dicom_node.admin import Tag
+
+    for text in ("#12", "12", " #12 [3F9A0C2B1D] ", "instance #12 [3f9a0c2b1d]:",
+                 "#12 [3f9a0c2b1d] sr", "#12 [3f9a0c2b1d] sc", "#12[3f9a]"):
+        tag = Tag.parse(text)
+        assert tag.row == 12 and tag.hash_start in (None, "3f9a0c2b1d", "3f9a"), text
+    for wrong in ("", "#", "#-1", "12 [xyz]", "#12 [3f9a] extra", "[3f9a0c2b1d]", "#1.5",
+                  "#12 [3f9a0c2b1d] ct", "1" * 19):
+        with pytest.raises(ValueError, match="expected an instance's tag"):
+            Tag.parse(wrong)
+
+
 # -- purge ----------------------------------------------------------------------------
 
 def test_purge_lists_without_yes_and_deletes_failed_instances_with_it(filled):

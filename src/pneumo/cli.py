@@ -249,11 +249,14 @@ def build_parser() -> argparse.ArgumentParser:
         description="See and act on the spool of pneumo dicom-listen ($PNEUMO_DATA_DIR/"
                     "dicom-node), beside a running node or without one. Instances and "
                     "results are named by the tags the node's log uses (#row [hash]), never "
-                    "by an identifier. Exit status: 0 done (status: nothing needs "
+                    "by an identifier; retry and purge act on every row they apply to, or "
+                    "with --tag on one instance. Exit status: 0 done (status: nothing needs "
                     "attention); 1 status found failed instances, instances overdue to be "
-                    "screened or overdue results, or purge listed what it would delete without --yes; 2 an error (no spool, "
-                    "another user's spool, a busy or unreadable database). Run it as the "
-                    "node's user. See docs/integration.md, 'Operating the spool'.")
+                    "screened or overdue results, or purge listed what it would delete "
+                    "without --yes; 2 an error, nothing changed (no spool, another user's "
+                    "spool, a busy or unreadable database, a --tag that names no instance). "
+                    "Run it as the node's user. See docs/integration.md, 'Operating the "
+                    "spool'.")
     actions = spool.add_subparsers(dest="action", metavar="ACTION", required=True)
     status = actions.add_parser(
         "status", help="counts, the oldest wait, failed instances and waiting results",
@@ -280,19 +283,32 @@ def build_parser() -> argparse.ArgumentParser:
         description="Put failed instances back in the queue to screen and make every "
                     "undelivered result due now, instead of after the back-off (up to 5 "
                     "minutes): after fixing what made the PACS refuse, or the bug that "
-                    "made screening fail. A running node takes them up within 30 s, a "
-                    "stopped one at its next start.")
+                    "made screening fail; with --tag, only those of one instance. A running "
+                    "node takes them up within 30 s, a stopped one at its next start. Exit "
+                    "status 2 when --tag names no instance in the spool.")
+    retry.add_argument("--tag", default=None, metavar="TAG",
+                       help="only the instance with this tag, as the node's log and status "
+                            "print it: '#12' or '#12 [3f9a0c2b1d]' (the hash, if given, is "
+                            "checked); default: every failed instance and undelivered result")
     _add_data_dir_option(retry, "the node's data folder (its spool is dicom-node/ in it)")
     purge = actions.add_parser(
         "purge", help="delete failed instances (patient data), and old undelivered results",
         description="Delete the failed instances: their rows and their files, which hold "
                     "patient data. With --results-older-than, also the instances whose "
                     "results are still undelivered that long after their image arrived "
-                    "(the node gives up on them). Without --yes it only lists them and "
-                    "exits 1. An image the PACS sends again afterwards is screened afresh.")
+                    "(the node gives up on them). With --tag, only the one instance named: "
+                    "failed, with undelivered results (whatever their age), or still to be "
+                    "screened while no node runs on the spool. Without --yes it only lists "
+                    "them and exits 1. An image the PACS sends again afterwards is screened "
+                    "afresh. Exit status 2 when --tag names no instance in the spool, or one "
+                    "still to be screened while a node runs.")
     purge.add_argument("--results-older-than", default=None, metavar="SPAN",
                        help="also give up on results undelivered this long after their image "
                             "arrived (e.g. 7d)")
+    purge.add_argument("--tag", default=None, metavar="TAG",
+                       help="only the instance with this tag, as the node's log and status "
+                            "print it: '#12' or '#12 [3f9a0c2b1d]' (the hash, if given, is "
+                            "checked); not with --results-older-than")
     purge.add_argument("--yes", action="store_true", help="delete, not only list")
     _add_data_dir_option(purge, "the node's data folder (its spool is dicom-node/ in it)")
 
@@ -440,7 +456,7 @@ def _dicom_listen(args) -> int:
 def _dicom_spool(args) -> int:
     import json
 
-    from .dicom_node.admin import open_spool
+    from .dicom_node.admin import PURGE_ONE_OR_OLD, Tag, open_spool
     from .spans import parse_span
 
     if args.action == "status":
@@ -450,6 +466,10 @@ def _dicom_spool(args) -> int:
     older_than = None
     if args.action == "purge" and args.results_older_than is not None:
         older_than = parse_span(args.results_older_than, "--results-older-than")
+    # 'is not None': an empty --tag "$TAG" is a mistake, never "every instance"
+    tag = Tag.parse(args.tag) if getattr(args, "tag", None) is not None else None
+    if tag is not None and older_than is not None:
+        raise ValueError(PURGE_ONE_OR_OLD)
     with open_spool(args.data_dir) as spool:
         if args.action == "status":
             status = spool.status(overdue_after)
@@ -457,9 +477,9 @@ def _dicom_spool(args) -> int:
                   else status.text(args.limit))
             return 1 if status.needs_attention else 0
         if args.action == "retry":
-            print(spool.retry().text())
+            print(spool.retry(tag).text())
             return 0
-        purged = spool.purge(older_than, confirmed=args.yes)
+        purged = spool.purge(older_than, confirmed=args.yes, tag=tag)
         print(purged.text())
         return 1 if purged and not purged.done else 0
 
