@@ -9,6 +9,7 @@ the parts alone (the SCP on a broken spool, addresses, the command's errors) are
 
 from __future__ import annotations
 
+import datetime as dt
 import io
 import signal
 import sqlite3
@@ -64,7 +65,7 @@ def photo() -> np.ndarray:
 @pytest.fixture(scope="module")
 def ports() -> dict[str, int]:
     """The nodes' ports, known before Orthanc starts (its configuration names them)."""
-    return {"pneumo": free_port(), "restarting": free_port()}
+    return {"pneumo": free_port(), "restarting": free_port(), "limited": free_port()}
 
 
 @pytest.fixture(scope="module")
@@ -429,6 +430,84 @@ def test_a_spool_that_cannot_write_answers_out_of_resources(tmp_path):
         spool.close()
 
 
+def test_one_association_past_the_limit_is_rejected_as_transient_and_logged(tmp_path, caplog):
+    """The SCP alone, in this process, with --max-associations 2: two associations open,
+    a third is rejected as transient ("local limit exceeded") and the node says why; once
+    one closes, the next is served."""
+    import logging
+
+    from pneumo.dicom_node.scp import StorageSCP
+    from pneumo.dicom_node.spool import Spool
+
+    caplog.set_level(logging.WARNING, "pneumo.dicom_node")
+    spool = Spool(tmp_path, "test")
+    scp = StorageSCP(spool, "PNEUMO", [TEST_SCU], max_associations=2)
+    port = free_port()
+    scp.start("127.0.0.1", port)
+    held = []
+    try:
+        held = [associate(port) for _ in range(2)]
+        assert all(assoc.is_established for assoc in held)
+        third = associate(port)
+        assert third.is_rejected
+        rejection = third.acceptor.primitive
+        assert (rejection.result, rejection.result_source, rejection.diagnostic) == \
+            (0x02, 0x03, 0x02)  # transient, presentation related, local limit exceeded
+        wait_for(lambda: "serves 2 association(s), its limit (--max-associations)"
+                 in caplog.text, 60, "the node's line about the rejection")
+        held.pop().release()
+        wait_for(lambda: echo(port) == 0x0000, 60, "an association once one closed")
+    finally:
+        for assoc in held:
+            assoc.release()
+        scp.stop()
+        spool.close()
+    assert "not on the allow-list" not in caplog.text
+
+
+@pytest.mark.slow
+def test_orthanc_past_the_association_limit_is_refused_and_can_send_again(orthanc, ports,
+                                                                          tmp_path):
+    """What docs/integration.md tells the operator: Orthanc, refused as one association
+    too many, marks its job failed (it does not try again by itself); sent again once an
+    association is free, the image is kept. The SCP alone, in this process."""
+    import urllib.error
+
+    from pneumo.dicom_node.scp import StorageSCP
+    from pneumo.dicom_node.spool import Spool
+
+    spool = Spool(tmp_path, "test")
+    scp = StorageSCP(spool, "PNEUMO", ["ORTHANC", TEST_SCU], max_associations=1)
+    scp.start("127.0.0.1", ports["limited"])
+    try:
+        held = associate(ports["limited"])
+        assert held.is_established
+        uploaded, = [orthanc.upload(study_image(synthetic_xray(12, size=(64, 64))))]
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            orthanc.send("limited", [uploaded["ID"]])
+        assert "Association Rejected" in refused.value.read().decode()
+        assert spool.counts() == {"undelivered": 0}
+        held.release()
+        wait_for(lambda: echo(ports["limited"]) == 0x0000, 60, "a free association")
+        orthanc.send("limited", [uploaded["ID"]])
+        assert spool.counts() == {"received": 1, "undelivered": 0}
+    finally:
+        scp.stop()
+        spool.close()
+
+
+def test_the_association_limit_is_checked_and_its_default_documented():
+    from pneumo.cli import build_parser
+    from pneumo.dicom_node.scp import MAX_ASSOCIATIONS, check_max_associations
+
+    listen = build_parser().parse_args(["dicom-listen", "--results-to", "PACS@127.0.0.1:104"])
+    assert listen.max_associations == MAX_ASSOCIATIONS == 10  # pynetdicom's, as the docs say
+    assert check_max_associations(1) == 1
+    for wrong in (0, -1, True, 2.5):
+        with pytest.raises(ValueError, match="expected 1 or more"):
+            check_max_associations(wrong)
+
+
 @pytest.mark.slow
 def test_a_result_the_pacs_refused_is_delivered_on_a_later_try_once(tmp_path, caplog):
     """The sender alone, in this process, against a recording SCP that first rejects the
@@ -587,6 +666,65 @@ def test_a_worker_that_dies_stops_the_node_with_status_1(tmp_path, tiny_bundle, 
     assert "pneumo-sender stopped on an unexpected error" in caplog.text
 
 
+def test_a_running_node_whose_screener_hangs_logs_the_waiting_image_at_error(
+        tmp_path, tiny_bundle, monkeypatch, caplog, node_settings_restored):
+    """``node.run`` in this process, its screening hung on the first image: the image is
+    acknowledged, and once it has waited --overdue-after (1 s here) the node's own loop
+    logs it at ERROR, by its tag, while the screener is still stuck."""
+    import logging
+    import os
+    import threading
+
+    from pneumo import dicom_results
+    from pneumo.dicom_node import node
+    from pneumo.dicom_node.spool import uid_hash
+
+    release = threading.Event()
+
+    def hung(predictor, data, overlay=True):
+        release.wait(120)
+        raise TimeoutError("the model hung")
+
+    monkeypatch.setattr(dicom_results, "screen_dicom", hung)
+    monkeypatch.setattr(node, "WATCH_INTERVAL", 0.2)
+    caplog.set_level(logging.INFO, "pneumo.dicom_node")
+    port = free_port()
+    ds = make_dataset(synthetic_xray(13, size=(32, 32)))
+    ds.StudyInstanceUID, ds.SeriesInstanceUID = uid.generate_uid(), uid.generate_uid()
+    tag = f"[{uid_hash(ds.SOPInstanceUID)[:10]}]"
+    answers = []
+
+    def overdue_lines():
+        return [r.getMessage() for r in caplog.records
+                if r.levelno == logging.ERROR and "still not screened" in r.getMessage()]
+
+    def pacs():
+        try:
+            wait_for(lambda: "listening as" in caplog.text, 120, "the node to listen")
+            assoc = associate(port, contexts=[DX_STORAGE])
+            try:
+                answers.append(assoc.send_c_store(ds).Status)
+            finally:
+                assoc.release()
+            wait_for(overdue_lines, 60, "the node's ERROR line")
+        finally:
+            release.set()
+            os.kill(os.getpid(), signal.SIGTERM)  # the node's own handler: a graceful stop
+
+    sender = threading.Thread(target=pacs, daemon=True)
+    sender.start()
+    status = node.run(host="127.0.0.1", port=port, ae_title="PNEUMO",
+                      results_to="PACS@127.0.0.1:1", model=str(tiny_bundle),
+                      data_dir=tmp_path, overdue_after=dt.timedelta(seconds=1))
+    sender.join(60)
+    assert status == 0 and answers == [0x0000]
+    line, = overdue_lines()
+    assert line.startswith("1 instance(s) still not screened more than 1 s after they "
+                           f"arrived (oldest: #1 {tag}, ")
+    assert f"the screener has been on #1 {tag} for " in line
+    assert str(ds.SOPInstanceUID) not in caplog.text
+
+
 def test_a_screening_bug_quoting_a_header_value_logs_no_identifier(tmp_path, caplog):
     """Even at DEBUG, an unexpected error is logged by its type and where it was
     raised: a library's message can quote the header (here the patient's name)."""
@@ -633,6 +771,10 @@ def test_destination_addresses_are_checked():
     (["--results-to", "ORTHANC@127.0.0.1:4242", "--calling-aets", "X" * 17],
      "not a valid AE title"),
     (["--results-to", "ORTHANC@127.0.0.1:4242", "--port", "70000"], "--port 70000: expected"),
+    (["--results-to", "ORTHANC@127.0.0.1:4242", "--max-associations", "0"],
+     "--max-associations 0: expected 1 or more"),
+    (["--results-to", "ORTHANC@127.0.0.1:4242", "--max-associations", "-3"],
+     "--max-associations -3: expected 1 or more"),
 ])
 def test_a_wrong_address_or_ae_title_is_one_line_not_a_traceback(arguments, message, capsys):
     from pneumo.cli import main

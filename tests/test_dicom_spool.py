@@ -116,6 +116,8 @@ def test_status_as_json_for_monitoring(filled):
     status = json.loads(run.stdout)
     assert status["instances"] == {"received": 1, "screened": 1, "done": 1, "failed": 1}
     assert status["results"] == {"waiting": 2, "overdue": 0, "delivered": 1}
+    assert status["screening"] == {"waiting": 1, "overdue": 0}
+    assert status["overdue_to_screen"] == []
     assert [row["tag"] for row in status["failed"]] == [filled.failed.tag]
     assert [row["attempts"] for row in status["waiting"]] == [1, 0]
     assert status["oldest_waiting"] == f"{filled.to_screen.tag}, to be screened"
@@ -142,6 +144,40 @@ def test_results_waiting_past_the_threshold_are_overdue(filled):
         in run.stdout
     later = dicom_spool(filled.data_dir, "status", "--overdue-after", "3h", "--json")
     assert json.loads(later.stdout)["results"]["overdue"] == 0
+
+
+def test_an_instance_waiting_to_be_screened_past_the_threshold_needs_attention(tmp_path):
+    """The screener stuck or far behind: what waits to be screened an hour after it
+    arrived makes status exit 1 and is listed by its tag, as results overdue are."""
+    from pneumo.dicom_node.spool import Spool
+
+    uids = [uid.generate_uid() for _ in range(2)]
+    spool = Spool(tmp_path, "test")
+    try:
+        waiting = [spool.receive(b"image %d" % n, uids[n]).instance for n in range(2)]
+    finally:
+        spool.close()
+    fresh = dicom_spool(tmp_path, "status")
+    assert fresh.returncode == 0, fresh  # waiting, but not for long: nothing to see to
+    assert "instances: 2 to screen, 0 with results waiting" in fresh.stdout
+
+    backdate(tmp_path, waiting[0].id, hours=2)
+    late = dicom_spool(tmp_path, "status")
+    assert late.returncode == 1, late
+    assert "instances: 2 to screen (1 overdue: arrived more than 1 h ago), 0 with results " \
+           "waiting, 0 done, 0 failed" in late.stdout
+    assert f"not screened more than 1 h after they arrived (the screener is stuck on one, " \
+           f"or far behind; see the node's log):\n  {waiting[0].tag}  arrived 2 h ago" \
+        in late.stdout
+    assert waiting[1].tag not in late.stdout.split("not screened more than")[1]
+    assert f"oldest waiting: 2 h ({waiting[0].tag}, to be screened)" in late.stdout
+    as_json = json.loads(dicom_spool(tmp_path, "status", "--json").stdout)
+    assert as_json["screening"] == {"waiting": 2, "overdue": 1}
+    assert [row["tag"] for row in as_json["overdue_to_screen"]] == [waiting[0].tag]
+    patient = dicom_spool(tmp_path, "status", "--overdue-after", "3h")
+    assert patient.returncode == 0 and "overdue" not in patient.stdout.split("\n")[1]
+    for value in uids:
+        assert value not in late.stdout + json.dumps(as_json)
 
 
 def test_status_lists_at_most_limit_rows_but_counts_them_all(filled):
@@ -190,6 +226,173 @@ def test_nothing_to_retry_says_so(tmp_path):
     Spool(tmp_path, "test").close()
     run = dicom_spool(tmp_path, "retry")
     assert run.returncode == 0 and run.stdout.startswith("nothing to retry")
+
+
+def rows(data_dir: Path) -> list:
+    """Every row of the spool's database, to see that nothing changed."""
+    with database(data_dir) as db:
+        return db.execute("SELECT * FROM instances ORDER BY id").fetchall() + \
+            db.execute("SELECT * FROM results ORDER BY id").fetchall()
+
+
+def test_retry_with_a_tag_acts_on_that_instance_only(filled):
+    before = {r[0]: r for r in rows(filled.data_dir)[4:]}  # the results' rows
+    run = dicom_spool(filled.data_dir, "retry", "--tag", filled.failed.tag)
+    assert run.returncode == 0, run
+    assert run.stdout.startswith(f"{filled.failed.tag}: back in the queue to screen. A "
+                                 "running node takes them up within 30 s")
+    assert {r[0]: r for r in rows(filled.data_dir)[4:]} == before  # no result made due
+    with database(filled.data_dir) as db:
+        assert db.execute("SELECT id FROM instances WHERE state = 'received' ORDER BY id"
+                          ).fetchall() == [(filled.to_screen.id,), (filled.failed.id,)]
+
+    # pasted from the node's log line
+    pasted = f"instance {filled.waiting.tag}:"
+    run = dicom_spool(filled.data_dir, "retry", "--tag", pasted)
+    assert run.returncode == 0, run
+    assert run.stdout.startswith(f"{filled.waiting.tag}: 2 undelivered result(s) due now.")
+    status = json.loads(dicom_spool(filled.data_dir, "status", "--json").stdout)
+    assert [w["next_try_in_seconds"] for w in status["waiting"]] == [0.0, 0.0]
+
+    for instance, why in ((filled.to_screen, ("it waits to be screened, and the node screens "
+                                              "it in turn")),
+                          (filled.done, "it is done, its results delivered")):
+        run = dicom_spool(filled.data_dir, "retry", "--tag", f"#{instance.id}")
+        assert run.returncode == 0, run
+        assert run.stdout == f"nothing to retry: {instance.tag} ({why})\n"
+
+
+def test_purge_with_a_tag_deletes_that_instance_only(filled):
+    spool = filled.spool()
+    try:
+        other = spool.receive(b"image 9", uid.generate_uid()).instance
+        spool.failed(other, "OSError")
+    finally:
+        spool.close()
+    listed = dicom_spool(filled.data_dir, "purge", "--tag", filled.failed.tag)
+    assert listed.returncode == 1, listed
+    assert listed.stdout.startswith("would delete 1 failed instance(s) and their files:\n"
+                                    f"  {filled.failed.tag}  arrived")
+    assert other.tag not in listed.stdout
+    purged = dicom_spool(filled.data_dir, "purge", "--tag", filled.failed.tag, "--yes")
+    assert purged.returncode == 0, purged
+    assert f"deleted 1 failed instance(s) and their files:\n  {filled.failed.tag}" \
+        in purged.stdout
+    assert filled.files("received") == {filled.to_screen.file.name, filled.waiting.file.name,
+                                        other.file.name}
+
+    # a result's line from status names its instance; its results are given up on
+    result_line = f"{filled.waiting.tag} sr"
+    purged = dicom_spool(filled.data_dir, "purge", "--tag", result_line, "--yes")
+    assert purged.returncode == 0, purged
+    assert purged.stdout.startswith("deleted 1 instance(s) whose results are still "
+                                    "undelivered, with 2 undelivered result(s) and their "
+                                    f"files:\n  {filled.waiting.tag}  arrived")
+    assert filled.files("results") == set()
+    assert filled.files("received") == {filled.to_screen.file.name, other.file.name}
+
+    done = dicom_spool(filled.data_dir, "purge", "--tag", filled.done.tag, "--yes")
+    assert done.returncode == 0, done
+    assert done.stdout.startswith(f"nothing to purge: {filled.done.tag} is done")
+    with database(filled.data_dir) as db:
+        assert db.execute("SELECT id FROM instances ORDER BY id").fetchall() == \
+            [(filled.to_screen.id,), (filled.done.id,), (other.id,)]
+
+
+def test_purge_with_a_tag_takes_an_instance_still_to_be_screened_only_while_no_node_runs(
+        filled):
+    """An image that hangs the screener at every start: the operator stops the node and
+    purges it. While a node runs (its lock held, here by a Spool in this process) it may
+    be screening that very image: refused, nothing changed."""
+    before = rows(filled.data_dir)
+    spool = filled.spool()
+    try:
+        running = dicom_spool(filled.data_dir, "purge", "--tag", filled.to_screen.tag, "--yes")
+    finally:
+        spool.close()
+    assert running.returncode == 2, running
+    assert running.stderr == f"pneumo dicom-spool: error: --tag '{filled.to_screen.tag}': " \
+        f"{filled.to_screen.tag} is still to be screened and a node runs on this spool (it " \
+        "may be screening it now): stop the node, then purge it; nothing changed\n"
+    assert rows(filled.data_dir) == before
+    assert filled.to_screen.file.name in filled.files("received")
+
+    listed = dicom_spool(filled.data_dir, "purge", "--tag", filled.to_screen.tag)
+    assert listed.returncode == 1, listed
+    assert listed.stdout.startswith("would delete 1 instance(s) still to be screened (no node "
+                                    f"runs on this spool) and their files:\n  "
+                                    f"{filled.to_screen.tag}  arrived")
+    purged = dicom_spool(filled.data_dir, "purge", "--tag", filled.to_screen.tag, "--yes")
+    assert purged.returncode == 0, purged
+    assert filled.to_screen.file.name not in filled.files("received")
+    filled.spool().close()  # the node's lock was let go: the node starts again
+    assert json.loads(dicom_spool(filled.data_dir, "status", "--json").stdout)[
+        "instances"]["received"] == 0
+
+
+@pytest.mark.parametrize("action", ["retry", "purge"])
+def test_a_tag_that_names_no_instance_is_one_line_and_changes_nothing(filled, action):
+    wrong_hash = "0" if filled.to_screen.uid_hash[0] != "0" else "1"
+    confirmed = ["--yes"] if action == "purge" else []
+    before = rows(filled.data_dir)
+    for tag, message in [
+        ("#99", ("--tag '#99': no instance #99 in the spool (see pneumo dicom-spool "
+                 "status); nothing changed")),
+        (f"#{filled.to_screen.id} [{wrong_hash}{filled.to_screen.uid_hash[1:10]}]",
+         (f"no such instance in the spool: #{filled.to_screen.id} is another image now "
+          f"({filled.to_screen.tag}); nothing changed")),
+        ("[3f9a0c2b1d]", "expected an instance's tag"),  # a hash without its row
+        ("twelve", ("--tag 'twelve': expected an instance's tag as the node's log and "
+                    "pneumo dicom-spool status print it")),
+        ("", "--tag '': expected an instance's tag"),  # never "every instance"
+    ]:
+        one_line_error(dicom_spool(filled.data_dir, action, "--tag", tag, *confirmed), message)
+    assert rows(filled.data_dir) == before
+
+
+def test_purge_takes_a_tag_or_an_age_not_both(filled):
+    before = rows(filled.data_dir)
+    one_line_error(dicom_spool(filled.data_dir, "purge", "--tag", filled.failed.tag,
+                               "--results-older-than", "7d", "--yes"),
+                   "--tag and --results-older-than: give one or the other")
+    assert rows(filled.data_dir) == before
+
+
+def test_an_old_tag_whose_row_number_came_back_for_another_image_is_refused(filled):
+    """SQLite gives a new row the number after the highest: purge the newest instance and
+    the next image gets its number. The tag an operator kept (with its hash) no longer
+    names it."""
+    spool = filled.spool()
+    try:
+        newest = spool.receive(b"image 8", uid.generate_uid()).instance
+        spool.failed(newest, "OSError")
+    finally:
+        spool.close()
+    assert dicom_spool(filled.data_dir, "purge", "--tag", newest.tag, "--yes").returncode == 0
+    spool = filled.spool()
+    try:
+        again = spool.receive(b"image 7", uid.generate_uid()).instance
+        spool.failed(again, "OSError")
+    finally:
+        spool.close()
+    assert again.id == newest.id and again.tag != newest.tag
+    before = rows(filled.data_dir)
+    one_line_error(dicom_spool(filled.data_dir, "purge", "--tag", newest.tag, "--yes"),
+                   f"#{newest.id} is another image now ({again.tag})")
+    assert rows(filled.data_dir) == before
+
+
+def test_tags_read_as_the_log_and_status_print_them():
+    from pneumo.dicom_node.admin import Tag
+
+    for text in ("#12", "12", " #12 [3F9A0C2B1D] ", "instance #12 [3f9a0c2b1d]:",
+                 "#12 [3f9a0c2b1d] sr", "#12 [3f9a0c2b1d] sc", "#12[3f9a]"):
+        tag = Tag.parse(text)
+        assert tag.row == 12 and tag.hash_start in (None, "3f9a0c2b1d", "3f9a"), text
+    for wrong in ("", "#", "#-1", "12 [xyz]", "#12 [3f9a] extra", "[3f9a0c2b1d]", "#1.5",
+                  "#12 [3f9a0c2b1d] ct", "1" * 19):
+        with pytest.raises(ValueError, match="expected an instance's tag"):
+            Tag.parse(wrong)
 
 
 # -- purge ----------------------------------------------------------------------------
@@ -312,7 +515,8 @@ def test_the_command_and_a_writing_node_share_the_database(filled):
     assert not errors
     assert all(run.stderr == "" for run in runs), runs
     status = json.loads(runs[3].stdout)
-    needs_attention = bool(status["failed"] or status["results"]["overdue"])
+    needs_attention = bool(status["failed"] or status["results"]["overdue"]
+                           or status["screening"]["overdue"])
     assert [run.returncode for run in runs] == [1, 0, 0, int(needs_attention), 0], runs
     assert len(received) > 10  # the node kept writing throughout
     # every row that names a file has it, and every file has its row
@@ -386,6 +590,91 @@ def test_the_sender_logs_an_overdue_result_at_error_once(tmp_path, monkeypatch, 
         assert value not in caplog.text
 
 
+def test_a_stuck_screener_is_logged_at_error_once_per_instance_by_a_look_from_outside(
+        tmp_path, caplog):
+    """The screener hangs on its first image. The watch (the node runs it from its own
+    loop) says so at ERROR, once per instance overdue, by tag, with what the screener is
+    on; even while a worker holds the spool's shared lock, since it reads on a
+    connection of its own."""
+    from pneumo.dicom_node.screener import Screener, ScreeningWatch
+    from pneumo.dicom_node.spool import Spool
+
+    caplog.set_level(logging.WARNING, "pneumo.dicom_node")
+    spool = Spool(tmp_path, "test")
+    uids = [uid.generate_uid() for _ in range(3)]
+    instances = [spool.receive(b"image %d" % n, uids[n]).instance for n in range(3)]
+    release = threading.Event()
+
+    def hung(data):
+        release.wait(DEADLINE)
+        raise TimeoutError("the decoder hung")  # then it fails: it leaves the queue
+
+    stop, wake = threading.Event(), threading.Event()
+    screener = Screener(spool, hung, stop, wake)
+    watch = ScreeningWatch(spool, screener, dt.timedelta(hours=1))
+
+    def errors():
+        return [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR
+                and "not screened" in r.getMessage()]
+
+    screener.start()
+    try:
+        wait_for(lambda: screener.current, DEADLINE, "the screener on its first image")
+        watch.look()
+        assert errors() == []  # waiting, but not yet for an hour
+        backdate(tmp_path, instances[0].id, hours=2)
+        backdate(tmp_path, instances[1].id, hours=1.5)
+        with spool._mutex:  # a worker stuck while holding the lock the workers share
+            looking = threading.Thread(target=watch.look)
+            looking.start()
+            looking.join(DEADLINE)
+            assert not looking.is_alive(), "the watch waited on the workers' lock"
+        looking.join()
+        first, = errors()
+        assert re.fullmatch(
+            re.escape(f"2 instance(s) still not screened more than 1 h after they arrived "
+                      f"(oldest: {instances[0].tag}, 2 h); the screener has been on "
+                      f"{instances[0].tag} for ") + r"\d+ s; see pneumo dicom-spool status",
+            first), first
+        watch.look()
+        assert len(errors()) == 1  # once per instance
+        backdate(tmp_path, instances[2].id, hours=3)
+        watch.look()
+        assert errors()[1].startswith(f"1 instance(s) still not screened more than 1 h after "
+                                      f"they arrived (oldest: {instances[2].tag}, 3 h); ")
+        release.set()
+        wait_for(lambda: spool.counts().get("failed") == 3, DEADLINE, "the queue to drain")
+        watch.look()
+        assert len(errors()) == 2
+    finally:
+        release.set()
+        stop.set()
+        wake.set()
+        screener.join(DEADLINE)
+        watch.close()
+        spool.close()
+    for value in uids:
+        assert value not in caplog.text
+
+
+def test_the_watch_says_when_the_screener_is_between_images(tmp_path, caplog):
+    from pneumo.dicom_node.screener import ScreeningWatch
+    from pneumo.dicom_node.spool import Spool
+
+    spool = Spool(tmp_path, "test")
+    watch = ScreeningWatch(spool, None, dt.timedelta(minutes=30))
+    try:
+        instance = spool.receive(b"image", uid.generate_uid()).instance
+        backdate(tmp_path, instance.id, hours=2)
+        with caplog.at_level(logging.ERROR, "pneumo.dicom_node"):
+            watch.look()
+    finally:
+        watch.close()
+        spool.close()
+    assert f"(oldest: {instance.tag}, 2 h); the screener is between images" in caplog.text
+    assert "more than 30 min after they arrived" in caplog.text
+
+
 # -- errors ---------------------------------------------------------------------------
 
 def one_line_error(run: subprocess.CompletedProcess, message: str) -> None:
@@ -404,6 +693,8 @@ def test_no_spool_is_one_line_and_nothing_is_created(tmp_path):
     (["status", "--overdue-after", "soon"], "--overdue-after 'soon': expected a span"),
     (["purge", "--results-older-than", "0d"], "--results-older-than '0d': expected a span"),
     (["status", "--limit", "-1"], "--limit -1: expected 0 or more"),
+    (["status", "--overdue-after", "99999999999w"], "--overdue-after '99999999999w': expected"),
+    (["purge", "--results-older-than", "9" * 5000 + "d"], "expected a span"),
 ])
 def test_wrong_arguments_are_one_line(filled, arguments, message):
     one_line_error(dicom_spool(filled.data_dir, *arguments), message)
@@ -460,7 +751,9 @@ def test_spans_and_ages():
     assert parse_span("90s", "x") == dt.timedelta(seconds=90)
     assert parse_span(" 7D ", "x") == dt.timedelta(days=7)
     assert parse_span("2w", "x") == dt.timedelta(weeks=2)
-    for wrong in ("", "1", "h", "1.5h", "-1h", "1y", "0h"):
+    assert parse_span("36500d", "x") == dt.timedelta(days=36500)
+    for wrong in ("", "1", "h", "1.5h", "-1h", "1y", "0h", "36501d", "5300w", "99999999999w",
+                  "9" * 5000 + "s"):
         with pytest.raises(ValueError):
             parse_span(wrong, "--x")
     assert [describe_age(s) for s in (0, 59, 60, 3600, 3660, 86400, 90000)] == \

@@ -237,13 +237,17 @@ def build_parser() -> argparse.ArgumentParser:
     listen.add_argument("--calling-aets", nargs="+", default=None, metavar="AET",
                         help="accept associations only from these calling AE titles "
                              "(default: any)")
+    listen.add_argument("--max-associations", type=int, default=10, metavar="N",
+                        help="serve at most N associations at once; one more is rejected as "
+                             "transient (local limit exceeded) and logged (default: 10)")
     listen.add_argument("--no-overlay", dest="overlay", action="store_false",
                         help="send the SR only, without the Secondary Capture with the "
                              "heatmap")
     listen.add_argument("--overdue-after", default="1h", metavar="SPAN",
-                        help="log at ERROR, once, results still undelivered this long after "
-                             "their image arrived (30m, 1h, 1d; default: 1h); the node keeps "
-                             "trying")
+                        help="log at ERROR, once, images still not screened (the screener "
+                             "stuck or far behind) and results still undelivered this long "
+                             "after the image arrived (30m, 1h, 1d; default: 1h); the node "
+                             "keeps working on them")
     _add_data_dir_option(listen, "where the spool is kept, in dicom-node/")
     _add_model_option(listen)
 
@@ -252,25 +256,33 @@ def build_parser() -> argparse.ArgumentParser:
         description="See and act on the spool of pneumo dicom-listen ($PNEUMO_DATA_DIR/"
                     "dicom-node), beside a running node or without one. Instances and "
                     "results are named by the tags the node's log uses (#row [hash]), never "
-                    "by an identifier. Exit status: 0 done (status: nothing needs "
-                    "attention); 1 status found failed instances or overdue results, or "
-                    "purge listed what it would delete without --yes; 2 an error (no spool, "
-                    "another user's spool, a busy or unreadable database). Run it as the "
-                    "node's user. See docs/integration.md, 'Operating the spool'.")
+                    "by an identifier; retry and purge act on every row they apply to, or "
+                    "with --tag on one instance. Exit status: 0 done (status: nothing needs "
+                    "attention); 1 status found failed instances, instances overdue to be "
+                    "screened or overdue results, or purge listed what it would delete "
+                    "without --yes; 2 an error, nothing changed (no spool, another user's "
+                    "spool, a busy or unreadable database, a --tag that names no instance). "
+                    "Run it as the node's user. See docs/integration.md, 'Operating the "
+                    "spool'.")
     actions = spool.add_subparsers(dest="action", metavar="ACTION", required=True)
     status = actions.add_parser(
         "status", help="counts, the oldest wait, failed instances and waiting results",
-        description="Print instances by state, results waiting for delivery (and how many "
-                    "are overdue), how long the oldest waiting image has waited, then each "
-                    "failed instance with its error and each waiting result with its "
-                    "attempts, next try and last error. Exit status 1 when an instance "
-                    "failed or a result is overdue, so that a monitoring check can run it.")
+        description="Print instances by state (and how many wait overdue to be screened), "
+                    "results waiting for delivery (and how many are overdue), how long the "
+                    "oldest waiting image has waited, then each failed instance with its "
+                    "error, each instance overdue to be screened, and each waiting result "
+                    "with its attempts, next try and last error. Exit status 1 when an "
+                    "instance failed, an instance is overdue to be screened (the screener "
+                    "is stuck or far behind) or a result is overdue, so that a monitoring "
+                    "check can run it.")
     status.add_argument("--overdue-after", default="1h", metavar="SPAN",
-                        help="a result undelivered this long after its image arrived is "
-                             "overdue (default: 1h, as the node's)")
+                        help="an instance not yet screened, or a result undelivered, this "
+                             "long after its image arrived is overdue (default: 1h, as the "
+                             "node's)")
     status.add_argument("--limit", type=int, default=20, metavar="N",
-                        help="list at most N failed instances and N waiting results "
-                             "(default: 20; the counts are always whole)")
+                        help="list at most N of each: failed instances, instances overdue "
+                             "to be screened, waiting results (default: 20; the counts are "
+                             "always whole)")
     status.add_argument("--json", action="store_true", help="print JSON instead of text")
     _add_data_dir_option(status, "the node's data folder (its spool is dicom-node/ in it)")
     retry = actions.add_parser(
@@ -278,19 +290,32 @@ def build_parser() -> argparse.ArgumentParser:
         description="Put failed instances back in the queue to screen and make every "
                     "undelivered result due now, instead of after the back-off (up to 5 "
                     "minutes): after fixing what made the PACS refuse, or the bug that "
-                    "made screening fail. A running node takes them up within 30 s, a "
-                    "stopped one at its next start.")
+                    "made screening fail; with --tag, only those of one instance. A running "
+                    "node takes them up within 30 s, a stopped one at its next start. Exit "
+                    "status 2 when --tag names no instance in the spool.")
+    retry.add_argument("--tag", default=None, metavar="TAG",
+                       help="only the instance with this tag, as the node's log and status "
+                            "print it: '#12' or '#12 [3f9a0c2b1d]' (the hash, if given, is "
+                            "checked); default: every failed instance and undelivered result")
     _add_data_dir_option(retry, "the node's data folder (its spool is dicom-node/ in it)")
     purge = actions.add_parser(
         "purge", help="delete failed instances (patient data), and old undelivered results",
         description="Delete the failed instances: their rows and their files, which hold "
                     "patient data. With --results-older-than, also the instances whose "
                     "results are still undelivered that long after their image arrived "
-                    "(the node gives up on them). Without --yes it only lists them and "
-                    "exits 1. An image the PACS sends again afterwards is screened afresh.")
+                    "(the node gives up on them). With --tag, only the one instance named: "
+                    "failed, with undelivered results (whatever their age), or still to be "
+                    "screened while no node runs on the spool. Without --yes it only lists "
+                    "them and exits 1. An image the PACS sends again afterwards is screened "
+                    "afresh. Exit status 2 when --tag names no instance in the spool, or one "
+                    "still to be screened while a node runs.")
     purge.add_argument("--results-older-than", default=None, metavar="SPAN",
                        help="also give up on results undelivered this long after their image "
                             "arrived (e.g. 7d)")
+    purge.add_argument("--tag", default=None, metavar="TAG",
+                       help="only the instance with this tag, as the node's log and status "
+                            "print it: '#12' or '#12 [3f9a0c2b1d]' (the hash, if given, is "
+                            "checked); not with --results-older-than")
     purge.add_argument("--yes", action="store_true", help="delete, not only list")
     _add_data_dir_option(purge, "the node's data folder (its spool is dicom-node/ in it)")
 
@@ -431,13 +456,14 @@ def _dicom_listen(args) -> int:
     return run(host=args.host, port=args.port, ae_title=args.ae_title,
                results_to=args.results_to, model=args.model, calling_aets=args.calling_aets,
                overlay=args.overlay, data_dir=args.data_dir,
-               overdue_after=parse_span(args.overdue_after, "--overdue-after"))
+               overdue_after=parse_span(args.overdue_after, "--overdue-after"),
+               max_associations=args.max_associations)
 
 
 def _dicom_spool(args) -> int:
     import json
 
-    from .dicom_node.admin import open_spool
+    from .dicom_node.admin import PURGE_ONE_OR_OLD, Tag, open_spool
     from .spans import parse_span
 
     if args.action == "status":
@@ -447,6 +473,10 @@ def _dicom_spool(args) -> int:
     older_than = None
     if args.action == "purge" and args.results_older_than is not None:
         older_than = parse_span(args.results_older_than, "--results-older-than")
+    # 'is not None': an empty --tag "$TAG" is a mistake, never "every instance"
+    tag = Tag.parse(args.tag) if getattr(args, "tag", None) is not None else None
+    if tag is not None and older_than is not None:
+        raise ValueError(PURGE_ONE_OR_OLD)
     with open_spool(args.data_dir) as spool:
         if args.action == "status":
             status = spool.status(overdue_after)
@@ -454,9 +484,9 @@ def _dicom_spool(args) -> int:
                   else status.text(args.limit))
             return 1 if status.needs_attention else 0
         if args.action == "retry":
-            print(spool.retry().text())
+            print(spool.retry(tag).text())
             return 0
-        purged = spool.purge(older_than, confirmed=args.yes)
+        purged = spool.purge(older_than, confirmed=args.yes, tag=tag)
         print(purged.text())
         return 1 if purged and not purged.done else 0
 

@@ -14,18 +14,23 @@ import ipaddress
 import logging
 import signal
 import threading
+import time
 from pathlib import Path
 
 import pydicom
 
-from .scp import StorageSCP
-from .screener import Screener
+from .scp import MAX_ASSOCIATIONS, StorageSCP, check_max_associations
+from .screener import Screener, ScreeningWatch
 from .sender import Destination, Sender, check_ae_title
 from .spool import OVERDUE_AFTER, Spool, describe_age, now_utc
 
 log = logging.getLogger("pneumo.dicom_node")
 
 JOIN_TIMEOUT = 90  # seconds: an inference, or a C-STORE waiting on its answer
+#: Seconds between the node's looks for instances overdue to be screened (the first one
+#: this long after the start, so that a backlog the screener takes up at once is not
+#: reported).
+WATCH_INTERVAL = 30.0
 
 
 def is_loopback(host: str) -> bool:
@@ -37,7 +42,8 @@ def is_loopback(host: str) -> bool:
 
 def run(*, host: str, port: int, ae_title: str, results_to: str, model: str | None = None,
         calling_aets: list[str] | None = None, overlay: bool = True,
-        data_dir: str | Path | None = None, overdue_after: dt.timedelta = OVERDUE_AFTER) -> int:
+        data_dir: str | Path | None = None, overdue_after: dt.timedelta = OVERDUE_AFTER,
+        max_associations: int = MAX_ASSOCIATIONS) -> int:
     """Run the node until SIGTERM or SIGINT; returns the exit status (1: a worker thread
     died)."""
     from ..dicom_results import screen_dicom
@@ -48,6 +54,7 @@ def run(*, host: str, port: int, ae_title: str, results_to: str, model: str | No
 
     if not 0 < port < 65536:  # the socket would raise OverflowError, after the model loads
         raise ValueError(f"--port {port}: expected 1 to 65535")
+    check_max_associations(max_associations)
     check_ae_title(ae_title)
     calling_aets = [check_ae_title(title) for title in calling_aets or []]
     destination = Destination.parse(results_to)
@@ -83,7 +90,10 @@ def run(*, host: str, port: int, ae_title: str, results_to: str, model: str | No
                         stop, screen_wake, on_screened=send_wake.set)
     sender = Sender(spool, destination, ae_title, stop, send_wake, on_delivered=delivered,
                     overdue_after=overdue_after)
-    scp = StorageSCP(spool, ae_title, calling_aets, on_received=screen_wake.set)
+    scp = StorageSCP(spool, ae_title, calling_aets, on_received=screen_wake.set,
+                     max_associations=max_associations)
+    # from this loop, not the screener's thread: a stuck screener cannot hide itself
+    watch = ScreeningWatch(spool, screener, overdue_after)
 
     def request_stop(signum, frame) -> None:
         log.info("%s received: stopping", signal.Signals(signum).name)
@@ -101,9 +111,10 @@ def run(*, host: str, port: int, ae_title: str, results_to: str, model: str | No
         screener.start()
         sender.start()
         counts = spool.counts()
-        log.info("listening as %s on %s:%d with %s %s; results to %s (overlay %s); calling AE "
-                 "titles: %s; spool %s (%d to screen, %d results to deliver, %d failed; "
-                 "overdue after %s)", ae_title, host, port, predictor.name, predictor.version,
+        log.info("listening as %s on %s:%d (at most %d associations at once) with %s %s; "
+                 "results to %s (overlay %s); calling AE titles: %s; spool %s (%d to screen, "
+                 "%d results to deliver, %d failed; overdue after %s)", ae_title, host, port,
+                 max_associations, predictor.name, predictor.version,
                  destination, "on" if overlay else "off", ", ".join(calling_aets) or "any",
                  spool.root, counts.get("received", 0), counts.get("undelivered", 0),
                  counts.get("failed", 0), describe_age(overdue_after.total_seconds()))
@@ -116,6 +127,7 @@ def run(*, host: str, port: int, ae_title: str, results_to: str, model: str | No
                         "give --calling-aets (and keep the port behind a firewall: an AE "
                         "title is a name, not a password)")
         status = 0
+        next_look = time.monotonic() + WATCH_INTERVAL
         while not stop.wait(0.5):
             # a worker that died (an error its loop does not expect, e.g. a database busy
             # past its timeout) would leave a node that acknowledges images and never
@@ -126,6 +138,9 @@ def run(*, host: str, port: int, ae_title: str, results_to: str, model: str | No
                           "its work waits in the spool for the next start", ", ".join(dead))
                 status = 1
                 break
+            if time.monotonic() >= next_look:
+                watch.look()
+                next_look = time.monotonic() + WATCH_INTERVAL
     finally:
         stop.set()
         scp.stop()
@@ -134,6 +149,7 @@ def run(*, host: str, port: int, ae_title: str, results_to: str, model: str | No
         for thread in (screener, sender):
             if thread.is_alive():
                 thread.join(JOIN_TIMEOUT)
+        watch.close()
         spool.close()
         for signum, handler in previous.items():
             signal.signal(signum, handler)

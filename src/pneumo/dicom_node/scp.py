@@ -23,6 +23,10 @@ does too, and its errors carry their status.
 Whether the image is a chest X-ray the model can read is not a transport question:
 an accepted image the input gate refuses gets a "not assessed" SR saying why.
 
+The node serves at most ``--max-associations`` associations at once (10 unless told
+otherwise, pynetdicom's default); one more is rejected as transient ("local limit
+exceeded") and logged, so that a PACS opening many at once is told, not left waiting.
+
 Success is answered only once the instance is on disk (``Spool.receive``); the
 screening happens later on another thread, so an association never waits on the
 network.
@@ -60,6 +64,11 @@ CANNOT_UNDERSTAND = 0xC000
 #: How long a stopping node lets open associations finish (a PACS's job in progress).
 GRACE_SECONDS = 10.0
 
+#: How many associations the node serves at once unless told otherwise
+#: (``--max-associations``): pynetdicom's default. One more is rejected as transient
+#: ("local limit exceeded"), which a PACS may send again later.
+MAX_ASSOCIATIONS = 10
+
 #: Below this much free space the node refuses new instances (out of resources) rather
 #: than fill the disk its database and results live on.
 MIN_FREE_BYTES = 256 * 1024 * 1024
@@ -71,15 +80,25 @@ def sop_class_name(uid: str) -> str:
     return name if name != uid else f"SOP class {uid}"
 
 
+def check_max_associations(count: int) -> int:
+    """``count`` if the node can serve that many associations at once, else ValueError."""
+    if isinstance(count, bool) or not isinstance(count, int) or count < 1:
+        raise ValueError(f"--max-associations {count}: expected 1 or more")
+    return count
+
+
 class StorageSCP:
     """Receives instances into ``spool`` and calls ``on_received`` (wakes the screener)
     after each new one."""
 
     def __init__(self, spool: Spool, ae_title: str, calling_aets: list[str] | None,
-                 on_received: Callable[[], None] = lambda: None):
+                 on_received: Callable[[], None] = lambda: None,
+                 max_associations: int = MAX_ASSOCIATIONS):
         self.spool = spool
         self.on_received = on_received
         self.ae = AE(ae_title=ae_title)
+        # pynetdicom takes anything below 1 as 1, with a warning: never let it guess
+        self.ae.maximum_associations = check_max_associations(max_associations)
         for context in AllStoragePresentationContexts:
             self.ae.add_supported_context(context.abstract_syntax, ALL_TRANSFER_SYNTAXES)
         self.ae.add_supported_context(Verification)
@@ -114,7 +133,13 @@ class StorageSCP:
     def _log_rejected(self, event) -> None:
         requestor = event.assoc.requestor
         called = str(getattr(requestor.primitive, "called_ae_title", "") or "").strip()
-        if called and called != self.ae.ae_title:
+        answer = getattr(event.assoc.acceptor, "primitive", None)
+        if (getattr(answer, "result_source", None), getattr(answer, "diagnostic", None)) \
+                == (0x03, 0x02):  # local limit exceeded: a transient rejection
+            why = f"the node already serves {self.ae.maximum_associations} association(s), " \
+                  "its limit (--max-associations): rejected as transient; have the PACS " \
+                  "open fewer at once, or raise the limit"
+        elif called and called != self.ae.ae_title:
             why = f"it called {called!r}, this node is {self.ae.ae_title!r}"
         else:
             why = "calling AE title not on the allow-list (--calling-aets)"

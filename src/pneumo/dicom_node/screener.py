@@ -5,10 +5,17 @@ It runs on its own thread so that no association ever waits on the network (the 
 times out associations; inference takes a second or more on a CPU). The model is used
 from this thread only. An instance whose screening was cut short by a crash is still
 ``received`` in the spool and is screened after the restart.
+
+A screener stuck on one image (a decoder or the model hung), or far behind, would leave
+the PACS's images acknowledged and never screened, quietly: ``ScreeningWatch`` says so
+at ERROR once an instance has waited ``--overdue-after`` to be screened. It looks from the
+node's own loop with a database connection of its own, never from the screener's
+thread, so a screener stuck anywhere cannot keep it from looking.
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import io
 import logging
 import sqlite3
@@ -21,7 +28,8 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian
 
 from ..screening import Refusal, Screened
-from .spool import Instance, Spool, where_it_failed
+from .spool import (OVERDUE_AFTER, Instance, Spool, describe_age, now_utc, waiting_to_screen,
+                    where_it_failed)
 
 log = logging.getLogger("pneumo.dicom_node")
 
@@ -70,6 +78,9 @@ class Screener(threading.Thread):
         self.stop = stop
         self.wake = wake
         self.on_screened = on_screened
+        #: the tag of the instance being screened and since when (``time.monotonic()``),
+        #: for the watch's line; None between instances
+        self.current: tuple[str, float] | None = None
 
     def run(self) -> None:
         while not self.stop.is_set():
@@ -82,6 +93,13 @@ class Screener(threading.Thread):
 
     def process(self, instance: Instance) -> None:
         started = time.monotonic()
+        self.current = (instance.tag, started)
+        try:
+            self._process(instance, started)
+        finally:
+            self.current = None
+
+    def _process(self, instance: Instance, started: float) -> None:
         try:
             data = instance.file.read_bytes()
             results = self.screen(data)
@@ -108,3 +126,54 @@ class Screener(threading.Thread):
         log.debug("instance %s: %s; screened in %.2f s", instance.tag,
                  describe(results.outcome), seconds)
         self.on_screened()
+
+
+class ScreeningWatch:
+    """Logs at ERROR, once per instance, the instances still waiting to be screened
+    ``overdue_after`` after they arrived, naming them by their tags; says what
+    ``screener`` is on, which tells a stuck screener (on the same image all along) from
+    one far behind. ``look()`` is called from the node's loop; each instance is reported
+    once per run of the node (a restart reports those still waiting once more)."""
+
+    def __init__(self, spool: Spool, screener: Screener | None = None,
+                 overdue_after: dt.timedelta = OVERDUE_AFTER):
+        self.spool = spool
+        self.screener = screener
+        self.overdue_after = overdue_after
+        self._db: sqlite3.Connection | None = None  # its own, opened at the first look
+        self._reported: set[int] = set()
+
+    def look(self) -> None:
+        """One look at the spool; never raises on a database error (it only reports)."""
+        try:
+            if self._db is None:
+                self._db = self.spool.reader()
+            late = waiting_to_screen(self._db, now_utc() - self.overdue_after)
+        except sqlite3.Error as exc:
+            log.warning("cannot look for instances overdue to be screened: %s: %s",
+                        type(exc).__name__, exc)
+            self.close()  # a fresh connection at the next look
+            return
+        new = [waiting for waiting in late if waiting.instance_id not in self._reported]
+        self._reported = {waiting.instance_id for waiting in late}  # screened ones drop out
+        if not new:
+            return
+        oldest = new[0]
+        log.error("%d instance(s) still not screened more than %s after they arrived (oldest: "
+                  "%s, %s); %s; see pneumo dicom-spool status", len(new),
+                  describe_age(self.overdue_after.total_seconds()), oldest.tag,
+                  describe_age((now_utc() - oldest.received).total_seconds()),
+                  self._screener_now())
+
+    def _screener_now(self) -> str:
+        current = self.screener.current if self.screener is not None else None
+        if current is None:
+            return "the screener is between images"
+        tag, since = current
+        return f"the screener has been on {tag} for " \
+               f"{describe_age(time.monotonic() - since)}"
+
+    def close(self) -> None:
+        if self._db is not None:
+            self._db.close()
+            self._db = None

@@ -44,9 +44,10 @@ DATABASE_FILE = "queue.sqlite3"
 LOCK_FILE = "node.lock"
 TEMPORARY_SUFFIX = ".partial"
 
-#: A result still undelivered this long after its image arrived is overdue: the sender
-#: logs it at ERROR (once) and ``pneumo dicom-spool status`` shows it, while the node
-#: keeps trying (a PACS down for a weekend must not lose results).
+#: An image still not screened, or a result still undelivered, this long after the image
+#: arrived is overdue: the node logs it at ERROR (once) and ``pneumo dicom-spool status``
+#: counts it as needing attention, while the node keeps working on it (a PACS down for a
+#: weekend must not lose results).
 OVERDUE_AFTER = dt.timedelta(hours=1)
 
 MIGRATIONS = [
@@ -219,6 +220,29 @@ def waiting_results(db: sqlite3.Connection, received_before: dt.datetime | None 
 
 
 @dataclasses.dataclass
+class ToScreen:
+    """An instance received and not yet screened, as the operator sees it."""
+    instance_id: int
+    uid_hash: str
+    received: dt.datetime
+
+    @property
+    def tag(self) -> str:
+        return row_tag(self.instance_id, self.uid_hash)
+
+
+def waiting_to_screen(db: sqlite3.Connection, received_before: dt.datetime | None = None
+                      ) -> list[ToScreen]:
+    """Instances received and not yet screened (the one the screener is on among them),
+    in the order the screener takes them; only those that arrived before
+    ``received_before`` if given."""
+    cutoff = _stamp(received_before) if received_before else "9999"
+    rows = db.execute("SELECT id, uid_hash, received FROM instances WHERE state = 'received' "
+                      "AND received < ? ORDER BY id", (cutoff,)).fetchall()
+    return [ToScreen(r[0], r[1], dt.datetime.fromisoformat(r[2])) for r in rows]
+
+
+@dataclasses.dataclass
 class Received:
     instance: Instance
     duplicate: bool  # already received (and kept) before: nothing new was written
@@ -272,6 +296,20 @@ class Spool:
         with self._mutex:
             self._db.close()
             self._lock_handle.close()
+
+    def reader(self, timeout: float = 5.0) -> sqlite3.Connection:
+        """A connection of its own to the spool's database, for reading only: for a look
+        that must not wait on the lock the workers share, which a stuck one may hold (the
+        database is in WAL mode, so it does not wait on their writes either). For one
+        thread at a time."""
+        db = sqlite3.connect(self.root / DATABASE_FILE, timeout=timeout, isolation_level=None,
+                             check_same_thread=False)
+        try:
+            db.execute("PRAGMA query_only = ON")
+        except BaseException:
+            db.close()
+            raise
+        return db
 
     @contextlib.contextmanager
     def _transaction(self):
