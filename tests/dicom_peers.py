@@ -46,14 +46,15 @@ def wait_for(condition, timeout: float, what: str, interval: float = 0.25, on_fa
 
 
 def associate(port: int, ae_title: str = TEST_SCU, called: str = "PNEUMO",
-              contexts: list | None = None):
-    """An association from a test SCU to 127.0.0.1:``port``."""
+              contexts: list | None = None, tls_args: tuple | None = None):
+    """An association from a test SCU to 127.0.0.1:``port`` (over TLS with ``tls_args``,
+    pynetdicom's ``(ssl_context, server_hostname)``)."""
     ae = AE(ae_title=ae_title)
     ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 60
     for context in contexts or [Verification]:
         # a SOP class, or (SOP class, [transfer syntaxes])
         ae.add_requested_context(*((context,) if isinstance(context, str) else context))
-    return ae.associate("127.0.0.1", port, ae_title=called)
+    return ae.associate("127.0.0.1", port, ae_title=called, tls_args=tls_args)
 
 
 def store_file_as_is(port: int, path: Path, context: tuple[str, list[str]]) -> int:
@@ -73,9 +74,9 @@ def store_file_as_is(port: int, path: Path, context: tuple[str, list[str]]) -> i
         assoc.release()
 
 
-def echo(port: int, ae_title: str = TEST_SCU) -> int | None:
+def echo(port: int, ae_title: str = TEST_SCU, tls_args: tuple | None = None) -> int | None:
     """The C-ECHO status from the node on ``port`` (None: no association)."""
-    assoc = associate(port, ae_title)
+    assoc = associate(port, ae_title, tls_args=tls_args)
     if not assoc.is_established:
         return None
     try:
@@ -94,11 +95,13 @@ class Node:
     data_dir: Path
     log_path: Path
     command: list[str]
+    tls_args: tuple | None = None  # how the test SCU reaches a node that listens over TLS
 
     @classmethod
     def start(cls, folder: Path, results_to: str, *, port: int | None = None,
               calling_aets: tuple[str, ...] = ("ORTHANC", TEST_SCU),
-              extra: tuple[str, ...] = (), log_name: str = "node.log") -> Node:
+              extra: tuple[str, ...] = (), log_name: str = "node.log",
+              tls_args: tuple | None = None) -> Node:
         folder.mkdir(parents=True, exist_ok=True)
         port = port or free_port()
         command = [sys.executable, "-m", "pneumo.cli", "dicom-listen", "--port", str(port),
@@ -107,7 +110,7 @@ class Node:
         log_path = folder / log_name
         process = harness.launch(command, log_path, env={"PNEUMO_DATA_DIR": str(data_dir)},
                                  cwd=ROOT)
-        node = cls(process, port, data_dir, log_path, command)
+        node = cls(process, port, data_dir, log_path, command, tls_args)
         node.wait_ready()
         return node
 
@@ -124,7 +127,7 @@ class Node:
             # node says it listens
             if "listening as" not in self.log()[self._log_start:]:
                 return False
-            return echo(self.port) == 0x0000
+            return echo(self.port, tls_args=self.tls_args) == 0x0000
 
         wait_for(ready, START_TIMEOUT, "the node to answer C-ECHO", interval=0.5,
                  on_fail=self.log)

@@ -2,8 +2,9 @@
 loopback ports with a generated configuration in a temporary folder, and stopped after.
 
 ``Orthanc.start(folder, modalities={...})`` returns a running server; ``rest(...)`` talks
-to its REST API. Tests that need it skip with a reason where ``Orthanc`` is not installed
-(``make pacs`` installs it).
+to its REST API. With ``tls=OrthancTLS(...)`` it speaks DICOM over TLS only, both as a
+server and to its modalities. Tests that need it skip with a reason where ``Orthanc`` is
+not installed (``make pacs`` installs it).
 """
 
 from __future__ import annotations
@@ -35,6 +36,25 @@ def require_orthanc() -> None:
                     "(make pacs, or apt-get install orthanc orthanc-dicomweb)")
 
 
+@dataclass(frozen=True)
+class OrthancTLS:
+    """Orthanc's DICOM TLS: its certificate and key (one pair for its SCP and its SCU, as
+    Orthanc has it), the certificates it trusts (its peers', or their CAs), and whether
+    it refuses a peer without a certificate."""
+
+    certificate: Path
+    private_key: Path
+    trusted: Path
+    remote_certificate_required: bool = True
+
+    def configuration(self) -> dict:
+        return {"DicomTlsEnabled": True,
+                "DicomTlsCertificate": str(self.certificate),
+                "DicomTlsPrivateKey": str(self.private_key),
+                "DicomTlsTrustedCertificates": str(self.trusted),
+                "DicomTlsRemoteCertificateRequired": self.remote_certificate_required}
+
+
 @dataclass
 class Orthanc:
     """A running Orthanc: its ports, AE title and log."""
@@ -62,9 +82,10 @@ class Orthanc:
 
     @classmethod
     def start(cls, folder: Path, modalities: dict[str, tuple[str, int]] | None = None,
-              ae_title: str = AE_TITLE) -> Orthanc:
+              ae_title: str = AE_TITLE, tls: OrthancTLS | None = None) -> Orthanc:
         """Start Orthanc storing under ``folder``. ``modalities``: name -> (AE title,
-        port) of DICOM peers on 127.0.0.1 it may send to (C-STORE, C-ECHO)."""
+        port) of DICOM peers on 127.0.0.1 it may send to (C-STORE, C-ECHO), over TLS when
+        ``tls`` is given, as its own DICOM port then is."""
         require_orthanc()
         folder.mkdir(parents=True, exist_ok=True)
         http_port, dicom_port = free_port(), free_port()
@@ -80,12 +101,15 @@ class Orthanc:
             "DicomCheckCalledAet": False,
             "DicomAlwaysAllowStore": True,
             "DicomAlwaysAllowEcho": True,
-            "DicomModalities": {name: [aet, "127.0.0.1", port]
+            "DicomModalities": {name: [aet, "127.0.0.1", port] if tls is None else
+                                {"AET": aet, "Host": "127.0.0.1", "Port": port,
+                                 "UseDicomTls": True}
                                 for name, (aet, port) in (modalities or {}).items()},
             "Plugins": [str(DICOMWEB_PLUGIN)],
             "DicomWeb": {"Enable": True, "Root": "/dicom-web/", "EnableWado": True},
             "StableAge": 2,
             "SaveJobs": False,
+            **(tls.configuration() if tls else {}),
         }
         config_path = folder / "orthanc.json"
         config_path.write_text(json.dumps(config, indent=2))

@@ -37,6 +37,30 @@ def _add_model_option(parser: argparse.ArgumentParser) -> None:
                              "models/pneumo-xception)")
 
 
+def _add_dicom_tls_options(parser: argparse.ArgumentParser) -> None:
+    """dicom-listen's certificates for DICOM over TLS (tls.TLSOptions)."""
+    group = parser.add_argument_group(
+        "DICOM over TLS",
+        "PEM files, read at start (restart after renewing them); TLS 1.2 or later. Without "
+        "--tls-cert the node listens in the clear, without --results-tls-ca it sends so. "
+        "Only the CAs given are trusted, never the system's. See docs/integration.md.")
+    group.add_argument("--tls-cert", metavar="PEM", default=None,
+                       help="listen over TLS with this certificate (and its chain)")
+    group.add_argument("--tls-key", metavar="PEM", default=None,
+                       help="the private key of --tls-cert (unencrypted)")
+    group.add_argument("--tls-ca", metavar="PEM", default=None,
+                       help="require a client certificate signed by one of these CAs from "
+                            "every peer")
+    group.add_argument("--results-tls-ca", metavar="PEM", default=None,
+                       help="send the results over TLS to a PACS whose certificate these "
+                            "CAs signed (and, when --results-to gives a host name, that is "
+                            "issued for it)")
+    group.add_argument("--results-tls-cert", metavar="PEM", default=None,
+                       help="the node's client certificate, for a PACS that asks for one")
+    group.add_argument("--results-tls-key", metavar="PEM", default=None,
+                       help="the private key of --results-tls-cert (unencrypted)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="pneumo",
@@ -250,6 +274,7 @@ def build_parser() -> argparse.ArgumentParser:
                              "keeps working on them")
     _add_data_dir_option(listen, "where the spool is kept, in dicom-node/")
     _add_model_option(listen)
+    _add_dicom_tls_options(listen)
 
     spool = commands.add_parser(
         "dicom-spool", help="what waits in the DICOM node's spool: status | retry | purge",
@@ -452,12 +477,16 @@ def _token(args) -> int:
 def _dicom_listen(args) -> int:
     from .spans import parse_span
     from .dicom_node.node import run
+    from .dicom_node.tls import TLSOptions
 
+    tls = TLSOptions(cert=args.tls_cert, key=args.tls_key, ca=args.tls_ca,
+                     results_ca=args.results_tls_ca, results_cert=args.results_tls_cert,
+                     results_key=args.results_tls_key)
     return run(host=args.host, port=args.port, ae_title=args.ae_title,
                results_to=args.results_to, model=args.model, calling_aets=args.calling_aets,
                overlay=args.overlay, data_dir=args.data_dir,
                overdue_after=parse_span(args.overdue_after, "--overdue-after"),
-               max_associations=args.max_associations)
+               max_associations=args.max_associations, tls=tls)
 
 
 def _dicom_spool(args) -> int:

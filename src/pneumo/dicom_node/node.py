@@ -23,6 +23,7 @@ from .scp import MAX_ASSOCIATIONS, StorageSCP, check_max_associations
 from .screener import Screener, ScreeningWatch
 from .sender import Destination, Sender, check_ae_title
 from .spool import OVERDUE_AFTER, Spool, describe_age, now_utc
+from .tls import TLSOptions, describe_server, quiet_pynetdicom_tls_failures
 
 log = logging.getLogger("pneumo.dicom_node")
 
@@ -43,9 +44,9 @@ def is_loopback(host: str) -> bool:
 def run(*, host: str, port: int, ae_title: str, results_to: str, model: str | None = None,
         calling_aets: list[str] | None = None, overlay: bool = True,
         data_dir: str | Path | None = None, overdue_after: dt.timedelta = OVERDUE_AFTER,
-        max_associations: int = MAX_ASSOCIATIONS) -> int:
+        max_associations: int = MAX_ASSOCIATIONS, tls: TLSOptions | None = None) -> int:
     """Run the node until SIGTERM or SIGINT; returns the exit status (1: a worker thread
-    died)."""
+    died). ``tls``: the certificates for DICOM over TLS (none: in the clear)."""
     from ..dicom_results import screen_dicom
     from ..bundle import ModelCard, read_card
     from ..config import default_bundle_path
@@ -58,6 +59,11 @@ def run(*, host: str, port: int, ae_title: str, results_to: str, model: str | No
     check_ae_title(ae_title)
     calling_aets = [check_ae_title(title) for title in calling_aets or []]
     destination = Destination.parse(results_to)
+    tls = tls or TLSOptions()
+    # the files are read here, before the model, so that a wrong one is told at once
+    server_tls, results_tls = tls.server_context(), tls.client(destination.host)
+    if server_tls or results_tls:
+        quiet_pynetdicom_tls_failures()
     # pynetdicom and highdicom log UIDs at INFO (every association, every attribute they
     # copy): the node logs its own lines, without identifiers, instead
     for library in ("pynetdicom", "highdicom"):
@@ -89,7 +95,7 @@ def run(*, host: str, port: int, ae_title: str, results_to: str, model: str | No
     screener = Screener(spool, lambda data: screen_dicom(predictor, data, overlay=overlay),
                         stop, screen_wake, on_screened=send_wake.set)
     sender = Sender(spool, destination, ae_title, stop, send_wake, on_delivered=delivered,
-                    overdue_after=overdue_after)
+                    overdue_after=overdue_after, tls=results_tls)
     scp = StorageSCP(spool, ae_title, calling_aets, on_received=screen_wake.set,
                      max_associations=max_associations)
     # from this loop, not the screener's thread: a stuck screener cannot hide itself
@@ -103,7 +109,7 @@ def run(*, host: str, port: int, ae_title: str, results_to: str, model: str | No
                 for signum in (signal.SIGTERM, signal.SIGINT)}
     try:
         try:
-            scp.start(host, port)
+            scp.start(host, port, server_tls)
         except OSError as exc:
             raise RuntimeError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") \
                 from None
@@ -118,6 +124,9 @@ def run(*, host: str, port: int, ae_title: str, results_to: str, model: str | No
                  destination, "on" if overlay else "off", ", ".join(calling_aets) or "any",
                  spool.root, counts.get("received", 0), counts.get("undelivered", 0),
                  counts.get("failed", 0), describe_age(overdue_after.total_seconds()))
+        if server_tls or results_tls:
+            log.info("listening over %s; results to %s over %s", describe_server(server_tls),
+                     destination, results_tls or "DICOM in the clear")
         if counts.get("failed"):
             log.warning("%d instance(s) could not be screened and are kept in %s (patient "
                         "data): see pneumo dicom-spool status, then retry or purge them",

@@ -37,6 +37,7 @@ from __future__ import annotations
 import logging
 import shutil
 import sqlite3
+import ssl
 import time
 from collections.abc import Callable
 
@@ -46,6 +47,7 @@ from pynetdicom.sop_class import Verification
 
 from ..dicom_results import SourceError, read_source
 from .spool import Spool, where_it_failed
+from .tls import start_tls_server
 
 log = logging.getLogger("pneumo.dicom_node")
 
@@ -107,10 +109,14 @@ class StorageSCP:
         self.ae.require_calling_aet = list(calling_aets or [])
         self.server = None
 
-    def start(self, host: str, port: int) -> None:
-        """Listen on ``host:port`` in background threads (one per association)."""
+    def start(self, host: str, port: int, tls_context: ssl.SSLContext | None = None) -> None:
+        """Listen on ``host:port`` in background threads (one per association); over TLS
+        with ``tls_context`` (``tls.TLSOptions.server_context``)."""
         handlers = [(evt.EVT_C_STORE, self.handle_store), (evt.EVT_C_ECHO, self.handle_echo),
                     (evt.EVT_REJECTED, self._log_rejected)]
+        if tls_context is not None:
+            self.server = start_tls_server(self.ae, (host, port), tls_context, handlers)
+            return
         self.server = self.ae.start_server((host, port), block=False, evt_handlers=handlers)
 
     def stop(self, grace: float = GRACE_SECONDS) -> None:

@@ -29,6 +29,7 @@ from pynetdicom import AE
 from pynetdicom.status import code_to_category
 
 from .spool import OVERDUE_AFTER, Result, Spool, describe_age, now_utc
+from .tls import ClientTLS, describe
 
 log = logging.getLogger("pneumo.dicom_node")
 
@@ -85,7 +86,7 @@ class Sender(threading.Thread):
     def __init__(self, spool: Spool, destination: Destination, ae_title: str,
                  stop: threading.Event, wake: threading.Event,
                  on_delivered: Callable[[int], None] = lambda instance_id: None,
-                 overdue_after: dt.timedelta = OVERDUE_AFTER):
+                 overdue_after: dt.timedelta = OVERDUE_AFTER, tls: ClientTLS | None = None):
         super().__init__(name="pneumo-sender", daemon=True)
         self.spool = spool
         self.destination = destination
@@ -94,6 +95,7 @@ class Sender(threading.Thread):
         self.wake = wake
         self.on_delivered = on_delivered
         self.overdue_after = overdue_after
+        self.tls = tls  # None: DICOM in the clear
         self._reported: set[int] = set()  # overdue results already logged at ERROR
 
     def run(self) -> None:
@@ -150,8 +152,11 @@ class Sender(threading.Thread):
                                                ImplicitVRLittleEndian]))))
         for sop_class, syntaxes in sorted(contexts):
             ae.add_requested_context(sop_class, list(syntaxes))
+        if self.tls:
+            self.tls.take_failure()  # what an earlier association left
         return ae.associate(self.destination.host, self.destination.port,
-                            ae_title=self.destination.ae_title)
+                            ae_title=self.destination.ae_title,
+                            tls_args=self.tls.tls_args if self.tls else None)
 
     def _readable(self, results: list[Result]) -> list[tuple[Result, FileMetaDataset]]:
         """``results`` whose files can be read, with their file meta (what the association
@@ -177,6 +182,10 @@ class Sender(threading.Thread):
             self._later(results, f"cannot prepare the association: {type(exc).__name__}: {exc}")
             return
         if not assoc.is_established:
+            failure = self.tls.take_failure() if self.tls else None
+            if failure is not None:  # the association itself says only that it failed
+                self._later(results, f"TLS handshake with the PACS failed: {describe(failure)}")
+                return
             if assoc.is_rejected:  # e.g. the PACS does not know this node's AE title
                 why = f"rejected: {assoc.acceptor.primitive.reason_str}"
             else:

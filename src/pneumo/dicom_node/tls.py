@@ -1,0 +1,355 @@
+"""DICOM over TLS for the node (DICOM PS3.15 Annex B, the secure transport IHE ATNA asks
+of a secure node): the port it listens on, and the connection that sends the results.
+
+- Listening (``--tls-cert``, ``--tls-key``): the node shows its certificate to every
+  peer; with ``--tls-ca`` it also asks each peer for a certificate and accepts only one
+  signed by those CAs (mutual TLS: an AE title is a name, a certificate is proof).
+- Sending results (``--results-tls-ca``): the PACS's certificate must be signed by those
+  CAs, and, when ``--results-to`` names the PACS by a host name, be issued for that
+  name; ``--results-tls-cert`` and ``--results-tls-key`` are the node's client
+  certificate, for a PACS that asks for one. There is no way to send over TLS without
+  verifying the PACS: encryption to whoever answers is not worth having.
+
+TLS 1.2 at least, with Python's defaults otherwise (forward-secret cipher suites only,
+no compression). Only the CAs given are trusted, never the system's: a public
+CA vouches for web sites, not for a hospital's modalities.
+
+Every file is read and checked at start, before the model loads, so that a wrong path
+or a key that does not belong to its certificate is one line, not a node that starts
+and fails every handshake. They are read once: restart the node after renewing them.
+
+At run time a failed handshake is one line in the log, never a traceback, and the node
+goes on: on the listening side the handshake runs on the connection's own thread, with
+a deadline, so a peer that connects and says nothing holds up no one else; on the
+sending side a failure is a failed delivery, tried again later like any other.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+import logging
+import re
+import socket
+import ssl
+import sys
+import threading
+from pathlib import Path
+
+from pynetdicom.transport import ThreadedAssociationServer
+
+log = logging.getLogger("pneumo.dicom_node")
+
+MINIMUM_VERSION = ssl.TLSVersion.TLSv1_2
+#: Seconds a peer has to complete the handshake after it connects.
+HANDSHAKE_TIMEOUT = 10.0
+
+_CERTIFICATE = re.compile(rb"-----BEGIN CERTIFICATE-----")
+_PRIVATE_KEY = re.compile(rb"-----BEGIN (?:(?:RSA|EC|DSA|ENCRYPTED) )?PRIVATE KEY-----")
+_ENCRYPTED_KEY = re.compile(rb"-----BEGIN ENCRYPTED PRIVATE KEY-----|Proc-Type: 4,ENCRYPTED")
+
+#: OpenSSL's reasons for a failed handshake, said for an operator; others are given as
+#: OpenSSL words them.
+_REASONS = {
+    "PEER_DID_NOT_RETURN_A_CERTIFICATE": "the peer sent no certificate, and one is required",
+    "TLSV13_ALERT_CERTIFICATE_REQUIRED": "the peer requires a client certificate",
+    "WRONG_VERSION_NUMBER": "the peer does not speak TLS (DICOM in the clear?)",
+    "HTTP_REQUEST": "the peer does not speak TLS (an HTTP request)",
+    "RECORD_LAYER_FAILURE": "the peer does not speak TLS (DICOM in the clear?)",
+    "UNSUPPORTED_PROTOCOL": "no TLS version in common (TLS 1.2 or later is required)",
+    "TLSV1_ALERT_PROTOCOL_VERSION": "no TLS version in common (TLS 1.2 or later is "
+                                    "required)",
+    "NO_SHARED_CIPHER": "no cipher in common",
+    "TLSV1_ALERT_UNKNOWN_CA": "the peer does not trust this node's certificate (unknown CA)",
+    "SSLV3_ALERT_BAD_CERTIFICATE": "the peer refused this node's certificate",
+    "SSLV3_ALERT_CERTIFICATE_UNKNOWN": "the peer refused this node's certificate",
+    "SSLV3_ALERT_CERTIFICATE_EXPIRED": "the peer says this node's certificate has expired",
+    "SSLV3_ALERT_HANDSHAKE_FAILURE": "the peer ended the handshake (no cipher in common, "
+                                     "or a client certificate it wants)",
+}
+
+
+#: OpenSSL's verification errors that mean "signed by no CA trusted here": unable to get
+#: the issuer's certificate (locally), a self-signed certificate (in the chain), unable to
+#: verify the first certificate.
+_UNTRUSTED = {2, 18, 19, 20, 21}
+
+
+class TLSConfigError(ValueError):
+    """A TLS option the node cannot start with: said in one line."""
+
+
+def describe(exc: BaseException) -> str:
+    """A failed handshake, in a few words for a log line."""
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        why = {10: "has expired", 9: "is not valid yet"}.get(exc.verify_code, "was not accepted")
+        if exc.verify_code in _UNTRUSTED:
+            why = "is not signed by a CA trusted here"
+        return f"the peer's certificate {why} ({exc.verify_message})"
+    if isinstance(exc, (ssl.SSLEOFError, ssl.SSLZeroReturnError, ConnectionError)):
+        return "the peer closed the connection during the handshake"
+    if isinstance(exc, ssl.SSLError):
+        reason = exc.reason or ""
+        return _REASONS.get(reason) or reason.lower().replace("_", " ") or str(exc)
+    if isinstance(exc, TimeoutError):
+        return f"no handshake within {HANDSHAKE_TIMEOUT:.0f} s"
+    return exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+
+
+def _read(option: str, path: str, pattern: re.Pattern, what: str) -> bytes:
+    try:
+        data = Path(path).read_bytes()
+    except FileNotFoundError:
+        raise TLSConfigError(f"{option} {path}: no such file") from None
+    except OSError as exc:
+        raise TLSConfigError(f"{option} {path}: cannot read it ({exc.strerror or exc})") \
+            from None
+    if not pattern.search(data):
+        raise TLSConfigError(f"{option} {path}: no PEM {what} in it")
+    return data
+
+
+def _no_password():
+    # without a callback OpenSSL would ask for the passphrase on the terminal: a service
+    # would hang there
+    raise TLSConfigError("encrypted")
+
+
+def _load_identity(context: ssl.SSLContext, cert_option: str, cert: str, key_option: str,
+                   key: str) -> None:
+    _read(cert_option, cert, _CERTIFICATE, "certificate")
+    if _ENCRYPTED_KEY.search(_read(key_option, key, _PRIVATE_KEY, "private key")):
+        raise TLSConfigError(f"{key_option} {key}: the key is encrypted; give the node an "
+                             "unencrypted key, readable by its user only")
+    try:
+        context.load_cert_chain(cert, key, password=_no_password)
+    except TLSConfigError:
+        raise TLSConfigError(f"{key_option} {key}: the key is encrypted; give the node an "
+                             "unencrypted key, readable by its user only") from None
+    except ssl.SSLError as exc:
+        if exc.reason == "KEY_VALUES_MISMATCH":
+            raise TLSConfigError(f"{key_option} {key} is not the private key of the "
+                                 f"certificate in {cert_option} {cert}") from None
+        raise TLSConfigError(f"{cert_option} {cert}, {key_option} {key}: cannot use them: "
+                             f"{describe(exc)}") from None
+
+
+def _load_cas(context: ssl.SSLContext, option: str, path: str) -> None:
+    _read(option, path, _CERTIFICATE, "certificate")
+    try:
+        context.load_verify_locations(cafile=path)
+    except ssl.SSLError as exc:
+        raise TLSConfigError(f"{option} {path}: cannot use it: {describe(exc)}") from None
+
+
+class _WatchedSocket(ssl.SSLSocket):
+    """An SSLSocket that notes a TLS failure on its context: pynetdicom swallows it (an
+    association that "could not connect") and the sender wants to say why."""
+
+    def do_handshake(self, *args, **kwargs):
+        try:
+            return super().do_handshake(*args, **kwargs)
+        except OSError as exc:
+            self.context.failure = exc
+            raise
+
+    def recv(self, *args, **kwargs):
+        # TLS 1.3: a server that refuses the client's certificate says so after the
+        # client finished its handshake, on the first read
+        try:
+            return super().recv(*args, **kwargs)
+        except ssl.SSLError as exc:
+            self.context.failure = exc
+            raise
+
+    def shutdown(self, how):
+        # pynetdicom closes a socket only if its shutdown succeeds, which it does not
+        # once the peer has broken off the handshake: close it here, or it stays open
+        # until the garbage collector finds it
+        try:
+            super().shutdown(how)
+        except OSError:
+            self.close()
+            raise
+
+
+class _ClientContext(ssl.SSLContext):
+    sslsocket_class = _WatchedSocket
+    failure: OSError | None = None
+    client_certificate = False
+
+
+@dataclasses.dataclass(frozen=True)
+class ClientTLS:
+    """How the sender reaches the PACS over TLS: pynetdicom's ``tls_args``, and the last
+    failure (the sender makes one association at a time)."""
+
+    context: _ClientContext
+    server_hostname: str | None  # None: an IP address, whose name is not checked
+
+    @property
+    def tls_args(self) -> tuple[ssl.SSLContext, str | None]:
+        return self.context, self.server_hostname
+
+    def __str__(self) -> str:
+        checked = f"and for the name {self.server_hostname}" if self.server_hostname \
+            else "(an address is not checked: give a host name for that)"
+        client = "with" if self.context.client_certificate else "without"
+        return f"TLS, the PACS's certificate checked against --results-tls-ca {checked}, " \
+               f"{client} a client certificate"
+
+    def take_failure(self) -> OSError | None:
+        """The TLS error of the last association, if it had one; forgotten after."""
+        failure, self.context.failure = self.context.failure, None
+        return failure
+
+
+@dataclasses.dataclass(frozen=True)
+class TLSOptions:
+    """The node's TLS files, as given on the command line (paths, or None)."""
+
+    cert: str | None = None
+    key: str | None = None
+    ca: str | None = None
+    results_ca: str | None = None
+    results_cert: str | None = None
+    results_key: str | None = None
+
+    def check(self) -> None:
+        """TLSConfigError for a combination that makes no sense."""
+        if self.key and not self.cert:
+            raise TLSConfigError("--tls-key needs --tls-cert, the certificate it belongs to")
+        if self.cert and not self.key:
+            raise TLSConfigError("--tls-cert needs --tls-key, its private key")
+        if self.ca and not self.cert:
+            raise TLSConfigError("--tls-ca needs --tls-cert and --tls-key: client "
+                                 "certificates are asked for only over TLS")
+        if self.results_key and not self.results_cert:
+            raise TLSConfigError("--results-tls-key needs --results-tls-cert, the "
+                                 "certificate it belongs to")
+        if self.results_cert and not self.results_key:
+            raise TLSConfigError("--results-tls-cert needs --results-tls-key, its private "
+                                 "key")
+        if self.results_cert and not self.results_ca:
+            raise TLSConfigError("--results-tls-cert needs --results-tls-ca: the results "
+                                 "go over TLS only to a PACS whose certificate is verified")
+
+    def server_context(self) -> ssl.SSLContext | None:
+        """The listening side's context (None: DICOM in the clear)."""
+        self.check()
+        if not self.cert:
+            return None
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.minimum_version = MINIMUM_VERSION
+        _load_identity(context, "--tls-cert", self.cert, "--tls-key", self.key)
+        if self.ca:
+            _load_cas(context, "--tls-ca", self.ca)
+            context.verify_mode = ssl.CERT_REQUIRED
+        return context
+
+    def client(self, host: str) -> ClientTLS | None:
+        """The sending side's TLS towards ``host`` (None: DICOM in the clear)."""
+        self.check()
+        if not self.results_ca:
+            return None
+        context = _ClientContext(ssl.PROTOCOL_TLS_CLIENT)
+        context.minimum_version = MINIMUM_VERSION
+        _load_cas(context, "--results-tls-ca", self.results_ca)
+        if self.results_cert:
+            _load_identity(context, "--results-tls-cert", self.results_cert,
+                           "--results-tls-key", self.results_key)
+            context.client_certificate = True
+        try:
+            ipaddress.ip_address(host)
+        except ValueError:
+            return ClientTLS(context, host)  # a name: the certificate must be for it
+        # an address: certificates seldom name one, and the CAs given vouch for it
+        context.check_hostname = False
+        return ClientTLS(context, None)
+
+
+def describe_server(context: ssl.SSLContext | None) -> str:
+    """The listening side, for the node's start line."""
+    if context is None:
+        return "DICOM in the clear"
+    if context.verify_mode == ssl.CERT_REQUIRED:
+        return "TLS (client certificates required, checked against --tls-ca)"
+    return "TLS (no client certificate asked for)"
+
+
+class TLSAssociationServer(ThreadedAssociationServer):
+    """pynetdicom's threaded server with the TLS handshake on each connection's thread.
+
+    pynetdicom's own (``start_server(ssl_context=...)``) shakes hands in the thread that
+    accepts connections, on a socket without a timeout: one peer that connects and says
+    nothing would stop the node from accepting anyone else, and a failed handshake is
+    dropped without a word. Here each connection is accepted at once, its handshake has
+    ``HANDSHAKE_TIMEOUT`` seconds, and a failure is logged in one line.
+    """
+
+    daemon_threads = True  # a handshake under way never holds up a stopping node
+
+    def __init__(self, *args, tls_context: ssl.SSLContext, **kwargs):
+        self.tls_context = tls_context
+        super().__init__(*args, **kwargs)
+
+    def process_request_thread(self, request, client_address) -> None:
+        try:
+            request.settimeout(HANDSHAKE_TIMEOUT)
+            request = self.tls_context.wrap_socket(request, server_side=True)
+            request.settimeout(None)  # as pynetdicom has its sockets: it reads with select
+        except OSError as exc:  # ssl.SSLError, a timeout, a reset
+            log.warning("TLS handshake with %s failed: %s; no association",
+                        _address(client_address), describe(exc))
+            _close(request)
+            return
+        super().process_request_thread(request, client_address)
+
+
+def start_tls_server(ae, address: tuple[str, int], context: ssl.SSLContext,
+                     evt_handlers: list) -> TLSAssociationServer:
+    """``ae.start_server(address, block=False, ...)`` with the handshake done by
+    ``TLSAssociationServer``."""
+    server = ae.make_server(address, evt_handlers=evt_handlers,
+                            server_class=TLSAssociationServer, tls_context=context)
+    # as start_server does: its shutdown() takes itself off this list
+    ae._servers.append(server)
+    threading.Thread(target=server.serve_forever, name="pneumo-tls-acceptor",
+                     daemon=True).start()
+    return server
+
+
+def _address(client_address) -> str:
+    host, port = client_address[:2]
+    return f"[{host}]:{port}" if ":" in str(host) else f"{host}:{port}"
+
+
+def _close(sock: socket.socket) -> None:
+    try:
+        sock.close()
+    except OSError:
+        pass
+
+
+class _LeaveTLSFailuresToTheNode(logging.Filter):
+    """Drops what pynetdicom logs while it handles an ``ssl.SSLError``: two or three
+    lines per failure, one of them a traceback. The sender logs the failure in one line
+    of its own, with what it means."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and isinstance(record.exc_info[1], ssl.SSLError):
+            return False
+        # filters run in the thread that logs, inside pynetdicom's except block
+        return not isinstance(sys.exc_info()[1], ssl.SSLError)
+
+
+_LEAVE_TLS_FAILURES = _LeaveTLSFailuresToTheNode()
+
+
+def quiet_pynetdicom_tls_failures() -> None:
+    """One line per TLS failure in the node's log: pynetdicom's own lines about it (and
+    their tracebacks) are left out."""
+    for name in ("pynetdicom.transport", "pynetdicom.dul"):
+        logger = logging.getLogger(name)
+        if _LEAVE_TLS_FAILURES not in logger.filters:
+            logger.addFilter(_LEAVE_TLS_FAILURES)
