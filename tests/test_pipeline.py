@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 from pneumo.cli import main
+from pneumo.config import TrainConfig
 from synthetic import make_dataset
 
 pytestmark = pytest.mark.slow
@@ -100,9 +101,10 @@ def test_rerun_with_the_same_name_resumes(trained_run, caplog):
 def test_a_run_resumed_with_another_recipe_is_refused(trained_run, capsys):
     _, _, run_dir, args = trained_run
     before = (run_dir / "config.json").read_text()
-    assert main([*args, "--feature-block", "12"]) == 2
+    started = TrainConfig(data_dir="").feature_block
+    assert main([*args, "--feature-block", str(started + 1)]) == 2
     error = capsys.readouterr().err
-    assert "was started with feature_block = 14" in error and "--run-name" in error
+    assert f"was started with feature_block = {started}" in error and "--run-name" in error
     assert (run_dir / "config.json").read_text() == before  # its record is left as it was
 
 

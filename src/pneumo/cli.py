@@ -109,8 +109,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--feature-block", type=int, default=defaults.feature_block,
                        choices=range(FIRST_FEATURE_BLOCK, N_BLOCKS + 1), metavar="N",
                        help=f"the head reads the output of Xception block N "
-                            f"({FIRST_FEATURE_BLOCK}-{N_BLOCKS}; 14 is the last, 12 the end of "
-                            "the middle flow); the network ends there")
+                            f"({FIRST_FEATURE_BLOCK}-{N_BLOCKS}; 14 is the last, 5-12 the middle "
+                            "flow, whose features generalise best); the network ends there")
     train.add_argument("--seed", type=int, default=defaults.seed, help="seed for split and training")
     train.add_argument("--validation-design", choices=["patient", "block"],
                        default=defaults.validation_design,
