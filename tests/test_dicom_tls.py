@@ -373,3 +373,104 @@ def test_a_wrong_tls_option_is_one_line_before_the_model_loads(
         error
     assert error.count("\n") == 1 and "Traceback" not in error
     assert not (tmp_path / "dicom-node").exists()  # told before the spool, too
+
+
+def _closed_by_the_node(peer, within: float) -> bool:
+    """Whether the node closed ``peer`` (a raw TCP connection) within ``within`` seconds."""
+    peer.settimeout(within)
+    try:
+        return peer.recv(1) == b""
+    except ConnectionResetError:
+        return True
+    except TimeoutError:
+        return False
+
+
+def test_a_port_check_is_not_a_failed_handshake(pki, tmp_path, caplog):
+    """A connection closed before it sends anything (a load balancer's or Nagios's
+    check_tcp, a port scan: closed, or reset) is logged at DEBUG only, and costs no
+    handshake deadline; a real failed handshake stays a WARNING."""
+    import logging
+    import socket
+    import struct
+
+    from pneumo.dicom_node import tls
+    from pneumo.dicom_node.scp import StorageSCP
+    from pneumo.dicom_node.spool import Spool
+
+    caplog.set_level(logging.DEBUG, "pneumo.dicom_node")
+    spool = Spool(tmp_path, "test")
+    scp = StorageSCP(spool, "PNEUMO", None)
+    port = free_port()
+    scp.start("127.0.0.1", port, tls.TLSOptions(cert=str(pki.node.cert),
+                                                key=str(pki.node.key)).server_context())
+    try:
+        socket.create_connection(("127.0.0.1", port)).close()
+        reset = socket.create_connection(("127.0.0.1", port))
+        reset.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        reset.close()  # an RST, not a FIN
+        wait_for(lambda: caplog.text.count("closed before the TLS handshake") == 2, 30,
+                 "the two DEBUG lines")
+        with socket.create_connection(("127.0.0.1", port)) as clear:
+            clear.sendall(b"\x01\x00\x00\x00\x00\x44")  # DICOM in the clear
+            assert _closed_by_the_node(clear, 30)
+        wait_for(lambda: "does not speak TLS" in caplog.text, 30, "the failed handshake")
+        assert echo(port, tls_args=pki.client()) == 0x0000
+    finally:
+        scp.stop()
+        spool.close()
+    warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert len(warnings) == 1 and warnings[0].startswith("TLS handshake with 127.0.0.1:"), \
+        warnings
+    assert "the peer does not speak TLS (DICOM in the clear?); no association" in warnings[0]
+    debug = [r for r in caplog.records if "closed before the TLS handshake" in r.getMessage()]
+    assert [r.levelno for r in debug] == [logging.DEBUG, logging.DEBUG]
+
+
+def test_handshakes_at_once_are_bounded(pki, tmp_path, monkeypatch, caplog):
+    """Twice --max-associations handshakes at once: peers that connect and say nothing
+    hold a thread each until the deadline, so one past that is closed at once, with one
+    WARNING for the run of them; once a handshake ends, the next peer is served."""
+    import logging
+    import socket
+
+    from pneumo.dicom_node import tls
+    from pneumo.dicom_node.scp import StorageSCP
+    from pneumo.dicom_node.spool import Spool
+
+    monkeypatch.setattr(tls, "HANDSHAKE_TIMEOUT", 30.0)
+    caplog.set_level(logging.DEBUG, "pneumo.dicom_node")
+    spool = Spool(tmp_path, "test")
+    scp = StorageSCP(spool, "PNEUMO", None, max_associations=1)
+    port = free_port()
+    scp.start("127.0.0.1", port, tls.TLSOptions(cert=str(pki.node.cert),
+                                                key=str(pki.node.key)).server_context())
+    silent = [socket.create_connection(("127.0.0.1", port)) for _ in range(2)]
+    try:
+        for peer in silent:
+            assert not _closed_by_the_node(peer, 0.5)  # accepted, its handshake waiting
+        for _ in range(2):
+            with socket.create_connection(("127.0.0.1", port)) as past:
+                assert _closed_by_the_node(past, 10)
+
+        def turned_away():
+            return [r for r in caplog.records if "handshakes under way" in r.getMessage()]
+
+        wait_for(lambda: len(turned_away()) == 2, 30, "the lines about the two turned away")
+        lines = turned_away()
+        assert [r.levelno for r in lines] == [logging.WARNING, logging.DEBUG]
+        assert lines[0].getMessage().startswith(
+            "2 TLS handshakes under way, the most at once (twice --max-associations): "
+            "closed the connection from 127.0.0.1:")
+        for peer in silent:
+            peer.close()
+        wait_for(lambda: caplog.text.count("closed before the TLS handshake") == 2, 30,
+                 "the silent peers' handshakes to end")
+        assert echo(port, tls_args=pki.client()) == 0x0000
+    finally:
+        for peer in silent:
+            peer.close()
+        scp.stop()
+        spool.close()
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING
+                and "handshakes under way" not in r.getMessage()]

@@ -21,7 +21,10 @@ and fails every handshake. They are read once: restart the node after renewing t
 At run time a failed handshake is one line in the log, never a traceback, and the node
 goes on: on the listening side the handshake runs on the connection's own thread, with
 a deadline, so a peer that connects and says nothing holds up no one else; on the
-sending side a failure is a failed delivery, tried again later like any other.
+sending side a failure is a failed delivery, tried again later like any other. A
+connection closed before it sends anything (a port check, a scan) is no failed
+handshake, and is logged at DEBUG only; at most twice ``--max-associations`` handshakes
+run at once, and a connection past that is closed at once.
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ import socket
 import ssl
 import sys
 import threading
+import time
 from pathlib import Path
 
 from pynetdicom.transport import ThreadedAssociationServer
@@ -43,6 +47,9 @@ log = logging.getLogger("pneumo.dicom_node")
 MINIMUM_VERSION = ssl.TLSVersion.TLSv1_2
 #: Seconds a peer has to complete the handshake after it connects.
 HANDSHAKE_TIMEOUT = 10.0
+#: Handshakes under way at once, per association the node serves at once
+#: (``--max-associations``): room for port checks and silent peers beside the PACS.
+HANDSHAKES_PER_ASSOCIATION = 2
 
 _CERTIFICATE = re.compile(rb"-----BEGIN CERTIFICATE-----")
 _PRIVATE_KEY = re.compile(rb"-----BEGIN (?:(?:RSA|EC|DSA|ENCRYPTED) )?PRIVATE KEY-----")
@@ -285,33 +292,89 @@ class TLSAssociationServer(ThreadedAssociationServer):
     nothing would stop the node from accepting anyone else, and a failed handshake is
     dropped without a word. Here each connection is accepted at once, its handshake has
     ``HANDSHAKE_TIMEOUT`` seconds, and a failure is logged in one line.
+
+    A connection closed before it sends anything (a load balancer's or a monitoring
+    check of the port, a port scan) is no failed handshake: a DEBUG line. At most
+    ``max_handshakes`` handshakes run at once (each holds a thread, a silent peer for the
+    whole deadline); a connection past that is closed at once, with one WARNING for a run
+    of them.
     """
 
     daemon_threads = True  # a handshake under way never holds up a stopping node
 
-    def __init__(self, *args, tls_context: ssl.SSLContext, **kwargs):
+    def __init__(self, *args, tls_context: ssl.SSLContext, max_handshakes: int, **kwargs):
         self.tls_context = tls_context
+        self.max_handshakes = max_handshakes
+        self._guard = threading.Lock()
+        self._handshakes: set[threading.Thread] = set()
+        self._turning_away = False  # the WARNING for this run of turned-away peers is said
         super().__init__(*args, **kwargs)
 
-    def process_request_thread(self, request, client_address) -> None:
+    def process_request(self, request, client_address) -> None:
+        """On the accepting thread: the handshake on a thread of its own, if a slot is
+        free; else the connection is closed at once."""
+        with self._guard:
+            admitted = len(self._handshakes) < self.max_handshakes
+            first = not admitted and not self._turning_away
+            self._turning_away = not admitted
+            if admitted:
+                thread = threading.Thread(target=self._handshake,
+                                          args=(request, client_address),
+                                          name="pneumo-tls-handshake", daemon=True)
+                self._handshakes.add(thread)
+                thread.start()
+        if not admitted:
+            _close(request)
+            log.log(logging.WARNING if first else logging.DEBUG,
+                    "%d TLS handshakes under way, the most at once (twice "
+                    "--max-associations): closed the connection from %s%s",
+                    self.max_handshakes, _address(client_address),
+                    "; more are logged at DEBUG until one is let in" if first else "")
+
+    def _handshake(self, request, client_address) -> None:
+        try:
+            request = self._shake_hands(request, client_address)
+            if request is not None:
+                super().process_request_thread(request, client_address)
+        finally:
+            with self._guard:
+                self._handshakes.discard(threading.current_thread())
+
+    def _shake_hands(self, request: socket.socket, client_address) -> ssl.SSLSocket | None:
+        """``request`` over TLS, or None (closed, the reason logged)."""
+        deadline = time.monotonic() + HANDSHAKE_TIMEOUT
         try:
             request.settimeout(HANDSHAKE_TIMEOUT)
+            try:
+                # what the peer sends first, left for the handshake to read
+                said_something = bool(request.recv(1, socket.MSG_PEEK))
+            except ConnectionResetError:
+                said_something = False
+            if not said_something:
+                log.debug("connection from %s closed before the TLS handshake (a port "
+                          "check?); no association", _address(client_address))
+                _close(request)
+                return None
+            request.settimeout(max(deadline - time.monotonic(), 0.001))
             request = self.tls_context.wrap_socket(request, server_side=True)
             request.settimeout(None)  # as pynetdicom has its sockets: it reads with select
         except OSError as exc:  # ssl.SSLError, a timeout, a reset
             log.warning("TLS handshake with %s failed: %s; no association",
                         _address(client_address), describe(exc))
             _close(request)
-            return
-        super().process_request_thread(request, client_address)
+            return None
+        return request
 
 
 def start_tls_server(ae, address: tuple[str, int], context: ssl.SSLContext,
                      evt_handlers: list) -> TLSAssociationServer:
     """``ae.start_server(address, block=False, ...)`` with the handshake done by
-    ``TLSAssociationServer``."""
+    ``TLSAssociationServer``, at most ``HANDSHAKES_PER_ASSOCIATION`` times
+    ``ae.maximum_associations`` at once."""
     server = ae.make_server(address, evt_handlers=evt_handlers,
-                            server_class=TLSAssociationServer, tls_context=context)
+                            server_class=TLSAssociationServer, tls_context=context,
+                            max_handshakes=HANDSHAKES_PER_ASSOCIATION
+                            * ae.maximum_associations)
     # as start_server does: its shutdown() takes itself off this list
     ae._servers.append(server)
     threading.Thread(target=server.serve_forever, name="pneumo-tls-acceptor",
