@@ -474,3 +474,44 @@ def test_handshakes_at_once_are_bounded(pki, tmp_path, monkeypatch, caplog):
         spool.close()
     assert not [r for r in caplog.records if r.levelno >= logging.WARNING
                 and "handshakes under way" not in r.getMessage()]
+
+
+def test_no_association_starts_after_the_node_stopped(pki, tmp_path, monkeypatch, caplog):
+    """A handshake under way when the node stops is cut short: the peer's handshake
+    fails, no association starts against the closed spool, and no handshake thread
+    outlives the stop."""
+    import logging
+    import socket
+    import threading
+
+    from pneumo.dicom_node import tls
+    from pneumo.dicom_node.scp import StorageSCP
+    from pneumo.dicom_node.spool import Spool
+
+    def acceptors() -> set[threading.Thread]:
+        return {t for t in threading.enumerate() if t.name.startswith("AcceptorThread")}
+
+    monkeypatch.setattr(tls, "HANDSHAKE_TIMEOUT", 30.0)
+    caplog.set_level(logging.DEBUG, "pneumo.dicom_node")
+    before = acceptors()
+    spool = Spool(tmp_path, "test")
+    scp = StorageSCP(spool, "PNEUMO", None)
+    port = free_port()
+    scp.start("127.0.0.1", port, tls.TLSOptions(cert=str(pki.node.cert),
+                                                key=str(pki.node.key)).server_context())
+    server = scp.server
+    late = socket.create_connection(("127.0.0.1", port))
+    try:
+        wait_for(lambda: server._handshakes, 30, "the connection's handshake to begin")
+        scp.stop(grace=0)
+        spool.close()
+        assert not server._handshakes  # none left behind
+        context, hostname = pki.client()
+        with pytest.raises(OSError):  # the node's end is shut: no handshake now
+            context.wrap_socket(late, server_hostname=hostname).close()
+    finally:
+        late.close()
+        scp.stop(grace=0)
+    assert not acceptors() - before
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+    assert "the node is stopping; no association" in caplog.text

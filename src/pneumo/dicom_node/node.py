@@ -1,8 +1,8 @@
 """The running node (``pneumo dicom-listen``): the Storage SCP, the screener and the
 sender, started together on one spool and stopped together on SIGTERM or SIGINT.
 
-Stopping is graceful: the node stops listening, lets open associations finish for a
-few seconds (then aborts them: the PACS sends what it had not had confirmed again),
+Stopping is graceful: the node stops listening (cutting TLS handshakes under way short,
+so that no association starts after), lets open associations finish for a few seconds (then aborts them: the PACS sends what it had not had confirmed again),
 the screener finishes the image it is on, the sender the result it is on; everything
 else waits in the spool for the next start.
 """

@@ -298,33 +298,43 @@ class TLSAssociationServer(ThreadedAssociationServer):
     ``max_handshakes`` handshakes run at once (each holds a thread, a silent peer for the
     whole deadline); a connection past that is closed at once, with one WARNING for a run
     of them.
-    """
 
-    daemon_threads = True  # a handshake under way never holds up a stopping node
+    ``shutdown()`` cuts the handshakes under way short and waits for their threads, so
+    that no association starts once it returns (the node closes its spool after).
+    """
 
     def __init__(self, *args, tls_context: ssl.SSLContext, max_handshakes: int, **kwargs):
         self.tls_context = tls_context
         self.max_handshakes = max_handshakes
         self._guard = threading.Lock()
-        self._handshakes: set[threading.Thread] = set()
+        #: each handshake's thread and its socket while the handshake is under way (None
+        #: once done): what shutdown() interrupts and waits for
+        self._handshakes: dict[threading.Thread, socket.socket | None] = {}
         self._turning_away = False  # the WARNING for this run of turned-away peers is said
+        self._stopping = False
         super().__init__(*args, **kwargs)
 
     def process_request(self, request, client_address) -> None:
         """On the accepting thread: the handshake on a thread of its own, if a slot is
         free; else the connection is closed at once."""
         with self._guard:
-            admitted = len(self._handshakes) < self.max_handshakes
-            first = not admitted and not self._turning_away
-            self._turning_away = not admitted
-            if admitted:
+            stopping = self._stopping
+            if not stopping and len(self._handshakes) < self.max_handshakes:
+                # a daemon: shutdown() waits for it, with a bound
                 thread = threading.Thread(target=self._handshake,
                                           args=(request, client_address),
                                           name="pneumo-tls-handshake", daemon=True)
-                self._handshakes.add(thread)
+                self._handshakes[thread] = request
                 thread.start()
-        if not admitted:
-            _close(request)
+                self._turning_away = False
+                return
+            first = not stopping and not self._turning_away
+            self._turning_away = not stopping
+        _close(request)
+        if stopping:
+            log.debug("connection from %s: the node is stopping; no association",
+                      _address(client_address))
+        else:
             log.log(logging.WARNING if first else logging.DEBUG,
                     "%d TLS handshakes under way, the most at once (twice "
                     "--max-associations): closed the connection from %s%s",
@@ -338,32 +348,69 @@ class TLSAssociationServer(ThreadedAssociationServer):
                 super().process_request_thread(request, client_address)
         finally:
             with self._guard:
-                self._handshakes.discard(threading.current_thread())
+                self._handshakes.pop(threading.current_thread(), None)
+
+    def _note(self, request: socket.socket | None) -> bool:
+        """Notes this thread's socket for shutdown() to cut short (None: its handshake is
+        done, nothing to cut); False when the node is stopping, which shutdown() may have
+        looked at before the note."""
+        with self._guard:
+            self._handshakes[threading.current_thread()] = request
+            return not self._stopping
 
     def _shake_hands(self, request: socket.socket, client_address) -> ssl.SSLSocket | None:
         """``request`` over TLS, or None (closed, the reason logged)."""
         deadline = time.monotonic() + HANDSHAKE_TIMEOUT
+        peer = _address(client_address)
         try:
             request.settimeout(HANDSHAKE_TIMEOUT)
             try:
-                # what the peer sends first, left for the handshake to read
+                # the peer's first byte, left for the handshake to read
                 said_something = bool(request.recv(1, socket.MSG_PEEK))
             except ConnectionResetError:
                 said_something = False
-            if not said_something:
-                log.debug("connection from %s closed before the TLS handshake (a port "
-                          "check?); no association", _address(client_address))
+            if said_something:
+                request = self.tls_context.wrap_socket(request, server_side=True,
+                                                       do_handshake_on_connect=False)
+            if said_something and self._note(request):
+                request.settimeout(max(deadline - time.monotonic(), 0.001))
+                request.do_handshake()
+                request.settimeout(None)  # as pynetdicom has its sockets: read with select
+                if self._note(None):
+                    return request
+        except OSError as exc:  # ssl.SSLError, a timeout, a reset
+            if self._note(None):
+                log.warning("TLS handshake with %s failed: %s; no association", peer,
+                            describe(exc))
                 _close(request)
                 return None
-            request.settimeout(max(deadline - time.monotonic(), 0.001))
-            request = self.tls_context.wrap_socket(request, server_side=True)
-            request.settimeout(None)  # as pynetdicom has its sockets: it reads with select
-        except OSError as exc:  # ssl.SSLError, a timeout, a reset
-            log.warning("TLS handshake with %s failed: %s; no association",
-                        _address(client_address), describe(exc))
-            _close(request)
-            return None
-        return request
+        if self._note(None):
+            log.debug("connection from %s closed before the TLS handshake (a port "
+                      "check?); no association", peer)
+        else:
+            log.debug("connection from %s: the node is stopping; no association", peer)
+        _close(request)
+        return None
+
+    def shutdown(self) -> None:
+        """No new connections, the handshakes under way cut short and their threads
+        waited for (at most ``HANDSHAKE_TIMEOUT``): none starts an association after."""
+        with self._guard:
+            self._stopping = True
+        super().shutdown()  # the accepting thread stops; the listening socket is closed
+        with self._guard:  # held: a thread notes None before it closes its socket
+            pending = dict(self._handshakes)
+            for request in pending.values():
+                if request is not None:
+                    try:  # the socket's own, not SSLSocket's, which drops its TLS state
+                        socket.socket.shutdown(request, socket.SHUT_RDWR)
+                    except OSError:
+                        pass
+        deadline = time.monotonic() + HANDSHAKE_TIMEOUT
+        for thread in pending:
+            thread.join(max(deadline - time.monotonic(), 0))
+        if any(thread.is_alive() for thread in pending):
+            log.debug("a TLS handshake thread outlived the node's stop")
 
 
 def start_tls_server(ae, address: tuple[str, int], context: ssl.SSLContext,
