@@ -251,10 +251,10 @@ def test_a_pacs_that_wants_a_client_certificate_is_one_line(pki, orthanc, caplog
 
 
 @pytest.mark.slow
-def test_the_pacs_name_is_checked_an_address_is_not(pki, tmp_path):
+def test_the_pacs_name_is_checked_and_so_is_its_address(pki, tmp_path):
     """A PACS whose certificate names only pacs.example and 127.0.0.1: reached as
     localhost, the name does not match and the handshake fails; reached by its address,
-    the CA's signature is what is checked."""
+    which the certificate lists, it is accepted (one that lists no address: below)."""
     from pneumo.dicom_node.tls import TLSOptions, describe
 
     elsewhere = pki.ca.issue("pacs-example", hosts=("pacs.example", "127.0.0.1"))
@@ -515,3 +515,44 @@ def test_no_association_starts_after_the_node_stopped(pki, tmp_path, monkeypatch
     assert not acceptors() - before
     assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
     assert "the node is stopping; no association" in caplog.text
+
+
+def test_a_pacs_named_by_its_address_must_have_it_in_its_certificate(pki, tmp_path):
+    """--results-to by IP address: the PACS's certificate must list that address (an IP
+    subjectAltName), as a host name must be listed when it is named by one. A
+    certificate that lists only names fails, and the reason says so. (The PACS here is a
+    node's own TLS port, with the certificate under test.)"""
+    from pneumo.dicom_node import tls
+    from pneumo.dicom_node.scp import StorageSCP
+    from pneumo.dicom_node.spool import Spool
+
+    options = tls.TLSOptions(results_ca=str(pki.ca.cert))
+    by_address = options.client("127.0.0.1")
+    assert str(by_address) == "TLS, the PACS's certificate checked against " \
+        "--results-tls-ca and for the address 127.0.0.1, without a client certificate"
+    names_only = pki.ca.issue("names-only", hosts=("pacs.example", "localhost"))
+    for identity, accepted in [(pki.pacs, True), (names_only, False)]:
+        spool = Spool(tmp_path / identity.cert.stem, "test")
+        scp = StorageSCP(spool, "PACS", None)
+        port = free_port()
+        scp.start("127.0.0.1", port, tls.TLSOptions(cert=str(identity.cert),
+                                                    key=str(identity.key)).server_context())
+        try:
+            assoc = associate(port, called="PACS", tls_args=by_address.tls_args)
+            try:
+                assert assoc.is_established == accepted
+            finally:
+                if assoc.is_established:
+                    assoc.release()
+            failure = by_address.take_failure()
+        finally:
+            scp.stop(grace=0)
+            spool.close()
+        if accepted:
+            assert failure is None
+        else:
+            assert tls.describe(failure) == (
+                "the peer's certificate does not list the IP address 127.0.0.1 (no "
+                "subjectAltName IP:127.0.0.1): --results-to names the PACS by that address; "
+                "give the host name its certificate is issued for instead, or have the "
+                "certificate list the address")

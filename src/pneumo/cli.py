@@ -53,8 +53,8 @@ def _add_dicom_tls_options(parser: argparse.ArgumentParser) -> None:
                             "every peer")
     group.add_argument("--results-tls-ca", metavar="PEM", default=None,
                        help="send the results over TLS to a PACS whose certificate these "
-                            "CAs signed (and, when --results-to gives a host name, that is "
-                            "issued for it)")
+                            "CAs signed, issued for the host name or IP address --results-to "
+                            "gives")
     group.add_argument("--results-tls-cert", metavar="PEM", default=None,
                        help="the node's client certificate, for a PACS that asks for one")
     group.add_argument("--results-tls-key", metavar="PEM", default=None,

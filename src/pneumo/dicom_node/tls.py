@@ -5,8 +5,8 @@ of a secure node): the port it listens on, and the connection that sends the res
   peer; with ``--tls-ca`` it also asks each peer for a certificate and accepts only one
   signed by those CAs (mutual TLS: an AE title is a name, a certificate is proof).
 - Sending results (``--results-tls-ca``): the PACS's certificate must be signed by those
-  CAs, and, when ``--results-to`` names the PACS by a host name, be issued for that
-  name; ``--results-tls-cert`` and ``--results-tls-key`` are the node's client
+  CAs, and be issued for what ``--results-to`` names it by: its host name, or its IP
+  address (an IP subjectAltName; OpenSSL checks either); ``--results-tls-cert`` and ``--results-tls-key`` are the node's client
   certificate, for a PACS that asks for one. There is no way to send over TLS without
   verifying the PACS: encryption to whoever answers is not worth having.
 
@@ -80,6 +80,9 @@ _REASONS = {
 #: the issuer's certificate (locally), a self-signed certificate (in the chain), unable to
 #: verify the first certificate.
 _UNTRUSTED = {2, 18, 19, 20, 21}
+#: X509_V_ERR_IP_ADDRESS_MISMATCH, and the address in its message.
+_IP_MISMATCH = 64
+_MISMATCHED = re.compile(r"not valid for '([^']+)'")
 
 
 class TLSConfigError(ValueError):
@@ -88,6 +91,13 @@ class TLSConfigError(ValueError):
 
 def describe(exc: BaseException) -> str:
     """A failed handshake, in a few words for a log line."""
+    if isinstance(exc, ssl.SSLCertVerificationError) and exc.verify_code == _IP_MISMATCH:
+        address = _MISMATCHED.search(exc.verify_message or "")
+        if address:
+            return (f"the peer's certificate does not list the IP address {address[1]} (no "
+                    f"subjectAltName IP:{address[1]}): --results-to names the PACS by that "
+                    "address; give the host name its certificate is issued for instead, or "
+                    "have the certificate list the address")
     if isinstance(exc, ssl.SSLCertVerificationError):
         why = {10: "has expired", 9: "is not valid yet"}.get(exc.verify_code, "was not accepted")
         if exc.verify_code in _UNTRUSTED:
@@ -192,17 +202,17 @@ class ClientTLS:
     failure (the sender makes one association at a time)."""
 
     context: _ClientContext
-    server_hostname: str | None  # None: an IP address, whose name is not checked
+    server_hostname: str  # a host name or an IP address: the certificate must list it
 
     @property
     def tls_args(self) -> tuple[ssl.SSLContext, str | None]:
         return self.context, self.server_hostname
 
     def __str__(self) -> str:
-        checked = f"and for the name {self.server_hostname}" if self.server_hostname \
-            else "(an address is not checked: give a host name for that)"
+        checked = f"for the {'address' if _is_address(self.server_hostname) else 'name'} " \
+                  f"{self.server_hostname}"
         client = "with" if self.context.client_certificate else "without"
-        return f"TLS, the PACS's certificate checked against --results-tls-ca {checked}, " \
+        return f"TLS, the PACS's certificate checked against --results-tls-ca and {checked}, " \
                f"{client} a client certificate"
 
     def take_failure(self) -> OSError | None:
@@ -266,13 +276,17 @@ class TLSOptions:
             _load_identity(context, "--results-tls-cert", self.results_cert,
                            "--results-tls-key", self.results_key)
             context.client_certificate = True
-        try:
-            ipaddress.ip_address(host)
-        except ValueError:
-            return ClientTLS(context, host)  # a name: the certificate must be for it
-        # an address: certificates seldom name one, and the CAs given vouch for it
-        context.check_hostname = False
-        return ClientTLS(context, None)
+        # a name or an address: OpenSSL checks the certificate's subjectAltName for it
+        # (DNS or IP), and for an address sends no SNI
+        return ClientTLS(context, host)
+
+
+def _is_address(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
 
 
 def describe_server(context: ssl.SSLContext | None) -> str:
