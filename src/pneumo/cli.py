@@ -270,8 +270,9 @@ def build_parser() -> argparse.ArgumentParser:
     listen.add_argument("--overdue-after", default="1h", metavar="SPAN",
                         help="log at ERROR, once, images still not screened (the screener "
                              "stuck or far behind) and results still undelivered this long "
-                             "after the image arrived (30m, 1h, 1d; default: 1h); the node "
-                             "keeps working on them")
+                             "after the image arrived, or for screening after the node "
+                             "started if that was later (30m, 1h, 1d; default: 1h); the "
+                             "node keeps working on them")
     _add_data_dir_option(listen, "where the spool is kept, in dicom-node/")
     _add_model_option(listen)
     _add_dicom_tls_options(listen)

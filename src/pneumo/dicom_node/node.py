@@ -28,9 +28,8 @@ from .tls import TLSOptions, describe_server, quiet_pynetdicom_tls_failures
 log = logging.getLogger("pneumo.dicom_node")
 
 JOIN_TIMEOUT = 90  # seconds: an inference, or a C-STORE waiting on its answer
-#: Seconds between the node's looks for instances overdue to be screened (the first one
-#: this long after the start, so that a backlog the screener takes up at once is not
-#: reported).
+#: Seconds between the node's looks for instances overdue to be screened (a backlog
+#: from before the start is measured from the start: ``ScreeningWatch``).
 WATCH_INTERVAL = 30.0
 
 
