@@ -13,6 +13,7 @@ import datetime as dt
 import ipaddress
 import logging
 import signal
+import ssl
 import threading
 import time
 from pathlib import Path
@@ -38,6 +39,22 @@ def is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return host == "localhost"
+
+
+def who_may_call_warning(host: str, calling_aets: list[str],
+                         server_tls: ssl.SSLContext | None) -> str | None:
+    """The start-up warning when any peer that reaches the port may call as any AE title
+    (None: loopback only, or an allow-list)."""
+    if calling_aets or is_loopback(host):
+        return None
+    if server_tls is not None and server_tls.verify_mode == ssl.CERT_REQUIRED:
+        # peers prove who they are, but any of them may claim any AE title
+        return "listening beyond loopback and accepting any calling AE title from every " \
+               "peer with a certificate --tls-ca trusts: give --calling-aets (a " \
+               "certificate is not tied to an AE title)"
+    return "listening beyond loopback and accepting any calling AE title: give " \
+           "--calling-aets, and keep the port behind a firewall or require client " \
+           "certificates (--tls-ca): an AE title is a name, not a password"
 
 
 def run(*, host: str, port: int, ae_title: str, results_to: str, model: str | None = None,
@@ -130,10 +147,9 @@ def run(*, host: str, port: int, ae_title: str, results_to: str, model: str | No
             log.warning("%d instance(s) could not be screened and are kept in %s (patient "
                         "data): see pneumo dicom-spool status, then retry or purge them",
                         counts["failed"], spool.received_dir)
-        if not calling_aets and not is_loopback(host):
-            log.warning("listening beyond loopback and accepting any calling AE title: "
-                        "give --calling-aets (and keep the port behind a firewall: an AE "
-                        "title is a name, not a password)")
+        warning = who_may_call_warning(host, calling_aets, server_tls)
+        if warning:
+            log.warning("%s", warning)
         status = 0
         next_look = time.monotonic() + WATCH_INTERVAL
         while not stop.wait(0.5):
