@@ -30,8 +30,8 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian
 
 from ..screening import Refusal, Screened
-from .spool import (OVERDUE_AFTER, Instance, Spool, describe_age, now_utc, waiting_to_screen,
-                    where_it_failed)
+from .spool import (OVERDUE_AFTER, Instance, OverdueReport, Spool, ToScreen, describe_age,
+                    now_utc, waiting_to_screen, where_it_failed)
 
 log = logging.getLogger("pneumo.dicom_node")
 
@@ -147,7 +147,8 @@ class ScreeningWatch:
         self.overdue_after = overdue_after
         self.started = started or now_utc()
         self._db: sqlite3.Connection | None = None  # its own, opened at the first look
-        self._reported: set[int] = set()
+        self._report = OverdueReport("instance(s) still not screened", "they arrived",
+                                     overdue_after, key=lambda row: row.instance_id)
 
     def look(self) -> None:
         """One look at the spool; never raises on a database error (it only reports)."""
@@ -162,19 +163,14 @@ class ScreeningWatch:
                         type(exc).__name__, exc)
             self.close()  # a fresh connection at the next look
             return
-        new = [waiting for waiting in late if waiting.instance_id not in self._reported]
-        self._reported = {waiting.instance_id for waiting in late}  # screened ones drop out
-        if not new:
-            return
-        oldest = new[0]
-        backlog = f", already waiting when the node started " \
-                  f"{describe_age((now_utc() - self.started).total_seconds())} ago" \
-            if oldest.received < self.started else ""
-        log.error("%d instance(s) still not screened more than %s after they arrived (oldest: "
-                  "%s, %s%s); %s; see pneumo dicom-spool status", len(new),
-                  describe_age(self.overdue_after.total_seconds()), oldest.tag,
-                  describe_age((now_utc() - oldest.received).total_seconds()), backlog,
-                  self._screener_now())
+        self._report.look(late, about_oldest=self._backlog,
+                          then=lambda: f"{self._screener_now()}; see pneumo dicom-spool status")
+
+    def _backlog(self, oldest: ToScreen) -> str:
+        if oldest.received >= self.started:
+            return ""
+        return f", already waiting when the node started " \
+               f"{describe_age((now_utc() - self.started).total_seconds())} ago"
 
     def _screener_now(self) -> str:
         current = self.screener.current if self.screener is not None else None

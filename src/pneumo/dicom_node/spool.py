@@ -32,17 +32,22 @@ import dataclasses
 import datetime as dt
 import fcntl
 import hashlib
+import logging
 import os
 import sqlite3
 import threading
 import traceback
 import uuid
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 FOLDER = "dicom-node"
 DATABASE_FILE = "queue.sqlite3"
 LOCK_FILE = "node.lock"
 TEMPORARY_SUFFIX = ".partial"
+
+_log = logging.getLogger("pneumo.dicom_node")
 
 #: An image still not screened, or a result still undelivered, this long after the image
 #: arrived is overdue: the node logs it at ERROR (once) and ``pneumo dicom-spool status``
@@ -123,6 +128,38 @@ def describe_age(seconds: float) -> str:
     if minutes:
         return f"{minutes} min"
     return f"{seconds} s"
+
+
+class OverdueReport:
+    """The node's ERROR line about rows overdue (instances to screen, results to deliver),
+    said once per row: at each look, one line for the rows overdue since the last one,
+    naming the oldest of them (rows come oldest first); a row no longer overdue
+    (screened, delivered, purged) drops out, and a restart reports those still waiting
+    once more. ``what``: the rows and what they still are not ("result(s) still not
+    delivered to ..."); ``since``: what the wait counts from ("they arrived")."""
+
+    def __init__(self, what: str, since: str, overdue_after: dt.timedelta,
+                 key: Callable[[Any], int]):
+        self.what = what
+        self.since = since
+        self.overdue_after = overdue_after
+        self.key = key  # a row's id
+        self._reported: set[int] = set()
+
+    def look(self, overdue: list, about_oldest: Callable[[Any], str] = lambda row: "",
+             then: Callable[[], str] = lambda: "see pneumo dicom-spool status") -> None:
+        """``overdue``: every row overdue now (each has ``tag`` and ``received``);
+        ``about_oldest`` adds to what the line says of the oldest new one, ``then`` ends
+        the line (both called only when there is one to say)."""
+        new = [row for row in overdue if self.key(row) not in self._reported]
+        self._reported = {self.key(row) for row in overdue}
+        if not new:
+            return
+        oldest = new[0]
+        _log.error("%d %s more than %s after %s (oldest: %s, %s%s); %s", len(new), self.what,
+                   describe_age(self.overdue_after.total_seconds()), self.since, oldest.tag,
+                   describe_age((now_utc() - oldest.received).total_seconds()),
+                   about_oldest(oldest), then())
 
 
 def where_it_failed(exc: BaseException) -> str:
