@@ -48,14 +48,13 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import datetime as dt
-import fcntl
 import os
 import re
 import sqlite3
 from pathlib import Path
 
 from .spool import (DATABASE_FILE, FOLDER, LOCK_FILE, MIGRATIONS, OVERDUE_AFTER, SpoolError,
-                    ToScreen, Waiting, _stamp, describe_age, now_utc, row_tag,
+                    ToScreen, Waiting, _stamp, describe_age, now_utc, row_tag, take_lock,
                     waiting_results, waiting_to_screen)
 
 BUSY_TIMEOUT = 15.0  # seconds: the node's transactions are milliseconds long
@@ -470,16 +469,10 @@ class SpoolAdmin:
         """The node's lock, held, when no node holds it (none can start until it is
         closed); None while a node runs."""
         try:
-            handle = open(self.root / LOCK_FILE, "a")  # noqa: SIM115 (held open)
+            return take_lock(self.root)
         except OSError as exc:
-            raise SpoolError(f"cannot open {self.root / LOCK_FILE}: {exc.strerror or exc}") \
+            raise SpoolError(f"cannot lock {self.root / LOCK_FILE}: {exc.strerror or exc}") \
                 from None
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            handle.close()
-            return None
-        return handle
 
     # -- retry -------------------------------------------------------------------------
 

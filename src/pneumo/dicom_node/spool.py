@@ -104,6 +104,22 @@ def _unusable(exc: OSError | sqlite3.Error, where: Path) -> SpoolError:
                       "$PNEUMO_DATA_DIR names another folder")
 
 
+def take_lock(root: Path):
+    """The node's lock on the spool in ``root``, held: an open file, closing it lets go;
+    None when another process holds it. OSError when the lock file cannot be opened
+    (or locked)."""
+    handle = open(root / LOCK_FILE, "a")  # noqa: SIM115 (held open)
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.close()
+        return None
+    except BaseException:
+        handle.close()
+        raise
+    return handle
+
+
 def uid_hash(sop_instance_uid: str) -> str:
     """What the node keeps and logs of a SOP Instance UID: enough to recognise it again,
     nothing to look it up by in the PACS."""
@@ -301,14 +317,11 @@ class Spool:
                 folder.mkdir(parents=True, exist_ok=True)
             # the files hold patient data: only the node's own user may open the folder
             self.root.chmod(0o700)
-            self._lock_handle = open(self.root / LOCK_FILE, "a")  # noqa: SIM115 (held open)
+            self._lock_handle = take_lock(self.root)
         except OSError as exc:
             raise _unusable(exc, self.root) from None
-        try:
-            fcntl.flock(self._lock_handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            self._lock_handle.close()
-            raise SpoolBusy(f"another pneumo dicom-listen already uses {self.root}") from None
+        if self._lock_handle is None:
+            raise SpoolBusy(f"another pneumo dicom-listen already uses {self.root}")
         self._mutex = threading.Lock()
         try:
             self._db = sqlite3.connect(self.root / DATABASE_FILE, timeout=30,
