@@ -351,11 +351,21 @@ def test_a_tag_that_names_no_instance_is_one_line_and_changes_nothing(filled, ac
 
 
 def test_purge_takes_a_tag_or_an_age_not_both(filled):
+    """One check, argparse's, which --help shows too."""
     before = rows(filled.data_dir)
-    one_line_error(dicom_spool(filled.data_dir, "purge", "--tag", filled.failed.tag,
-                               "--results-older-than", "7d", "--yes"),
-                   "--tag and --results-older-than: give one or the other")
+    for options in (["--tag", filled.failed.tag, "--results-older-than", "7d"],
+                    ["--results-older-than", "7d", "--tag", filled.failed.tag]):
+        run = dicom_spool(filled.data_dir, "purge", *options, "--yes")
+        assert run.returncode == 2, run
+        *usage, error = run.stderr.splitlines()
+        assert usage[0].startswith("usage: pneumo dicom-spool purge [-h] "
+                                   "[--results-older-than SPAN | --tag TAG]"), usage
+        first, second = options[0], options[2]
+        assert error == f"pneumo dicom-spool purge: error: argument {second}: not allowed " \
+                        f"with argument {first}", error
     assert rows(filled.data_dir) == before
+    shown = dicom_spool(filled.data_dir, "purge", "--help")
+    assert shown.returncode == 0 and "[--results-older-than SPAN | --tag TAG]" in shown.stdout
 
 
 def test_an_old_tag_whose_row_number_came_back_for_another_image_is_refused(filled):

@@ -66,8 +66,6 @@ PICKED_UP_WITHIN = 30
 #: ``12``, ``#12 [3f9a0c2b1d]``, ``instance #12 [3f9a0c2b1d]:``, or a result's
 #: ``#12 [3f9a0c2b1d] sr`` (which names its instance).
 _TAG = re.compile(r"(?:instance\s+)?#?(\d{1,18})(?:\s*\[([0-9a-f]{1,64})\])?(?:\s+s[rc])?:?")
-PURGE_ONE_OR_OLD = ("--tag and --results-older-than: give one or the other (--tag purges "
-                    "the instance it names, whatever its age)")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -495,16 +493,10 @@ class SpoolAdmin:
     # -- purge -------------------------------------------------------------------------
 
     def purge(self, results_older_than: dt.timedelta | None = None,
-              confirmed: bool = False, tag: Tag | None = None) -> Purge:
+              confirmed: bool = False) -> Purge:
         """Failed instances, and with ``results_older_than`` instances whose results are
         still undelivered that long after their image arrived: listed, or with
-        ``confirmed`` deleted, rows first (with their results' rows), then files. With
-        ``tag``, only the instance it names: failed, with undelivered results (whatever
-        their age), or still to be screened while no node runs."""
-        if tag is not None:
-            if results_older_than is not None:
-                raise ValueError(PURGE_ONE_OR_OLD)
-            return self._purge_one(tag, confirmed)
+        ``confirmed`` deleted, rows first (with their results' rows), then files."""
         with self._transaction(write=confirmed) as db:
             failed = self._failed(db)
             abandoned = []
@@ -516,7 +508,9 @@ class SpoolAdmin:
             files = self._delete(db, [f.id for f in failed] + [a.id for a in abandoned])
         return self._deleted(plan, files)
 
-    def _purge_one(self, tag: Tag, confirmed: bool) -> Purge:
+    def purge_one(self, tag: Tag, confirmed: bool = False) -> Purge:
+        """``purge`` of the one instance ``tag`` names, whatever its age: failed, with
+        undelivered results, or still to be screened while no node runs."""
         lock = None
         try:
             with self._transaction(write=confirmed) as db:
