@@ -303,17 +303,21 @@ def test_purge_with_a_tag_takes_an_instance_still_to_be_screened_only_while_no_n
         filled):
     """An image that hangs the screener at every start: the operator stops the node and
     purges it. While a node runs (its lock held, here by a Spool in this process) it may
-    be screening that very image: refused, nothing changed."""
+    be screening that very image: refused, nothing changed; listing without --yes says
+    the same, as it says what --yes would do."""
     before = rows(filled.data_dir)
     spool = filled.spool()
     try:
         running = dicom_spool(filled.data_dir, "purge", "--tag", filled.to_screen.tag, "--yes")
+        listing = dicom_spool(filled.data_dir, "purge", "--tag", filled.to_screen.tag)
     finally:
         spool.close()
-    assert running.returncode == 2, running
-    assert running.stderr == f"pneumo dicom-spool: error: --tag '{filled.to_screen.tag}': " \
-        f"{filled.to_screen.tag} is still to be screened and a node runs on this spool (it " \
-        "may be screening it now): stop the node, then purge it; nothing changed\n"
+    for refused in (running, listing):
+        assert refused.returncode == 2, refused
+        assert refused.stderr == f"pneumo dicom-spool: error: --tag " \
+            f"'{filled.to_screen.tag}': {filled.to_screen.tag} is still to be screened and a " \
+            "node runs on this spool (it may be screening it now): stop the node, then purge " \
+            "it; nothing changed\n"
     assert rows(filled.data_dir) == before
     assert filled.to_screen.file.name in filled.files("received")
 

@@ -24,8 +24,9 @@ running, its back-off has reached 5 minutes) and ``status`` can be a monitoring 
 - it never waits for the node's lock, never runs the node's recovery (which deletes
   files no row names: a running node's files are written before their rows), never
   migrates; only ``purge --tag`` of an instance still to be screened takes the lock, for
-  the moment it deletes, and only when no node holds it (else it refuses: the node may be
-  screening that instance);
+  the moment it lists or deletes it (listing without ``--yes`` too, so that the listing
+  says what ``--yes`` would do), and only when no node holds it (else it refuses: the
+  node may be screening that instance);
 - each action is one SQLite transaction (``BEGIN IMMEDIATE`` for changes: the node's
   own transactions are milliseconds long and wait for it, as it waits for them); the
   database is in WAL mode, so a reader never blocks the node;
