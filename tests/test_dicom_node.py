@@ -783,3 +783,29 @@ def test_a_wrong_address_or_ae_title_is_one_line_not_a_traceback(arguments, mess
     error = capsys.readouterr().err
     assert error.startswith("pneumo dicom-listen: error:") and message in error
     assert "Traceback" not in error
+
+
+def test_the_start_up_warning_about_who_may_call_knows_client_certificates():
+    """Beyond loopback without --calling-aets the node warns; with client certificates
+    (--tls-cert and --tls-ca) an AE title is still not tied to them, so it still asks
+    for --calling-aets, but no longer says a firewall is the only guard."""
+    import ssl
+
+    from pneumo.dicom_node.node import who_may_call_warning
+
+    clear = who_may_call_warning("0.0.0.0", [], None)
+    assert clear == ("listening beyond loopback and accepting any calling AE title: give "
+                     "--calling-aets, and keep the port behind a firewall or require client "
+                     "certificates (--tls-ca): an AE title is a name, not a password")
+    server_only = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)  # TLS, no client certificates
+    assert who_may_call_warning("10.0.0.2", [], server_only) == clear
+    mutual = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    mutual.verify_mode = ssl.CERT_REQUIRED
+    assert who_may_call_warning("0.0.0.0", [], mutual) == (
+        "listening beyond loopback and accepting any calling AE title from every peer "
+        "with a certificate --tls-ca trusts: give --calling-aets (a certificate is not "
+        "tied to an AE title)")
+    for host, aets, context in [("127.0.0.1", [], None), ("localhost", [], None),
+                                ("0.0.0.0", ["ORTHANC"], None),
+                                ("0.0.0.0", ["ORTHANC"], mutual)]:
+        assert who_may_call_warning(host, aets, context) is None

@@ -303,17 +303,21 @@ def test_purge_with_a_tag_takes_an_instance_still_to_be_screened_only_while_no_n
         filled):
     """An image that hangs the screener at every start: the operator stops the node and
     purges it. While a node runs (its lock held, here by a Spool in this process) it may
-    be screening that very image: refused, nothing changed."""
+    be screening that very image: refused, nothing changed; listing without --yes says
+    the same, as it says what --yes would do."""
     before = rows(filled.data_dir)
     spool = filled.spool()
     try:
         running = dicom_spool(filled.data_dir, "purge", "--tag", filled.to_screen.tag, "--yes")
+        listing = dicom_spool(filled.data_dir, "purge", "--tag", filled.to_screen.tag)
     finally:
         spool.close()
-    assert running.returncode == 2, running
-    assert running.stderr == f"pneumo dicom-spool: error: --tag '{filled.to_screen.tag}': " \
-        f"{filled.to_screen.tag} is still to be screened and a node runs on this spool (it " \
-        "may be screening it now): stop the node, then purge it; nothing changed\n"
+    for refused in (running, listing):
+        assert refused.returncode == 2, refused
+        assert refused.stderr == f"pneumo dicom-spool: error: --tag " \
+            f"'{filled.to_screen.tag}': {filled.to_screen.tag} is still to be screened and a " \
+            "node runs on this spool (it may be screening it now): stop the node, then purge " \
+            "it; nothing changed\n"
     assert rows(filled.data_dir) == before
     assert filled.to_screen.file.name in filled.files("received")
 
@@ -351,11 +355,21 @@ def test_a_tag_that_names_no_instance_is_one_line_and_changes_nothing(filled, ac
 
 
 def test_purge_takes_a_tag_or_an_age_not_both(filled):
+    """One check, argparse's, which --help shows too."""
     before = rows(filled.data_dir)
-    one_line_error(dicom_spool(filled.data_dir, "purge", "--tag", filled.failed.tag,
-                               "--results-older-than", "7d", "--yes"),
-                   "--tag and --results-older-than: give one or the other")
+    for options in (["--tag", filled.failed.tag, "--results-older-than", "7d"],
+                    ["--results-older-than", "7d", "--tag", filled.failed.tag]):
+        run = dicom_spool(filled.data_dir, "purge", *options, "--yes")
+        assert run.returncode == 2, run
+        *usage, error = run.stderr.splitlines()
+        assert usage[0].startswith("usage: pneumo dicom-spool purge [-h] "
+                                   "[--results-older-than SPAN | --tag TAG]"), usage
+        first, second = options[0], options[2]
+        assert error == f"pneumo dicom-spool purge: error: argument {second}: not allowed " \
+                        f"with argument {first}", error
     assert rows(filled.data_dir) == before
+    shown = dicom_spool(filled.data_dir, "purge", "--help")
+    assert shown.returncode == 0 and "[--results-older-than SPAN | --tag TAG]" in shown.stdout
 
 
 def test_an_old_tag_whose_row_number_came_back_for_another_image_is_refused(filled):
@@ -597,7 +611,7 @@ def test_a_stuck_screener_is_logged_at_error_once_per_instance_by_a_look_from_ou
     on; even while a worker holds the spool's shared lock, since it reads on a
     connection of its own."""
     from pneumo.dicom_node.screener import Screener, ScreeningWatch
-    from pneumo.dicom_node.spool import Spool
+    from pneumo.dicom_node.spool import Spool, now_utc
 
     caplog.set_level(logging.WARNING, "pneumo.dicom_node")
     spool = Spool(tmp_path, "test")
@@ -611,7 +625,9 @@ def test_a_stuck_screener_is_logged_at_error_once_per_instance_by_a_look_from_ou
 
     stop, wake = threading.Event(), threading.Event()
     screener = Screener(spool, hung, stop, wake)
-    watch = ScreeningWatch(spool, screener, dt.timedelta(hours=1))
+    # a node that has run for hours: the backdated images arrived while it ran
+    watch = ScreeningWatch(spool, screener, dt.timedelta(hours=1),
+                           started=now_utc() - dt.timedelta(hours=4))
 
     def errors():
         return [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR
@@ -659,10 +675,11 @@ def test_a_stuck_screener_is_logged_at_error_once_per_instance_by_a_look_from_ou
 
 def test_the_watch_says_when_the_screener_is_between_images(tmp_path, caplog):
     from pneumo.dicom_node.screener import ScreeningWatch
-    from pneumo.dicom_node.spool import Spool
+    from pneumo.dicom_node.spool import Spool, now_utc
 
     spool = Spool(tmp_path, "test")
-    watch = ScreeningWatch(spool, None, dt.timedelta(minutes=30))
+    watch = ScreeningWatch(spool, None, dt.timedelta(minutes=30),
+                           started=now_utc() - dt.timedelta(hours=3))
     try:
         instance = spool.receive(b"image", uid.generate_uid()).instance
         backdate(tmp_path, instance.id, hours=2)
@@ -673,6 +690,38 @@ def test_the_watch_says_when_the_screener_is_between_images(tmp_path, caplog):
         spool.close()
     assert f"(oldest: {instance.tag}, 2 h); the screener is between images" in caplog.text
     assert "more than 30 min after they arrived" in caplog.text
+
+
+def test_a_backlog_from_before_the_start_is_overdue_only_once_it_waited_since_the_start(
+        tmp_path, caplog):
+    """Images that arrived while the node was down wait from its start, not from their
+    arrival: the first look after a restart names none of them, though they arrived
+    hours ago and the screener is working; still waiting an hour after the start, they
+    are named, with the line saying they were there at the start."""
+    from pneumo.dicom_node.screener import ScreeningWatch
+    from pneumo.dicom_node.spool import Spool, now_utc
+
+    caplog.set_level(logging.ERROR, "pneumo.dicom_node")
+    spool = Spool(tmp_path, "test")
+    instances = [spool.receive(b"image %d" % n, uid.generate_uid()).instance
+                 for n in range(2)]
+    backdate(tmp_path, instances[0].id, hours=3)
+    backdate(tmp_path, instances[1].id, hours=2.5)
+    just_started = ScreeningWatch(spool, None, dt.timedelta(hours=1))
+    running = ScreeningWatch(spool, None, dt.timedelta(hours=1),
+                             started=now_utc() - dt.timedelta(hours=2))
+    try:
+        just_started.look()
+        assert caplog.records == []
+        running.look()
+    finally:
+        just_started.close()
+        running.close()
+        spool.close()
+    line, = [r.getMessage() for r in caplog.records]
+    assert line.startswith(f"2 instance(s) still not screened more than 1 h after they "
+                           f"arrived (oldest: {instances[0].tag}, 3 h, already waiting when "
+                           "the node started 2 h ago); the screener is between images")
 
 
 # -- errors ---------------------------------------------------------------------------

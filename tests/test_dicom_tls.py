@@ -251,10 +251,10 @@ def test_a_pacs_that_wants_a_client_certificate_is_one_line(pki, orthanc, caplog
 
 
 @pytest.mark.slow
-def test_the_pacs_name_is_checked_an_address_is_not(pki, tmp_path):
+def test_the_pacs_name_is_checked_and_so_is_its_address(pki, tmp_path):
     """A PACS whose certificate names only pacs.example and 127.0.0.1: reached as
     localhost, the name does not match and the handshake fails; reached by its address,
-    the CA's signature is what is checked."""
+    which the certificate lists, it is accepted (one that lists no address: below)."""
     from pneumo.dicom_node.tls import TLSOptions, describe
 
     elsewhere = pki.ca.issue("pacs-example", hosts=("pacs.example", "127.0.0.1"))
@@ -373,3 +373,186 @@ def test_a_wrong_tls_option_is_one_line_before_the_model_loads(
         error
     assert error.count("\n") == 1 and "Traceback" not in error
     assert not (tmp_path / "dicom-node").exists()  # told before the spool, too
+
+
+def _closed_by_the_node(peer, within: float) -> bool:
+    """Whether the node closed ``peer`` (a raw TCP connection) within ``within`` seconds."""
+    peer.settimeout(within)
+    try:
+        return peer.recv(1) == b""
+    except ConnectionResetError:
+        return True
+    except TimeoutError:
+        return False
+
+
+def test_a_port_check_is_not_a_failed_handshake(pki, tmp_path, caplog):
+    """A connection closed before it sends anything (a load balancer's or Nagios's
+    check_tcp, a port scan: closed, or reset) is logged at DEBUG only, and costs no
+    handshake deadline; a real failed handshake stays a WARNING."""
+    import logging
+    import socket
+    import struct
+
+    from pneumo.dicom_node import tls
+    from pneumo.dicom_node.scp import StorageSCP
+    from pneumo.dicom_node.spool import Spool
+
+    caplog.set_level(logging.DEBUG, "pneumo.dicom_node")
+    spool = Spool(tmp_path, "test")
+    scp = StorageSCP(spool, "PNEUMO", None)
+    port = free_port()
+    scp.start("127.0.0.1", port, tls.TLSOptions(cert=str(pki.node.cert),
+                                                key=str(pki.node.key)).server_context())
+    try:
+        socket.create_connection(("127.0.0.1", port)).close()
+        reset = socket.create_connection(("127.0.0.1", port))
+        reset.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        reset.close()  # an RST, not a FIN
+        wait_for(lambda: caplog.text.count("closed before the TLS handshake") == 2, 30,
+                 "the two DEBUG lines")
+        with socket.create_connection(("127.0.0.1", port)) as clear:
+            clear.sendall(b"\x01\x00\x00\x00\x00\x44")  # DICOM in the clear
+            assert _closed_by_the_node(clear, 30)
+        wait_for(lambda: "does not speak TLS" in caplog.text, 30, "the failed handshake")
+        assert echo(port, tls_args=pki.client()) == 0x0000
+    finally:
+        scp.stop()
+        spool.close()
+    warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert len(warnings) == 1 and warnings[0].startswith("TLS handshake with 127.0.0.1:"), \
+        warnings
+    assert "the peer does not speak TLS (DICOM in the clear?); no association" in warnings[0]
+    debug = [r for r in caplog.records if "closed before the TLS handshake" in r.getMessage()]
+    assert [r.levelno for r in debug] == [logging.DEBUG, logging.DEBUG]
+
+
+def test_handshakes_at_once_are_bounded(pki, tmp_path, monkeypatch, caplog):
+    """Twice --max-associations handshakes at once: peers that connect and say nothing
+    hold a thread each until the deadline, so one past that is closed at once, with one
+    WARNING for the run of them; once a handshake ends, the next peer is served."""
+    import logging
+    import socket
+
+    from pneumo.dicom_node import tls
+    from pneumo.dicom_node.scp import StorageSCP
+    from pneumo.dicom_node.spool import Spool
+
+    monkeypatch.setattr(tls, "HANDSHAKE_TIMEOUT", 30.0)
+    caplog.set_level(logging.DEBUG, "pneumo.dicom_node")
+    spool = Spool(tmp_path, "test")
+    scp = StorageSCP(spool, "PNEUMO", None, max_associations=1)
+    port = free_port()
+    scp.start("127.0.0.1", port, tls.TLSOptions(cert=str(pki.node.cert),
+                                                key=str(pki.node.key)).server_context())
+    silent = [socket.create_connection(("127.0.0.1", port)) for _ in range(2)]
+    try:
+        for peer in silent:
+            assert not _closed_by_the_node(peer, 0.5)  # accepted, its handshake waiting
+        for _ in range(2):
+            with socket.create_connection(("127.0.0.1", port)) as past:
+                assert _closed_by_the_node(past, 10)
+
+        def turned_away():
+            return [r for r in caplog.records if "handshakes under way" in r.getMessage()]
+
+        wait_for(lambda: len(turned_away()) == 2, 30, "the lines about the two turned away")
+        lines = turned_away()
+        assert [r.levelno for r in lines] == [logging.WARNING, logging.DEBUG]
+        assert lines[0].getMessage().startswith(
+            "2 TLS handshakes under way, the most at once (twice --max-associations): "
+            "closed the connection from 127.0.0.1:")
+        for peer in silent:
+            peer.close()
+        wait_for(lambda: caplog.text.count("closed before the TLS handshake") == 2, 30,
+                 "the silent peers' handshakes to end")
+        assert echo(port, tls_args=pki.client()) == 0x0000
+    finally:
+        for peer in silent:
+            peer.close()
+        scp.stop()
+        spool.close()
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING
+                and "handshakes under way" not in r.getMessage()]
+
+
+def test_no_association_starts_after_the_node_stopped(pki, tmp_path, monkeypatch, caplog):
+    """A handshake under way when the node stops is cut short: the peer's handshake
+    fails, no association starts against the closed spool, and no handshake thread
+    outlives the stop."""
+    import logging
+    import socket
+    import threading
+
+    from pneumo.dicom_node import tls
+    from pneumo.dicom_node.scp import StorageSCP
+    from pneumo.dicom_node.spool import Spool
+
+    def acceptors() -> set[threading.Thread]:
+        return {t for t in threading.enumerate() if t.name.startswith("AcceptorThread")}
+
+    monkeypatch.setattr(tls, "HANDSHAKE_TIMEOUT", 30.0)
+    caplog.set_level(logging.DEBUG, "pneumo.dicom_node")
+    before = acceptors()
+    spool = Spool(tmp_path, "test")
+    scp = StorageSCP(spool, "PNEUMO", None)
+    port = free_port()
+    scp.start("127.0.0.1", port, tls.TLSOptions(cert=str(pki.node.cert),
+                                                key=str(pki.node.key)).server_context())
+    server = scp.server
+    late = socket.create_connection(("127.0.0.1", port))
+    try:
+        wait_for(lambda: server._handshakes, 30, "the connection's handshake to begin")
+        scp.stop(grace=0)
+        spool.close()
+        assert not server._handshakes  # none left behind
+        context, hostname = pki.client()
+        with pytest.raises(OSError):  # the node's end is shut: no handshake now
+            context.wrap_socket(late, server_hostname=hostname).close()
+    finally:
+        late.close()
+        scp.stop(grace=0)
+    assert not acceptors() - before
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+    assert "the node is stopping; no association" in caplog.text
+
+
+def test_a_pacs_named_by_its_address_must_have_it_in_its_certificate(pki, tmp_path):
+    """--results-to by IP address: the PACS's certificate must list that address (an IP
+    subjectAltName), as a host name must be listed when it is named by one. A
+    certificate that lists only names fails, and the reason says so. (The PACS here is a
+    node's own TLS port, with the certificate under test.)"""
+    from pneumo.dicom_node import tls
+    from pneumo.dicom_node.scp import StorageSCP
+    from pneumo.dicom_node.spool import Spool
+
+    options = tls.TLSOptions(results_ca=str(pki.ca.cert))
+    by_address = options.client("127.0.0.1")
+    assert str(by_address) == "TLS, the PACS's certificate checked against " \
+        "--results-tls-ca and for the address 127.0.0.1, without a client certificate"
+    names_only = pki.ca.issue("names-only", hosts=("pacs.example", "localhost"))
+    for identity, accepted in [(pki.pacs, True), (names_only, False)]:
+        spool = Spool(tmp_path / identity.cert.stem, "test")
+        scp = StorageSCP(spool, "PACS", None)
+        port = free_port()
+        scp.start("127.0.0.1", port, tls.TLSOptions(cert=str(identity.cert),
+                                                    key=str(identity.key)).server_context())
+        try:
+            assoc = associate(port, called="PACS", tls_args=by_address.tls_args)
+            try:
+                assert assoc.is_established == accepted
+            finally:
+                if assoc.is_established:
+                    assoc.release()
+            failure = by_address.take_failure()
+        finally:
+            scp.stop(grace=0)
+            spool.close()
+        if accepted:
+            assert failure is None
+        else:
+            assert tls.describe(failure) == (
+                "the peer's certificate does not list the IP address 127.0.0.1 (no "
+                "subjectAltName IP:127.0.0.1): --results-to names the PACS by that address; "
+                "give the host name its certificate is issued for instead, or have the "
+                "certificate list the address")

@@ -53,8 +53,8 @@ def _add_dicom_tls_options(parser: argparse.ArgumentParser) -> None:
                             "every peer")
     group.add_argument("--results-tls-ca", metavar="PEM", default=None,
                        help="send the results over TLS to a PACS whose certificate these "
-                            "CAs signed (and, when --results-to gives a host name, that is "
-                            "issued for it)")
+                            "CAs signed, issued for the host name or IP address --results-to "
+                            "gives")
     group.add_argument("--results-tls-cert", metavar="PEM", default=None,
                        help="the node's client certificate, for a PACS that asks for one")
     group.add_argument("--results-tls-key", metavar="PEM", default=None,
@@ -270,8 +270,9 @@ def build_parser() -> argparse.ArgumentParser:
     listen.add_argument("--overdue-after", default="1h", metavar="SPAN",
                         help="log at ERROR, once, images still not screened (the screener "
                              "stuck or far behind) and results still undelivered this long "
-                             "after the image arrived (30m, 1h, 1d; default: 1h); the node "
-                             "keeps working on them")
+                             "after the image arrived, or for screening after the node "
+                             "started if that was later (30m, 1h, 1d; default: 1h); the "
+                             "node keeps working on them")
     _add_data_dir_option(listen, "where the spool is kept, in dicom-node/")
     _add_model_option(listen)
     _add_dicom_tls_options(listen)
@@ -334,13 +335,14 @@ def build_parser() -> argparse.ArgumentParser:
                     "them and exits 1. An image the PACS sends again afterwards is screened "
                     "afresh. Exit status 2 when --tag names no instance in the spool, or one "
                     "still to be screened while a node runs.")
-    purge.add_argument("--results-older-than", default=None, metavar="SPAN",
+    which = purge.add_mutually_exclusive_group()  # --tag purges one, whatever its age
+    which.add_argument("--results-older-than", default=None, metavar="SPAN",
                        help="also give up on results undelivered this long after their image "
                             "arrived (e.g. 7d)")
-    purge.add_argument("--tag", default=None, metavar="TAG",
+    which.add_argument("--tag", default=None, metavar="TAG",
                        help="only the instance with this tag, as the node's log and status "
                             "print it: '#12' or '#12 [3f9a0c2b1d]' (the hash, if given, is "
-                            "checked); not with --results-older-than")
+                            "checked), whatever its age")
     purge.add_argument("--yes", action="store_true", help="delete, not only list")
     _add_data_dir_option(purge, "the node's data folder (its spool is dicom-node/ in it)")
 
@@ -492,7 +494,7 @@ def _dicom_listen(args) -> int:
 def _dicom_spool(args) -> int:
     import json
 
-    from .dicom_node.admin import PURGE_ONE_OR_OLD, Tag, open_spool
+    from .dicom_node.admin import Tag, open_spool
     from .spans import parse_span
 
     if args.action == "status":
@@ -504,8 +506,6 @@ def _dicom_spool(args) -> int:
         older_than = parse_span(args.results_older_than, "--results-older-than")
     # 'is not None': an empty --tag "$TAG" is a mistake, never "every instance"
     tag = Tag.parse(args.tag) if getattr(args, "tag", None) is not None else None
-    if tag is not None and older_than is not None:
-        raise ValueError(PURGE_ONE_OR_OLD)
     with open_spool(args.data_dir) as spool:
         if args.action == "status":
             status = spool.status(overdue_after)
@@ -515,7 +515,9 @@ def _dicom_spool(args) -> int:
         if args.action == "retry":
             print(spool.retry(tag).text())
             return 0
-        purged = spool.purge(older_than, confirmed=args.yes, tag=tag)
+        # --tag and --results-older-than: argparse lets one through at most
+        purged = spool.purge_one(tag, confirmed=args.yes) if tag is not None \
+            else spool.purge(older_than, confirmed=args.yes)
         print(purged.text())
         return 1 if purged and not purged.done else 0
 

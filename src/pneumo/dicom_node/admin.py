@@ -24,8 +24,9 @@ running, its back-off has reached 5 minutes) and ``status`` can be a monitoring 
 - it never waits for the node's lock, never runs the node's recovery (which deletes
   files no row names: a running node's files are written before their rows), never
   migrates; only ``purge --tag`` of an instance still to be screened takes the lock, for
-  the moment it deletes, and only when no node holds it (else it refuses: the node may be
-  screening that instance);
+  the moment it lists or deletes it (listing without ``--yes`` too, so that the listing
+  says what ``--yes`` would do), and only when no node holds it (else it refuses: the
+  node may be screening that instance);
 - each action is one SQLite transaction (``BEGIN IMMEDIATE`` for changes: the node's
   own transactions are milliseconds long and wait for it, as it waits for them); the
   database is in WAL mode, so a reader never blocks the node;
@@ -48,14 +49,13 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import datetime as dt
-import fcntl
 import os
 import re
 import sqlite3
 from pathlib import Path
 
 from .spool import (DATABASE_FILE, FOLDER, LOCK_FILE, MIGRATIONS, OVERDUE_AFTER, SpoolError,
-                    ToScreen, Waiting, _stamp, describe_age, now_utc, row_tag,
+                    ToScreen, Waiting, _stamp, describe_age, now_utc, row_tag, take_lock,
                     waiting_results, waiting_to_screen)
 
 BUSY_TIMEOUT = 15.0  # seconds: the node's transactions are milliseconds long
@@ -67,8 +67,6 @@ PICKED_UP_WITHIN = 30
 #: ``12``, ``#12 [3f9a0c2b1d]``, ``instance #12 [3f9a0c2b1d]:``, or a result's
 #: ``#12 [3f9a0c2b1d] sr`` (which names its instance).
 _TAG = re.compile(r"(?:instance\s+)?#?(\d{1,18})(?:\s*\[([0-9a-f]{1,64})\])?(?:\s+s[rc])?:?")
-PURGE_ONE_OR_OLD = ("--tag and --results-older-than: give one or the other (--tag purges "
-                    "the instance it names, whatever its age)")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -470,16 +468,10 @@ class SpoolAdmin:
         """The node's lock, held, when no node holds it (none can start until it is
         closed); None while a node runs."""
         try:
-            handle = open(self.root / LOCK_FILE, "a")  # noqa: SIM115 (held open)
+            return take_lock(self.root)
         except OSError as exc:
-            raise SpoolError(f"cannot open {self.root / LOCK_FILE}: {exc.strerror or exc}") \
+            raise SpoolError(f"cannot lock {self.root / LOCK_FILE}: {exc.strerror or exc}") \
                 from None
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            handle.close()
-            return None
-        return handle
 
     # -- retry -------------------------------------------------------------------------
 
@@ -502,16 +494,10 @@ class SpoolAdmin:
     # -- purge -------------------------------------------------------------------------
 
     def purge(self, results_older_than: dt.timedelta | None = None,
-              confirmed: bool = False, tag: Tag | None = None) -> Purge:
+              confirmed: bool = False) -> Purge:
         """Failed instances, and with ``results_older_than`` instances whose results are
         still undelivered that long after their image arrived: listed, or with
-        ``confirmed`` deleted, rows first (with their results' rows), then files. With
-        ``tag``, only the instance it names: failed, with undelivered results (whatever
-        their age), or still to be screened while no node runs."""
-        if tag is not None:
-            if results_older_than is not None:
-                raise ValueError(PURGE_ONE_OR_OLD)
-            return self._purge_one(tag, confirmed)
+        ``confirmed`` deleted, rows first (with their results' rows), then files."""
         with self._transaction(write=confirmed) as db:
             failed = self._failed(db)
             abandoned = []
@@ -523,7 +509,9 @@ class SpoolAdmin:
             files = self._delete(db, [f.id for f in failed] + [a.id for a in abandoned])
         return self._deleted(plan, files)
 
-    def _purge_one(self, tag: Tag, confirmed: bool) -> Purge:
+    def purge_one(self, tag: Tag, confirmed: bool = False) -> Purge:
+        """``purge`` of the one instance ``tag`` names, whatever its age: failed, with
+        undelivered results, or still to be screened while no node runs."""
         lock = None
         try:
             with self._transaction(write=confirmed) as db:

@@ -1,8 +1,8 @@
 """The running node (``pneumo dicom-listen``): the Storage SCP, the screener and the
 sender, started together on one spool and stopped together on SIGTERM or SIGINT.
 
-Stopping is graceful: the node stops listening, lets open associations finish for a
-few seconds (then aborts them: the PACS sends what it had not had confirmed again),
+Stopping is graceful: the node stops listening (cutting TLS handshakes under way short,
+so that no association starts after), lets open associations finish for a few seconds (then aborts them: the PACS sends what it had not had confirmed again),
 the screener finishes the image it is on, the sender the result it is on; everything
 else waits in the spool for the next start.
 """
@@ -13,6 +13,7 @@ import datetime as dt
 import ipaddress
 import logging
 import signal
+import ssl
 import threading
 import time
 from pathlib import Path
@@ -28,9 +29,8 @@ from .tls import TLSOptions, describe_server, quiet_pynetdicom_tls_failures
 log = logging.getLogger("pneumo.dicom_node")
 
 JOIN_TIMEOUT = 90  # seconds: an inference, or a C-STORE waiting on its answer
-#: Seconds between the node's looks for instances overdue to be screened (the first one
-#: this long after the start, so that a backlog the screener takes up at once is not
-#: reported).
+#: Seconds between the node's looks for instances overdue to be screened (a backlog
+#: from before the start is measured from the start: ``ScreeningWatch``).
 WATCH_INTERVAL = 30.0
 
 
@@ -39,6 +39,22 @@ def is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return host == "localhost"
+
+
+def who_may_call_warning(host: str, calling_aets: list[str],
+                         server_tls: ssl.SSLContext | None) -> str | None:
+    """The start-up warning when any peer that reaches the port may call as any AE title
+    (None: loopback only, or an allow-list)."""
+    if calling_aets or is_loopback(host):
+        return None
+    if server_tls is not None and server_tls.verify_mode == ssl.CERT_REQUIRED:
+        # peers prove who they are, but any of them may claim any AE title
+        return "listening beyond loopback and accepting any calling AE title from every " \
+               "peer with a certificate --tls-ca trusts: give --calling-aets (a " \
+               "certificate is not tied to an AE title)"
+    return "listening beyond loopback and accepting any calling AE title: give " \
+           "--calling-aets, and keep the port behind a firewall or require client " \
+           "certificates (--tls-ca): an AE title is a name, not a password"
 
 
 def run(*, host: str, port: int, ae_title: str, results_to: str, model: str | None = None,
@@ -131,10 +147,9 @@ def run(*, host: str, port: int, ae_title: str, results_to: str, model: str | No
             log.warning("%d instance(s) could not be screened and are kept in %s (patient "
                         "data): see pneumo dicom-spool status, then retry or purge them",
                         counts["failed"], spool.received_dir)
-        if not calling_aets and not is_loopback(host):
-            log.warning("listening beyond loopback and accepting any calling AE title: "
-                        "give --calling-aets (and keep the port behind a firewall: an AE "
-                        "title is a name, not a password)")
+        warning = who_may_call_warning(host, calling_aets, server_tls)
+        if warning:
+            log.warning("%s", warning)
         status = 0
         next_look = time.monotonic() + WATCH_INTERVAL
         while not stop.wait(0.5):

@@ -8,9 +8,11 @@ from this thread only. An instance whose screening was cut short by a crash is s
 
 A screener stuck on one image (a decoder or the model hung), or far behind, would leave
 the PACS's images acknowledged and never screened, quietly: ``ScreeningWatch`` says so
-at ERROR once an instance has waited ``--overdue-after`` to be screened. It looks from the
-node's own loop with a database connection of its own, never from the screener's
-thread, so a screener stuck anywhere cannot keep it from looking.
+at ERROR once an instance has waited ``--overdue-after`` to be screened since it arrived,
+or since the node started for one that arrived before (a node down for a while starts
+with a backlog, which its screener takes up: that is neither stuck nor behind). It
+looks from the node's own loop with a database connection of its own, never from the
+screener's thread, so a screener stuck anywhere cannot keep it from looking.
 """
 
 from __future__ import annotations
@@ -28,8 +30,8 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian
 
 from ..screening import Refusal, Screened
-from .spool import (OVERDUE_AFTER, Instance, Spool, describe_age, now_utc, waiting_to_screen,
-                    where_it_failed)
+from .spool import (OVERDUE_AFTER, Instance, OverdueReport, Spool, ToScreen, describe_age,
+                    now_utc, waiting_to_screen, where_it_failed)
 
 log = logging.getLogger("pneumo.dicom_node")
 
@@ -130,40 +132,45 @@ class Screener(threading.Thread):
 
 class ScreeningWatch:
     """Logs at ERROR, once per instance, the instances still waiting to be screened
-    ``overdue_after`` after they arrived, naming them by their tags; says what
+    ``overdue_after`` after they arrived, or after ``started`` (the node's start; default:
+    now) for those that arrived before it, naming them by their tags; says what
     ``screener`` is on, which tells a stuck screener (on the same image all along) from
     one far behind. ``look()`` is called from the node's loop; each instance is reported
-    once per run of the node (a restart reports those still waiting once more)."""
+    once per run of the node (a restart reports those still waiting, an
+    ``overdue_after`` later, once more)."""
 
     def __init__(self, spool: Spool, screener: Screener | None = None,
-                 overdue_after: dt.timedelta = OVERDUE_AFTER):
+                 overdue_after: dt.timedelta = OVERDUE_AFTER,
+                 started: dt.datetime | None = None):
         self.spool = spool
         self.screener = screener
         self.overdue_after = overdue_after
+        self.started = started or now_utc()
         self._db: sqlite3.Connection | None = None  # its own, opened at the first look
-        self._reported: set[int] = set()
+        self._report = OverdueReport("instance(s) still not screened", "they arrived",
+                                     overdue_after, key=lambda row: row.instance_id)
 
     def look(self) -> None:
         """One look at the spool; never raises on a database error (it only reports)."""
         try:
             if self._db is None:
                 self._db = self.spool.reader()
-            late = waiting_to_screen(self._db, now_utc() - self.overdue_after)
+            cutoff = now_utc() - self.overdue_after
+            # waiting since max(arrival, start): none is overdue before the start is
+            late = waiting_to_screen(self._db, cutoff) if self.started < cutoff else []
         except sqlite3.Error as exc:
             log.warning("cannot look for instances overdue to be screened: %s: %s",
                         type(exc).__name__, exc)
             self.close()  # a fresh connection at the next look
             return
-        new = [waiting for waiting in late if waiting.instance_id not in self._reported]
-        self._reported = {waiting.instance_id for waiting in late}  # screened ones drop out
-        if not new:
-            return
-        oldest = new[0]
-        log.error("%d instance(s) still not screened more than %s after they arrived (oldest: "
-                  "%s, %s); %s; see pneumo dicom-spool status", len(new),
-                  describe_age(self.overdue_after.total_seconds()), oldest.tag,
-                  describe_age((now_utc() - oldest.received).total_seconds()),
-                  self._screener_now())
+        self._report.look(late, about_oldest=self._backlog,
+                          then=lambda: f"{self._screener_now()}; see pneumo dicom-spool status")
+
+    def _backlog(self, oldest: ToScreen) -> str:
+        if oldest.received >= self.started:
+            return ""
+        return f", already waiting when the node started " \
+               f"{describe_age((now_utc() - self.started).total_seconds())} ago"
 
     def _screener_now(self) -> str:
         current = self.screener.current if self.screener is not None else None

@@ -28,7 +28,7 @@ from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import AE
 from pynetdicom.status import code_to_category
 
-from .spool import OVERDUE_AFTER, Result, Spool, describe_age, now_utc
+from .spool import OVERDUE_AFTER, OverdueReport, Result, Spool, Waiting, now_utc
 from .tls import ClientTLS, describe
 
 log = logging.getLogger("pneumo.dicom_node")
@@ -78,6 +78,10 @@ class Destination:
         return f"{self.ae_title}@{self.host}:{self.port}"
 
 
+def _attempts(oldest: Waiting) -> str:
+    return f", {oldest.attempts} attempt(s), last error: {oldest.last_error or 'none yet'}"
+
+
 class Sender(threading.Thread):
     """Delivers due results from ``spool`` until ``stop`` is set; ``wake`` says new
     results are waiting; ``on_delivered(instance_id)`` is called when an instance's
@@ -96,7 +100,9 @@ class Sender(threading.Thread):
         self.on_delivered = on_delivered
         self.overdue_after = overdue_after
         self.tls = tls  # None: DICOM in the clear
-        self._reported: set[int] = set()  # overdue results already logged at ERROR
+        self._report = OverdueReport(f"result(s) still not delivered to {destination}",
+                                     "their image arrived", overdue_after,
+                                     key=lambda row: row.result_id)
 
     def run(self) -> None:
         while not self.stop.is_set():
@@ -119,18 +125,8 @@ class Sender(threading.Thread):
         except sqlite3.Error as exc:  # a look for monitoring must never stop the deliveries
             log.warning("cannot look for overdue results: %s: %s", type(exc).__name__, exc)
             return
-        ids = {waiting.result_id for waiting in overdue}
-        new = [waiting for waiting in overdue if waiting.result_id not in self._reported]
-        self._reported = ids  # delivered or purged ones drop out
-        if not new:
-            return
-        oldest = new[0]
-        log.error("%d result(s) still not delivered to %s more than %s after their image "
-                  "arrived (oldest: %s, %s, %d attempt(s), last error: %s); still trying, "
-                  "see pneumo dicom-spool status", len(new), self.destination,
-                  describe_age(self.overdue_after.total_seconds()), oldest.tag,
-                  describe_age((now_utc() - oldest.received).total_seconds()),
-                  oldest.attempts, oldest.last_error or "none yet")
+        self._report.look(overdue, about_oldest=_attempts,
+                          then=lambda: "still trying, see pneumo dicom-spool status")
 
     def _idle_seconds(self) -> float:
         upcoming = self.spool.next_try()

@@ -32,17 +32,22 @@ import dataclasses
 import datetime as dt
 import fcntl
 import hashlib
+import logging
 import os
 import sqlite3
 import threading
 import traceback
 import uuid
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 FOLDER = "dicom-node"
 DATABASE_FILE = "queue.sqlite3"
 LOCK_FILE = "node.lock"
 TEMPORARY_SUFFIX = ".partial"
+
+_log = logging.getLogger("pneumo.dicom_node")
 
 #: An image still not screened, or a result still undelivered, this long after the image
 #: arrived is overdue: the node logs it at ERROR (once) and ``pneumo dicom-spool status``
@@ -99,6 +104,22 @@ def _unusable(exc: OSError | sqlite3.Error, where: Path) -> SpoolError:
                       "$PNEUMO_DATA_DIR names another folder")
 
 
+def take_lock(root: Path):
+    """The node's lock on the spool in ``root``, held: an open file, closing it lets go;
+    None when another process holds it. OSError when the lock file cannot be opened
+    (or locked)."""
+    handle = open(root / LOCK_FILE, "a")  # noqa: SIM115 (held open)
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.close()
+        return None
+    except BaseException:
+        handle.close()
+        raise
+    return handle
+
+
 def uid_hash(sop_instance_uid: str) -> str:
     """What the node keeps and logs of a SOP Instance UID: enough to recognise it again,
     nothing to look it up by in the PACS."""
@@ -123,6 +144,38 @@ def describe_age(seconds: float) -> str:
     if minutes:
         return f"{minutes} min"
     return f"{seconds} s"
+
+
+class OverdueReport:
+    """The node's ERROR line about rows overdue (instances to screen, results to deliver),
+    said once per row: at each look, one line for the rows overdue since the last one,
+    naming the oldest of them (rows come oldest first); a row no longer overdue
+    (screened, delivered, purged) drops out, and a restart reports those still waiting
+    once more. ``what``: the rows and what they still are not ("result(s) still not
+    delivered to ..."); ``since``: what the wait counts from ("they arrived")."""
+
+    def __init__(self, what: str, since: str, overdue_after: dt.timedelta,
+                 key: Callable[[Any], int]):
+        self.what = what
+        self.since = since
+        self.overdue_after = overdue_after
+        self.key = key  # a row's id
+        self._reported: set[int] = set()
+
+    def look(self, overdue: list, about_oldest: Callable[[Any], str] = lambda row: "",
+             then: Callable[[], str] = lambda: "see pneumo dicom-spool status") -> None:
+        """``overdue``: every row overdue now (each has ``tag`` and ``received``);
+        ``about_oldest`` adds to what the line says of the oldest new one, ``then`` ends
+        the line (both called only when there is one to say)."""
+        new = [row for row in overdue if self.key(row) not in self._reported]
+        self._reported = {self.key(row) for row in overdue}
+        if not new:
+            return
+        oldest = new[0]
+        _log.error("%d %s more than %s after %s (oldest: %s, %s%s); %s", len(new), self.what,
+                   describe_age(self.overdue_after.total_seconds()), self.since, oldest.tag,
+                   describe_age((now_utc() - oldest.received).total_seconds()),
+                   about_oldest(oldest), then())
 
 
 def where_it_failed(exc: BaseException) -> str:
@@ -264,14 +317,11 @@ class Spool:
                 folder.mkdir(parents=True, exist_ok=True)
             # the files hold patient data: only the node's own user may open the folder
             self.root.chmod(0o700)
-            self._lock_handle = open(self.root / LOCK_FILE, "a")  # noqa: SIM115 (held open)
+            self._lock_handle = take_lock(self.root)
         except OSError as exc:
             raise _unusable(exc, self.root) from None
-        try:
-            fcntl.flock(self._lock_handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            self._lock_handle.close()
-            raise SpoolBusy(f"another pneumo dicom-listen already uses {self.root}") from None
+        if self._lock_handle is None:
+            raise SpoolBusy(f"another pneumo dicom-listen already uses {self.root}")
         self._mutex = threading.Lock()
         try:
             self._db = sqlite3.connect(self.root / DATABASE_FILE, timeout=30,

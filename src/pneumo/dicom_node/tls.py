@@ -5,8 +5,8 @@ of a secure node): the port it listens on, and the connection that sends the res
   peer; with ``--tls-ca`` it also asks each peer for a certificate and accepts only one
   signed by those CAs (mutual TLS: an AE title is a name, a certificate is proof).
 - Sending results (``--results-tls-ca``): the PACS's certificate must be signed by those
-  CAs, and, when ``--results-to`` names the PACS by a host name, be issued for that
-  name; ``--results-tls-cert`` and ``--results-tls-key`` are the node's client
+  CAs, and be issued for what ``--results-to`` names it by: its host name, or its IP
+  address (an IP subjectAltName; OpenSSL checks either); ``--results-tls-cert`` and ``--results-tls-key`` are the node's client
   certificate, for a PACS that asks for one. There is no way to send over TLS without
   verifying the PACS: encryption to whoever answers is not worth having.
 
@@ -21,7 +21,10 @@ and fails every handshake. They are read once: restart the node after renewing t
 At run time a failed handshake is one line in the log, never a traceback, and the node
 goes on: on the listening side the handshake runs on the connection's own thread, with
 a deadline, so a peer that connects and says nothing holds up no one else; on the
-sending side a failure is a failed delivery, tried again later like any other.
+sending side a failure is a failed delivery, tried again later like any other. A
+connection closed before it sends anything (a port check, a scan) is no failed
+handshake, and is logged at DEBUG only; at most twice ``--max-associations`` handshakes
+run at once, and a connection past that is closed at once.
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ import socket
 import ssl
 import sys
 import threading
+import time
 from pathlib import Path
 
 from pynetdicom.transport import ThreadedAssociationServer
@@ -43,6 +47,9 @@ log = logging.getLogger("pneumo.dicom_node")
 MINIMUM_VERSION = ssl.TLSVersion.TLSv1_2
 #: Seconds a peer has to complete the handshake after it connects.
 HANDSHAKE_TIMEOUT = 10.0
+#: Handshakes under way at once, per association the node serves at once
+#: (``--max-associations``): room for port checks and silent peers beside the PACS.
+HANDSHAKES_PER_ASSOCIATION = 2
 
 _CERTIFICATE = re.compile(rb"-----BEGIN CERTIFICATE-----")
 _PRIVATE_KEY = re.compile(rb"-----BEGIN (?:(?:RSA|EC|DSA|ENCRYPTED) )?PRIVATE KEY-----")
@@ -73,6 +80,9 @@ _REASONS = {
 #: the issuer's certificate (locally), a self-signed certificate (in the chain), unable to
 #: verify the first certificate.
 _UNTRUSTED = {2, 18, 19, 20, 21}
+#: X509_V_ERR_IP_ADDRESS_MISMATCH, and the address in its message.
+_IP_MISMATCH = 64
+_MISMATCHED = re.compile(r"not valid for '([^']+)'")
 
 
 class TLSConfigError(ValueError):
@@ -81,6 +91,13 @@ class TLSConfigError(ValueError):
 
 def describe(exc: BaseException) -> str:
     """A failed handshake, in a few words for a log line."""
+    if isinstance(exc, ssl.SSLCertVerificationError) and exc.verify_code == _IP_MISMATCH:
+        address = _MISMATCHED.search(exc.verify_message or "")
+        if address:
+            return (f"the peer's certificate does not list the IP address {address[1]} (no "
+                    f"subjectAltName IP:{address[1]}): --results-to names the PACS by that "
+                    "address; give the host name its certificate is issued for instead, or "
+                    "have the certificate list the address")
     if isinstance(exc, ssl.SSLCertVerificationError):
         why = {10: "has expired", 9: "is not valid yet"}.get(exc.verify_code, "was not accepted")
         if exc.verify_code in _UNTRUSTED:
@@ -185,17 +202,17 @@ class ClientTLS:
     failure (the sender makes one association at a time)."""
 
     context: _ClientContext
-    server_hostname: str | None  # None: an IP address, whose name is not checked
+    server_hostname: str  # a host name or an IP address: the certificate must list it
 
     @property
     def tls_args(self) -> tuple[ssl.SSLContext, str | None]:
         return self.context, self.server_hostname
 
     def __str__(self) -> str:
-        checked = f"and for the name {self.server_hostname}" if self.server_hostname \
-            else "(an address is not checked: give a host name for that)"
+        checked = f"for the {'address' if _is_address(self.server_hostname) else 'name'} " \
+                  f"{self.server_hostname}"
         client = "with" if self.context.client_certificate else "without"
-        return f"TLS, the PACS's certificate checked against --results-tls-ca {checked}, " \
+        return f"TLS, the PACS's certificate checked against --results-tls-ca and {checked}, " \
                f"{client} a client certificate"
 
     def take_failure(self) -> OSError | None:
@@ -259,13 +276,17 @@ class TLSOptions:
             _load_identity(context, "--results-tls-cert", self.results_cert,
                            "--results-tls-key", self.results_key)
             context.client_certificate = True
-        try:
-            ipaddress.ip_address(host)
-        except ValueError:
-            return ClientTLS(context, host)  # a name: the certificate must be for it
-        # an address: certificates seldom name one, and the CAs given vouch for it
-        context.check_hostname = False
-        return ClientTLS(context, None)
+        # a name or an address: OpenSSL checks the certificate's subjectAltName for it
+        # (DNS or IP), and for an address sends no SNI
+        return ClientTLS(context, host)
+
+
+def _is_address(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
 
 
 def describe_server(context: ssl.SSLContext | None) -> str:
@@ -285,33 +306,136 @@ class TLSAssociationServer(ThreadedAssociationServer):
     nothing would stop the node from accepting anyone else, and a failed handshake is
     dropped without a word. Here each connection is accepted at once, its handshake has
     ``HANDSHAKE_TIMEOUT`` seconds, and a failure is logged in one line.
+
+    A connection closed before it sends anything (a load balancer's or a monitoring
+    check of the port, a port scan) is no failed handshake: a DEBUG line. At most
+    ``max_handshakes`` handshakes run at once (each holds a thread, a silent peer for the
+    whole deadline); a connection past that is closed at once, with one WARNING for a run
+    of them.
+
+    ``shutdown()`` cuts the handshakes under way short and waits for their threads, so
+    that no association starts once it returns (the node closes its spool after).
     """
 
-    daemon_threads = True  # a handshake under way never holds up a stopping node
-
-    def __init__(self, *args, tls_context: ssl.SSLContext, **kwargs):
+    def __init__(self, *args, tls_context: ssl.SSLContext, max_handshakes: int, **kwargs):
         self.tls_context = tls_context
+        self.max_handshakes = max_handshakes
+        self._guard = threading.Lock()
+        #: each handshake's thread and its socket while the handshake is under way (None
+        #: once done): what shutdown() interrupts and waits for
+        self._handshakes: dict[threading.Thread, socket.socket | None] = {}
+        self._turning_away = False  # the WARNING for this run of turned-away peers is said
+        self._stopping = False
         super().__init__(*args, **kwargs)
 
-    def process_request_thread(self, request, client_address) -> None:
+    def process_request(self, request, client_address) -> None:
+        """On the accepting thread: the handshake on a thread of its own, if a slot is
+        free; else the connection is closed at once."""
+        with self._guard:
+            stopping = self._stopping
+            if not stopping and len(self._handshakes) < self.max_handshakes:
+                # a daemon: shutdown() waits for it, with a bound
+                thread = threading.Thread(target=self._handshake,
+                                          args=(request, client_address),
+                                          name="pneumo-tls-handshake", daemon=True)
+                self._handshakes[thread] = request
+                thread.start()
+                self._turning_away = False
+                return
+            first = not stopping and not self._turning_away
+            self._turning_away = not stopping
+        _close(request)
+        if stopping:
+            log.debug("connection from %s: the node is stopping; no association",
+                      _address(client_address))
+        else:
+            log.log(logging.WARNING if first else logging.DEBUG,
+                    "%d TLS handshakes under way, the most at once (twice "
+                    "--max-associations): closed the connection from %s%s",
+                    self.max_handshakes, _address(client_address),
+                    "; more are logged at DEBUG until one is let in" if first else "")
+
+    def _handshake(self, request, client_address) -> None:
+        try:
+            request = self._shake_hands(request, client_address)
+            if request is not None:
+                super().process_request_thread(request, client_address)
+        finally:
+            with self._guard:
+                self._handshakes.pop(threading.current_thread(), None)
+
+    def _note(self, request: socket.socket | None) -> bool:
+        """Notes this thread's socket for shutdown() to cut short (None: its handshake is
+        done, nothing to cut); False when the node is stopping, which shutdown() may have
+        looked at before the note."""
+        with self._guard:
+            self._handshakes[threading.current_thread()] = request
+            return not self._stopping
+
+    def _shake_hands(self, request: socket.socket, client_address) -> ssl.SSLSocket | None:
+        """``request`` over TLS, or None (closed, the reason logged)."""
+        deadline = time.monotonic() + HANDSHAKE_TIMEOUT
+        peer = _address(client_address)
         try:
             request.settimeout(HANDSHAKE_TIMEOUT)
-            request = self.tls_context.wrap_socket(request, server_side=True)
-            request.settimeout(None)  # as pynetdicom has its sockets: it reads with select
+            try:
+                # the peer's first byte, left for the handshake to read
+                said_something = bool(request.recv(1, socket.MSG_PEEK))
+            except ConnectionResetError:
+                said_something = False
+            if said_something:
+                request = self.tls_context.wrap_socket(request, server_side=True,
+                                                       do_handshake_on_connect=False)
+            if said_something and self._note(request):
+                request.settimeout(max(deadline - time.monotonic(), 0.001))
+                request.do_handshake()
+                request.settimeout(None)  # as pynetdicom has its sockets: read with select
+                if self._note(None):
+                    return request
         except OSError as exc:  # ssl.SSLError, a timeout, a reset
-            log.warning("TLS handshake with %s failed: %s; no association",
-                        _address(client_address), describe(exc))
-            _close(request)
-            return
-        super().process_request_thread(request, client_address)
+            if self._note(None):
+                log.warning("TLS handshake with %s failed: %s; no association", peer,
+                            describe(exc))
+                _close(request)
+                return None
+        if self._note(None):
+            log.debug("connection from %s closed before the TLS handshake (a port "
+                      "check?); no association", peer)
+        else:
+            log.debug("connection from %s: the node is stopping; no association", peer)
+        _close(request)
+        return None
+
+    def shutdown(self) -> None:
+        """No new connections, the handshakes under way cut short and their threads
+        waited for (at most ``HANDSHAKE_TIMEOUT``): none starts an association after."""
+        with self._guard:
+            self._stopping = True
+        super().shutdown()  # the accepting thread stops; the listening socket is closed
+        with self._guard:  # held: a thread notes None before it closes its socket
+            pending = dict(self._handshakes)
+            for request in pending.values():
+                if request is not None:
+                    try:  # the socket's own, not SSLSocket's, which drops its TLS state
+                        socket.socket.shutdown(request, socket.SHUT_RDWR)
+                    except OSError:
+                        pass
+        deadline = time.monotonic() + HANDSHAKE_TIMEOUT
+        for thread in pending:
+            thread.join(max(deadline - time.monotonic(), 0))
+        if any(thread.is_alive() for thread in pending):
+            log.debug("a TLS handshake thread outlived the node's stop")
 
 
 def start_tls_server(ae, address: tuple[str, int], context: ssl.SSLContext,
                      evt_handlers: list) -> TLSAssociationServer:
     """``ae.start_server(address, block=False, ...)`` with the handshake done by
-    ``TLSAssociationServer``."""
+    ``TLSAssociationServer``, at most ``HANDSHAKES_PER_ASSOCIATION`` times
+    ``ae.maximum_associations`` at once."""
     server = ae.make_server(address, evt_handlers=evt_handlers,
-                            server_class=TLSAssociationServer, tls_context=context)
+                            server_class=TLSAssociationServer, tls_context=context,
+                            max_handshakes=HANDSHAKES_PER_ASSOCIATION
+                            * ae.maximum_associations)
     # as start_server does: its shutdown() takes itself off this list
     ae._servers.append(server)
     threading.Thread(target=server.serve_forever, name="pneumo-tls-acceptor",
