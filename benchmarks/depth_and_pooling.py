@@ -36,7 +36,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from recipes import _auc, _head, _sets, _weights
+from recipes import _sets, evaluate_mix
 
 SIZE = 299
 BLOCKS = range(2, 14)  # the residual blocks: 2-4 entry flow, 5-12 middle flow, 13 exit
@@ -136,31 +136,6 @@ def _features(maps: dict, names: list[str], reading: str) -> dict:
     return features
 
 
-def evaluate(features: dict, labels: dict, nih_groups: np.ndarray, nih_views: np.ndarray) -> dict:
-    """AUCs of the children + NIH source-balanced head, NIH scored by 5-fold patient CV."""
-    from sklearn.model_selection import StratifiedGroupKFold
-
-    x_train, y_train = features["train"], labels["train"]
-    y_nih = labels["nih-dev"]
-    scores = {"val": [], "shift-dev": []}
-    p_nih = np.zeros(len(y_nih))
-    folds = StratifiedGroupKFold(n_splits=5, shuffle=True, random_state=1337)
-    for fit_idx, held_idx in folds.split(features["nih-dev"], y_nih, nih_groups):
-        x = np.concatenate([x_train, features["nih-dev"][fit_idx]])
-        y = np.concatenate([y_train, y_nih[fit_idx]])
-        source = np.array([0] * len(y_train) + [1] * len(fit_idx))
-        head = _head(x, y, _weights(y, source, "source"))
-        for name in scores:
-            scores[name].append(head.predict_proba(features[name])[:, 1])
-        p_nih[held_idx] = head.predict_proba(features["nih-dev"][held_idx])[:, 1]
-    result = {name: _auc(labels[name], np.mean(ps, axis=0)) for name, ps in scores.items()}
-    result["nih-dev"] = _auc(y_nih, p_nih)
-    for view in ("PA", "AP"):
-        keep = nih_views == view
-        result[f"nih-dev {view}"] = _auc(y_nih[keep], p_nih[keep])
-    return result
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--data", type=Path, default=Path("../shared/data"))
@@ -182,7 +157,8 @@ def main() -> None:
     for reading in READINGS:
         started = time.monotonic()
         row = {"reading": reading,
-               **evaluate(_features(maps, list(sets), reading), labels, nih_groups, nih_views),
+               **evaluate_mix(_features(maps, list(sets), reading), labels, nih_groups,
+                              nih_views, "children+nih-source"),
                "seconds": round(time.monotonic() - started, 1)}
         results.append(row)
         print(json.dumps(row), flush=True)
