@@ -54,8 +54,8 @@ import re
 import sqlite3
 from pathlib import Path
 
-from .spool import (DATABASE_FILE, FOLDER, LOCK_FILE, MIGRATIONS, OVERDUE_AFTER, SpoolError,
-                    ToScreen, Waiting, _stamp, describe_age, now_utc, row_tag, take_lock,
+from .spool import (DATABASE_FILE, FOLDER, LOCK_FILE, MIGRATIONS, OVERDUE_AFTER, InstanceRow,
+                    SpoolError, ToScreen, Waiting, _stamp, describe_age, now_utc, row_tag, take_lock,
                     waiting_results, waiting_to_screen)
 
 BUSY_TIMEOUT = 15.0  # seconds: the node's transactions are milliseconds long
@@ -90,32 +90,20 @@ class Tag:
 
 
 @dataclasses.dataclass
-class Tagged:
+class Tagged(InstanceRow):
     """The instance a ``Tag`` names, found in the spool."""
 
-    id: int
-    uid_hash: str
     state: str
     received: dt.datetime
 
-    @property
-    def tag(self) -> str:
-        return row_tag(self.id, self.uid_hash)
-
 
 @dataclasses.dataclass
-class FailedInstance:
+class FailedInstance(InstanceRow):
     """An instance the node could not screen: kept, with its file, for someone to see."""
 
-    id: int
-    uid_hash: str
     received: dt.datetime
     error: str | None
     has_file: bool
-
-    @property
-    def tag(self) -> str:
-        return row_tag(self.id, self.uid_hash)
 
 
 @dataclasses.dataclass
@@ -281,18 +269,12 @@ class Retried:
 
 
 @dataclasses.dataclass
-class Abandoned:
+class Abandoned(InstanceRow):
     """An instance whose results are still undelivered past ``purge``'s age."""
 
-    id: int
-    uid_hash: str
     received: dt.datetime
     undelivered: int
     last_error: str | None
-
-    @property
-    def tag(self) -> str:
-        return row_tag(self.id, self.uid_hash)
 
 
 @dataclasses.dataclass

@@ -221,15 +221,21 @@ def _fsync_folder(folder: Path) -> None:
 
 
 @dataclasses.dataclass
-class Instance:
+class InstanceRow:
+    """A row of the instances table, named the way logs and ``pneumo dicom-spool`` name it."""
+
     id: int
     uid_hash: str
-    file: Path | None
 
     @property
     def tag(self) -> str:
-        """How logs name it: the row id and the first characters of the UID's hash."""
+        """The row id and the first characters of the UID's hash."""
         return row_tag(self.id, self.uid_hash)
+
+
+@dataclasses.dataclass
+class Instance(InstanceRow):
+    file: Path | None
 
 
 @dataclasses.dataclass
