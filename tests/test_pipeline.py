@@ -108,6 +108,24 @@ def test_a_run_resumed_with_another_recipe_is_refused(trained_run, capsys):
     assert (run_dir / "config.json").read_text() == before  # its record is left as it was
 
 
+def test_a_run_from_before_feature_blocks_is_resumed_only_at_block_14(trained_run, tmp_path,
+                                                                      capsys):
+    """A run folder whose record predates --feature-block ended its network at block 14:
+    resuming it with another block is refused, not a failed load of the head's weights."""
+    import shutil
+
+    _, _, run_dir, args = trained_run
+    old = tmp_path / "old"
+    shutil.copytree(run_dir, old)
+    record = json.loads((old / "config.json").read_text())
+    del record["feature_block"]
+    (old / "config.json").write_text(json.dumps(record))
+    resume = [*args[:args.index("--out")], "--out", str(tmp_path), "--run-name", "old",
+              *args[args.index("--run-name") + 2:], "--feature-block", "9"]
+    assert main(resume) == 2
+    assert "was started with feature_block = 14" in capsys.readouterr().err
+
+
 def test_evaluate_writes_one_report_over_several_sets(trained_run, tmp_path):
     _, data, run_dir, _ = trained_run
     other = make_dataset(tmp_path / "other", n_per_class=6)  # never trained on

@@ -356,6 +356,7 @@ def _check_resumable(run_dir: Path, config: TrainConfig) -> None:
         started = json.loads((run_dir / "config.json").read_text())
     except (OSError, ValueError):
         return  # no readable record to compare with
+    started.setdefault("feature_block", N_BLOCKS)  # runs from before the option ended there
     before, now = _recipe(started), _recipe(config.to_dict())
     changed = [field for field in before if before[field] != now[field]]
     if changed:
