@@ -61,6 +61,14 @@ def _add_dicom_tls_options(parser: argparse.ArgumentParser) -> None:
                        help="the private key of --results-tls-cert (unencrypted)")
 
 
+def _add_tag_option(parser, scope: str) -> None:
+    """dicom-spool's --tag: one instance, named as the node's log and status name it."""
+    parser.add_argument("--tag", default=None, metavar="TAG",
+                        help="only the instance with this tag, as the node's log and status "
+                             "print it: '#12' or '#12 [3f9a0c2b1d]' (the hash, if given, is "
+                             "checked)" + scope)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="pneumo",
@@ -319,10 +327,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "made screening fail; with --tag, only those of one instance. A running "
                     "node takes them up within 30 s, a stopped one at its next start. Exit "
                     "status 2 when --tag names no instance in the spool.")
-    retry.add_argument("--tag", default=None, metavar="TAG",
-                       help="only the instance with this tag, as the node's log and status "
-                            "print it: '#12' or '#12 [3f9a0c2b1d]' (the hash, if given, is "
-                            "checked); default: every failed instance and undelivered result")
+    _add_tag_option(retry, "; default: every failed instance and undelivered result")
     _add_data_dir_option(retry, "the node's data folder (its spool is dicom-node/ in it)")
     purge = actions.add_parser(
         "purge", help="delete failed instances (patient data), and old undelivered results",
@@ -339,10 +344,7 @@ def build_parser() -> argparse.ArgumentParser:
     which.add_argument("--results-older-than", default=None, metavar="SPAN",
                        help="also give up on results undelivered this long after their image "
                             "arrived (e.g. 7d)")
-    which.add_argument("--tag", default=None, metavar="TAG",
-                       help="only the instance with this tag, as the node's log and status "
-                            "print it: '#12' or '#12 [3f9a0c2b1d]' (the hash, if given, is "
-                            "checked), whatever its age")
+    _add_tag_option(which, ", whatever its age")
     purge.add_argument("--yes", action="store_true", help="delete, not only list")
     _add_data_dir_option(purge, "the node's data folder (its spool is dicom-node/ in it)")
 
